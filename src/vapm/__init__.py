@@ -1,0 +1,1 @@
+"""vapm: visual & acoustic process monitoring."""
