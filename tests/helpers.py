@@ -2,22 +2,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from vapm.bench import copy_worktree, set_params
+from vapm.bench import git_commit as commit_all
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 VENV_BIN = Path(sys.executable).parent
-
-
-def tracked_files(root: Path = REPO_ROOT) -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                         cwd=root, check=True, capture_output=True, text=True).stdout
-    return [name for name in out.split("\0") if name and (root / name).is_file()]
 
 
 def pipeline_env(repo: Path) -> dict[str, str]:
@@ -40,38 +34,16 @@ def run(cmd: list[str], repo: Path, check: bool = True, timeout: float = 900) ->
 
 
 def copy_repo(dest: Path) -> Path:
-    """Copy the working tree (tracked and untracked-but-not-ignored files) into a fresh git repo."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in tracked_files():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, target)
-    git = ["git", "-c", "user.name=vapm-test", "-c", "user.email=test@vapm.invalid"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
-    subprocess.run(git + ["commit", "-qm", "copy for tests"], cwd=dest, check=True)
-    return dest
+    return copy_worktree(REPO_ROOT, dest)
 
 
 def git_commit(repo: Path, message: str) -> None:
-    git = ["git", "-c", "user.name=vapm-test", "-c", "user.email=test@vapm.invalid"]
-    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
-    subprocess.run(git + ["commit", "-qm", message], cwd=repo, check=True)
+    commit_all(repo, message)
 
 
 def update_params(repo: Path, changes: dict[str, object]) -> None:
     """Set dotted keys in the copy's params.yaml (e.g. {'train.epochs': 2})."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise KeyError(f"params.yaml has no {dotted}")
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(repo / "params.yaml", changes)
 
 
 # Small enough that a whole `dvc repro` takes about a minute on 2 cores, big enough to learn something.
