@@ -1,0 +1,6 @@
+"""The error featurize raises for bad interim data (kept apart so worker processes need not import pandas)."""
+from __future__ import annotations
+
+
+class InterimDataError(ValueError):
+    """data/interim is missing, unreadable or inconsistent with its manifest."""
