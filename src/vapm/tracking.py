@@ -1,0 +1,276 @@
+"""MLflow tracking for the training stages: one run per trained model, logged once at the end.
+
+No autologging: a trainer opens `tracked_run` after (or around) training and logs the history,
+the test results and the model in a few batched calls, so tracking costs seconds, not epochs.
+The default store is SQLite in the repository root (MLflow 3's plain file store needs an opt-in).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+import types
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+# Set before MLflow is imported; users may still override either variable.
+# No usage telemetry from a pipeline that often runs offline, and no per-file download bars.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import Model, infer_signature  # noqa: E402
+from mlflow.models.model import ModelInfo  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+try:  # MLflow decides about telemetry at import: re-decide in case it was imported before us
+    from mlflow.telemetry import set_telemetry_client
+
+    set_telemetry_client()
+except ImportError:
+    pass
+
+HISTORY_METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
+MODEL_ARTIFACT_NAME = "model"
+INPUT_EXAMPLE_ROWS = 1
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlruns"
+
+# Informational chatter: store creation, experiment creation, and a pip-version warning that
+# fires in every uv-made environment (which has no pip). Warnings and errors elsewhere stay.
+for _name, _level in {"mlflow.store.db.utils": logging.WARNING, "alembic": logging.WARNING,
+                      "mlflow.tracking.fluent": logging.WARNING,
+                      "mlflow.utils.environment": logging.ERROR}.items():
+    logging.getLogger(_name).setLevel(_level)
+
+
+class TrackingError(RuntimeError):
+    """MLflow logging was asked for something it cannot record."""
+
+
+def repo_root() -> Path:
+    """Where stages run. DVC_ROOT names the real repository when `dvc exp run` uses a temp copy."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{(repo_root() / STORE_FILE).as_posix()}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or repo_root(),
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else "unknown"
+
+
+def manifests_sha256(paths: Sequence[str | Path]) -> str:
+    """sha256 over the bytes of the given files, in the given order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise TrackingError(f"data manifest {path} not found: cannot fingerprint the training data")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1, 'c': [1, 2]}} -> {'a.b': '1', 'a.c': '[1, 2]'}; empty mappings stay visible as '{}'."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple, dict)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Pin artifacts beside the default store: MLflow would otherwise resolve ./mlruns against
+    # the cwd at creation time, which for a queued DVC experiment is a temporary copy.
+    default_store = not os.environ.get("MLFLOW_TRACKING_URI")
+    location = (repo_root() / ARTIFACTS_DIR).as_uri() if default_store else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)  # created meanwhile by a parallel stage
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def run_tags(stage: str, model_name: str, manifests: Sequence[str | Path]) -> dict[str, str]:
+    tags = {"git_commit": git_commit(), "stage": stage, "model": model_name,
+            "data_manifest_sha256": manifests_sha256(manifests)}
+    # `dvc exp run` exports these to every stage command it runs.
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+@contextmanager
+def tracked_run(experiment: str, stage: str, model_name: str, run_params: dict[str, Any],
+                manifests: list[Path]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run named after the model, tagged with commit, stage, DVC experiment and data hash."""
+    tags = run_tags(stage, model_name, manifests)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = _experiment_id(MlflowClient(uri), experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=model_name, tags=tags) as run:
+        mlflow.log_params(flatten_params(run_params))
+        yield run
+
+
+def _active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("no active MLflow run: call this inside `with tracked_run(...)`")
+    return run.info.run_id
+
+
+def log_history(history: pd.DataFrame) -> None:
+    """Per-epoch loss/accuracy curves (step = epoch) in one batched call."""
+    if "epoch" not in history.columns:
+        raise TrackingError(f"history needs an 'epoch' column, got {list(history.columns)}")
+    columns = [c for c in HISTORY_METRICS if c in history.columns]
+    if not columns:
+        raise TrackingError(f"history has none of the metric columns {HISTORY_METRICS}")
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(key=column, value=float(value), timestamp=timestamp, step=int(epoch))
+               for epoch, row in zip(history["epoch"], history[columns].itertuples(index=False))
+               for column, value in zip(columns, row)
+               if pd.notna(value)]
+    MlflowClient().log_batch(_active_run_id(), metrics=metrics)
+
+
+def log_metrics(metrics: dict[str, float], step: int = 0) -> None:
+    """Scalar results in one batched call."""
+    timestamp = int(time.time() * 1000)
+    MlflowClient().log_batch(_active_run_id(), metrics=[Metric(_metric_key(k), float(v), timestamp, step)
+                                                        for k, v in metrics.items()])
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise TrackingError(f"artifact {path} not found")
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def _metric_key(text: str) -> str:
+    # Letters, digits and _ - . / only: a safe subset of what MLflow accepts in metric names.
+    return "".join(ch if ch.isalnum() or ch in "_-./" else "_" for ch in text)
+
+
+def log_test_results(summary: dict[str, Any], confusion_png: Path) -> None:
+    """Test metrics (accuracy with CI, macro-F1, per-class F1), the confusion PNG and the summary JSON."""
+    metrics = {
+        "test_accuracy": summary["accuracy"],
+        "test_accuracy_ci95_low": summary["accuracy_ci95_low"],
+        "test_accuracy_ci95_high": summary["accuracy_ci95_high"],
+        "test_macro_f1": summary["macro_f1"],
+        "test_n": summary["n_test"],
+    }
+    for name, scores in summary.get("per_class", {}).items():
+        metrics[f"test_f1_{name}"] = scores["f1"]
+    if not Path(confusion_png).is_file():
+        raise TrackingError(f"confusion matrix image {confusion_png} not found")
+    log_metrics(metrics)
+    log_artifact(confusion_png, artifact_path="evaluation")
+    mlflow.log_dict(summary, "evaluation/test_summary.json")
+
+
+def _pinned(distribution: str) -> str | None:
+    try:
+        return f"{distribution}=={metadata.version(distribution)}"
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _keras_requirements() -> list[str]:
+    # Given explicitly: MLflow's own inference re-imports the model in a subprocess (~15 s).
+    import keras
+
+    requirements = [f"keras=={keras.__version__}"]
+    if keras.backend.backend() == "tensorflow":
+        requirements += [r for r in (_pinned("tensorflow-cpu") or _pinned("tensorflow"),) if r]
+    return requirements
+
+
+def _save_keras_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
+    # mlflow.keras.save_model writes the input example before creating `path`, so log_model with an
+    # input example fails (mlflow/mlflow#16183, open in MLflow 3.17); creating the folder first fixes it.
+    del validate_serving_input  # consumed by Model.log, not a save_model argument
+    os.makedirs(path, exist_ok=True)
+    import mlflow.keras
+
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def _example_rows(input_example: Any) -> Any:
+    if isinstance(input_example, pd.DataFrame):
+        return input_example.iloc[:INPUT_EXAMPLE_ROWS]
+    example = np.asarray(input_example)
+    if example.ndim == 0:
+        raise TrackingError("the input example must be a batch (first axis = items), got a scalar")
+    return example[:INPUT_EXAMPLE_ROWS]
+
+
+def log_keras_model(model: Any, input_example: np.ndarray) -> ModelInfo:
+    """The Keras 3 model in the mlflow.keras flavour, with signature and a (first rows) input example."""
+    _active_run_id()
+    example = _example_rows(input_example)
+    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    # No serving-input validation: it reloads the saved model just to predict the example again
+    # (about 1 s for MobileNetV2 on CPU, with Keras progress bars); the example was predicted above.
+    return Model.log(artifact_path=None, name=MODEL_ARTIFACT_NAME, flavor=_KERAS_FLAVOR,
+                     flavor_name="mlflow.keras", model=model, signature=signature,
+                     input_example=example, pip_requirements=_keras_requirements(),
+                     validate_serving_input=False)
+
+
+def log_sklearn_model(model: Any, input_example: Any) -> ModelInfo:
+    """The scikit-learn model in the mlflow.sklearn flavour (skops format), signature and example."""
+    import mlflow.sklearn
+    import skops.io
+
+    _active_run_id()
+    example = _example_rows(input_example)
+    signature = infer_signature(example, np.asarray(model.predict(example)))
+    # Types skops would refuse when loading; this model came from this pipeline, so trust them.
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return mlflow.sklearn.log_model(
+        model, name=MODEL_ARTIFACT_NAME, signature=signature, input_example=example,
+        pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        skops_trusted_types=trusted or None)

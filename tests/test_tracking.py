@@ -1,0 +1,205 @@
+"""MLflow runs written by vapm.tracking, read back through MLflow's own query API."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vapm import tracking
+from vapm.evaluation import classification_summary, save_confusion_png
+
+CLASSES = ["a", "b", "c"]
+HISTORY = pd.DataFrame({
+    "epoch": [1, 2, 3], "phase": ["head", "head", "fine_tune"],
+    "loss": [1.5, 0.9, 0.6], "accuracy": [0.4, 0.7, 0.8],
+    "val_loss": [1.6, 1.0, 0.7], "val_accuracy": [float("nan"), 0.6, 0.75],
+})
+RUN_PARAMS = {"seed": 42, "train": {"epochs": 3, "learning_rate": 0.001},
+              "train_vision": {"scratch": {"filters": [32, 64], "train": {}}}, "vision": {"classes": CLASSES}}
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A git repository with two finished runs (Keras, scikit-learn) in its default SQLite store."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    repo = tmp_path_factory.mktemp("repo")
+    _git(repo, "init", "-q")
+    (repo / "manifest_a.parquet").write_bytes(b"first manifest")
+    (repo / "manifest_b.parquet").write_bytes(b"second manifest")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "data")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(repo)
+        for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_BASELINE_REV"):
+            patch.delenv(name, raising=False)
+        patch.setenv("DVC_EXP_NAME", "quick-lynx")
+        manifests = [Path("manifest_a.parquet"), Path("manifest_b.parquet")]
+
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        x = np.random.default_rng(0).random((5, 4)).astype(np.float32)
+        y_true, y_pred = [0, 1, 2, 2], [0, 1, 1, 2]
+        png = save_confusion_png(y_true, y_pred, CLASSES, repo / "confusion.png", "test")
+        summary = classification_summary(y_true, y_pred, CLASSES)
+        with tracking.tracked_run("vapm-test", "train_vision", "vision_scratch", RUN_PARAMS, manifests) as run:
+            tracking.log_history(HISTORY)
+            tracking.log_test_results(summary, png)
+            keras_info = tracking.log_keras_model(net, x)
+        keras_run = run.info.run_id
+
+        features = pd.DataFrame(np.random.default_rng(1).normal(size=(30, 3)), columns=["f0", "f1", "f2"])
+        labels = (features["f0"] > 0).astype(int).to_numpy()
+        clf = LogisticRegression().fit(features, labels)
+        with tracking.tracked_run("vapm-test", "train_acoustic_svm", "acoustic_svm", {"C": 1.0}, manifests[:1]) as run:
+            tracking.log_sklearn_model(clf, features)
+        sklearn_run = run.info.run_id
+
+        yield {"repo": repo, "uri": tracking.tracking_uri(), "keras_run": keras_run, "sklearn_run": sklearn_run,
+               "keras_info": keras_info, "net": net, "x": x, "clf": clf, "features": features, "summary": summary}
+
+
+def _client(logged):
+    import mlflow
+
+    mlflow.set_tracking_uri(logged["uri"])
+    return mlflow.MlflowClient(logged["uri"])
+
+
+def test_default_store_is_sqlite_in_repo_root(logged):
+    assert logged["uri"] == f"sqlite:///{logged['repo'].resolve()}/mlflow.db"
+    assert (logged["repo"] / "mlflow.db").is_file()
+    run = _client(logged).get_run(logged["keras_run"])
+    assert run.info.artifact_uri.startswith(str(logged["repo"].resolve() / "mlruns"))
+
+
+def test_run_params_and_tags(logged):
+    import mlflow
+
+    _client(logged)
+    runs = mlflow.search_runs(experiment_names=["vapm-test"], filter_string="tags.model = 'vision_scratch'")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.mlflow.runName"] == "vision_scratch"
+    assert run["params.seed"] == "42"
+    assert run["params.train.epochs"] == "3" and run["params.train.learning_rate"] == "0.001"
+    assert run["params.train_vision.scratch.filters"] == "[32, 64]"
+    assert run["params.train_vision.scratch.train"] == "{}"
+    assert run["params.vision.classes"] == '["a", "b", "c"]'
+    assert run["tags.git_commit"] == _git(logged["repo"], "rev-parse", "HEAD")
+    assert run["tags.stage"] == "train_vision" and run["tags.model"] == "vision_scratch"
+    assert run["tags.dvc_exp_name"] == "quick-lynx"
+    assert "tags.dvc_exp_baseline_rev" not in runs.columns or pd.isna(run["tags.dvc_exp_baseline_rev"])
+    expected = hashlib.sha256(b"first manifest" + b"second manifest").hexdigest()
+    assert run["tags.data_manifest_sha256"] == expected
+
+
+def test_history_is_logged_per_epoch(logged):
+    client = _client(logged)
+    loss = client.get_metric_history(logged["keras_run"], "loss")
+    assert [(m.step, m.value) for m in sorted(loss, key=lambda m: m.step)] == [(1, 1.5), (2, 0.9), (3, 0.6)]
+    val_accuracy = client.get_metric_history(logged["keras_run"], "val_accuracy")
+    assert sorted((m.step, m.value) for m in val_accuracy) == [(2, 0.6), (3, 0.75)]  # the NaN epoch is skipped
+    assert len(client.get_metric_history(logged["keras_run"], "accuracy")) == 3
+
+
+def test_test_results_metrics_and_artifacts(logged):
+    client = _client(logged)
+    metrics = client.get_run(logged["keras_run"]).data.metrics
+    summary = logged["summary"]
+    assert metrics["test_accuracy"] == pytest.approx(0.75)
+    assert metrics["test_accuracy_ci95_low"] == pytest.approx(summary["accuracy_ci95_low"])
+    assert metrics["test_accuracy_ci95_high"] == pytest.approx(summary["accuracy_ci95_high"])
+    assert metrics["test_macro_f1"] == pytest.approx(summary["macro_f1"])
+    assert metrics["test_f1_b"] == pytest.approx(summary["per_class"]["b"]["f1"])
+    artifacts = sorted(a.path for a in client.list_artifacts(logged["keras_run"], "evaluation"))
+    assert artifacts == ["evaluation/confusion.png", "evaluation/test_summary.json"]
+    import mlflow
+
+    summary_back = mlflow.artifacts.load_dict(f"runs:/{logged['keras_run']}/evaluation/test_summary.json")
+    assert summary_back == json.loads(json.dumps(summary))
+
+
+def test_keras_model_loads_back_with_signature_and_example(logged):
+    import mlflow
+    import mlflow.keras
+
+    _client(logged)
+    uri = f"runs:/{logged['keras_run']}/model"
+    loaded = mlflow.keras.load_model(uri)
+    x = logged["x"]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), logged["net"].predict(x, verbose=0), rtol=1e-6)
+    info = mlflow.models.get_model_info(uri)
+    assert info.flavors.keys() >= {"keras", "python_function"}
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4)
+    assert tuple(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3)
+    model_dir = mlflow.artifacts.download_artifacts(uri)
+    example = mlflow.models.Model.load(model_dir).load_input_example(model_dir)
+    np.testing.assert_allclose(example, x[:tracking.INPUT_EXAMPLE_ROWS])
+    requirements = Path(model_dir, "requirements.txt").read_text()
+    assert "keras==" in requirements
+
+
+def test_sklearn_model_loads_back(logged):
+    import mlflow
+    import mlflow.sklearn
+
+    client = _client(logged)
+    uri = f"runs:/{logged['sklearn_run']}/model"
+    loaded = mlflow.sklearn.load_model(uri)
+    np.testing.assert_array_equal(loaded.predict(logged["features"]), logged["clf"].predict(logged["features"]))
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.inputs.input_names() == ["f0", "f1", "f2"]
+    assert info.flavors["sklearn"]["serialization_format"] == "skops"
+    tags = client.get_run(logged["sklearn_run"]).data.tags
+    assert tags["data_manifest_sha256"] == hashlib.sha256(b"first manifest").hexdigest()
+
+
+def test_failed_block_marks_run_failed_and_bad_input_is_refused(logged, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged["uri"])
+    monkeypatch.chdir(logged["repo"])
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.tracked_run("vapm-test", "s", "crashing_model", {}, []):
+            raise RuntimeError("boom")
+    runs = mlflow.search_runs(experiment_names=["vapm-test"], filter_string="tags.model = 'crashing_model'")
+    assert runs["status"].tolist() == ["FAILED"]
+
+    with pytest.raises(tracking.TrackingError, match="not found"):
+        with tracking.tracked_run("vapm-test", "s", "m", {}, [Path("absent.parquet")]):
+            pass
+    with pytest.raises(tracking.TrackingError, match="no active MLflow run"):
+        tracking.log_history(HISTORY)
+    with pytest.raises(tracking.TrackingError, match="epoch"):
+        with tracking.tracked_run("vapm-test", "s", "m2", {}, []):
+            tracking.log_history(HISTORY.drop(columns=["epoch"]))
+
+
+def test_tracking_uri_and_git_outside_a_repository(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", "/srv/project")  # `dvc exp run --temp` runs in a copy, DVC_ROOT is the real repo
+    assert tracking.tracking_uri() == "sqlite:////srv/project/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+    assert tracking.git_commit(tmp_path) == "unknown"
+
+
+def test_flatten_params():
+    assert tracking.flatten_params({"a": {"b": 1, "c": [0.1, 1]}, "d": None, "e": {}, "f": "x"}) == {
+        "a.b": "1", "a.c": "[0.1, 1]", "d": "None", "e": "{}", "f": "x"}
