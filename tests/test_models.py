@@ -1,0 +1,270 @@
+"""Model builders: layer structure, shapes, parameter counts, in-model preprocessing, base weights."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vapm.config import ConfigError
+from vapm.models import (
+    BaseWeights,
+    WeightsError,
+    acoustic_cnn_feature_side,
+    build_acoustic_cnn,
+    build_augmentation,
+    build_vision_scratch,
+    build_vision_transfer,
+    conv_stack_side,
+    resolve_base_weights,
+    row_statistics,
+    unfreeze_top_layers,
+)
+from vapm.models.vision import file_sha256, imagenet_weights_filename
+from vapm.seeding import set_global_seed
+
+SCRATCH = {"filters": [32, 64, 128], "kernel_size": 3, "dense_units": 256, "dropout": 0.2}
+TRANSFER = {"weights": "none", "offline_fallback": "none", "input_size": 32, "alpha": 0.35, "dense_units": 16,
+            "dropout": 0.5, "fine_tune_layers": 5, "fine_tune_epochs": 0, "fine_tune_learning_rate": 1e-4}
+AUG_OFF = {"enabled": False, "flip": True, "shift": 0.05, "rotation": 0.03, "brightness": 0.1}
+AUG_ON = {**AUG_OFF, "enabled": True}
+ACOUSTIC = {"filters": 32, "kernel_size": 4, "strides": 2, "pool_size": 2, "dense_units": [512, 64],
+            "dropout": 0.5}
+NO_WEIGHTS = BaseWeights("none", "none (random init)", None, None, "test")
+
+
+def pattern_images(n_per_class: int, side: int, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, side, side) noise with a class-specific bright pattern: easy to learn, not trivial."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    images = rng.integers(0, 80, size=(len(labels), side, side)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        if label == 0:
+            images[i, :, : side // 2] += 150       # bright left half
+        elif label == 1:
+            images[i, : side // 2, :] += 150       # bright top half
+        else:
+            images[i, ::4, :] += 150               # horizontal stripes
+    order = rng.permutation(len(labels))
+    return images[order], labels[order]
+
+
+def calibrated_base_weights(path: Path, images: np.ndarray, alpha: float, input_size: int) -> Path:
+    """A stand-in for pre-trained weights: a random MobileNetV2 whose BatchNorm statistics match `images`.
+
+    A randomly initialised base in inference mode shrinks every input to ~1e-12 (BatchNorm moving
+    statistics 0/1 do not normalise), so its features carry no information. One training-mode pass
+    with momentum 0 sets every moving statistic to the batch's, giving informative random features.
+    """
+    base = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), alpha=alpha,
+                                          include_top=False, weights=None)
+    x = tf.image.resize(images[..., None].astype("float32"), (input_size, input_size))
+    x = keras.applications.mobilenet_v2.preprocess_input(tf.repeat(x, 3, axis=-1))
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    base(x, training=True)
+    base.save_weights(path)
+    return path
+
+
+# --------------------------------------------------------------------------- scratch CNN
+
+def test_scratch_cnn_structure_and_parameter_count():
+    model = build_vision_scratch(64, 6, SCRATCH, AUG_OFF, seed=0)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert [c.filters for c in convs] == [32, 64, 128]
+    assert all(c.kernel_size == (3, 3) and c.activation.__name__ == "relu" for c in convs)
+    assert len(pools) == 3 and all(p.pool_size == (2, 2) for p in pools)
+    assert model.get_layer("dropout").rate == pytest.approx(0.2)
+    assert model.output_shape == (None, 6)
+    assert model.input_shape == (None, 64, 64)
+    side = conv_stack_side(64, 3, 3)
+    assert side == 6  # 64 -> 62 -> 31 -> 29 -> 14 -> 12 -> 6
+    assert model.get_layer("flatten").output.shape[-1] == side * side * 128
+    expected = (3 * 3 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64) + (3 * 3 * 64 * 128 + 128) \
+        + (side * side * 128 * 256 + 256) + (256 * 6 + 6)
+    assert model.count_params() == expected
+
+
+def test_scratch_cnn_scales_raw_pixels_itself():
+    model = build_vision_scratch(32, 3, SCRATCH, AUG_OFF, seed=0)
+    images, _ = pattern_images(2, 32)
+    scaled = keras.Model(model.input, model.get_layer("scale_0_1").output)(images.astype("float32"))
+    np.testing.assert_allclose(np.asarray(scaled)[..., 0], images / 255.0, rtol=1e-6)
+    probabilities = np.asarray(model(images.astype("float32")))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_scratch_cnn_refuses_images_too_small_for_its_blocks():
+    with pytest.raises(ConfigError, match="too small"):
+        build_vision_scratch(16, 3, SCRATCH, AUG_OFF, seed=0)
+
+
+def test_augmentation_is_off_by_default_and_only_active_in_training():
+    assert build_augmentation(AUG_OFF, seed=0) is None
+    assert not any(layer.name == "augmentation" for layer in build_vision_scratch(32, 3, SCRATCH, AUG_OFF, 0).layers)
+    augment = build_augmentation(AUG_ON, seed=0)
+    kinds = {type(layer).__name__ for layer in augment.layers}
+    assert kinds == {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomBrightness", "RandomContrast"}
+    images = pattern_images(3, 32)[0][..., None].astype("float32")
+    np.testing.assert_array_equal(np.asarray(augment(images, training=False)), images)
+    assert not np.allclose(np.asarray(augment(images, training=True)), images)
+    assert build_augmentation({**AUG_ON, "flip": False, "shift": 0, "rotation": 0, "brightness": 0}, 0) is None
+
+
+def test_saved_scratch_model_with_augmentation_takes_raw_images(tmp_path):
+    model = build_vision_scratch(32, 3, SCRATCH, AUG_ON, seed=0)
+    images = pattern_images(2, 32)[0]
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- transfer model
+
+def test_transfer_model_structure_shares_the_head_and_freezes_the_base():
+    parts = build_vision_transfer(40, 4, TRANSFER, AUG_OFF, seed=0, weights=NO_WEIGHTS)
+    assert parts.full.input_shape == (None, 40, 40)
+    assert parts.full.output_shape == (None, 4)
+    assert parts.features.output_shape == (None, 1280)
+    assert parts.head.input_shape == (None, 1280) and parts.head.output_shape == (None, 4)
+    for name in ("head_dense", "head_dropout", "probabilities"):
+        assert parts.head.get_layer(name) is parts.full.get_layer(name)
+    assert parts.full.get_layer("head_dropout").rate == pytest.approx(0.5)
+    assert parts.base.input_shape == (None, 32, 32, 3)
+    assert not parts.base.trainable and parts.base.trainable_weights == []
+    head_params = (1280 * 16 + 16) + (16 * 4 + 4)
+    assert sum(int(np.prod(w.shape)) for w in parts.full.trainable_weights) == head_params
+
+
+def test_transfer_model_resizes_greys_to_rgb_and_applies_mobilenet_preprocessing():
+    parts = build_vision_transfer(40, 4, TRANSFER, AUG_OFF, seed=0, weights=NO_WEIGHTS)
+    images = pattern_images(2, 40)[0]
+    into_base = keras.Model(parts.full.input, parts.full.get_layer("mobilenet_v2_preprocess").output)
+    expected = tf.image.resize(images[..., None].astype("float32"), (32, 32))
+    expected = keras.applications.mobilenet_v2.preprocess_input(tf.repeat(expected, 3, axis=-1))
+    np.testing.assert_allclose(np.asarray(into_base(images.astype("float32"))), np.asarray(expected), atol=1e-5)
+
+
+def test_unfreeze_top_layers_keeps_batchnorm_and_lower_layers_frozen():
+    parts = build_vision_transfer(32, 3, TRANSFER, AUG_OFF, seed=0, weights=NO_WEIGHTS)
+    n_trainable = unfreeze_top_layers(parts.base, 10)
+    top, rest = parts.base.layers[-10:], parts.base.layers[:-10]
+    assert not any(layer.trainable for layer in rest)
+    for layer in top:
+        assert layer.trainable == (not isinstance(layer, keras.layers.BatchNormalization))
+    assert n_trainable == sum(1 for layer in top if layer.trainable and layer.weights) > 0
+    with pytest.raises(ConfigError):
+        unfreeze_top_layers(parts.base, -1)
+
+
+def test_weights_file_is_loaded_into_the_base(tmp_path):
+    set_global_seed(1)
+    source = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    path = tmp_path / "base.weights.h5"
+    source.save_weights(path)
+    weights = resolve_base_weights(str(path), "fail", alpha=0.35, input_size=32)
+    assert weights.used == "file" and weights.path == str(path) and weights.sha256 == file_sha256(path)
+    set_global_seed(2)  # a different random init, which the file must overwrite
+    parts = build_vision_transfer(32, 3, TRANSFER, AUG_OFF, seed=0, weights=weights)
+    for loaded, saved in zip(parts.base.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
+
+
+def test_missing_or_mismatching_weights_file_gives_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        resolve_base_weights(str(tmp_path / "nowhere.weights.h5"), "none", alpha=0.35, input_size=32)
+    other = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.5, include_top=False, weights=None)
+    path = tmp_path / "alpha050.weights.h5"
+    other.save_weights(path)
+    weights = resolve_base_weights(str(path), "fail", alpha=0.35, input_size=32)
+    with pytest.raises(WeightsError, match="does not fit"):
+        build_vision_transfer(32, 3, TRANSFER, AUG_OFF, seed=0, weights=weights)
+
+
+def test_weights_none_and_bad_options():
+    assert resolve_base_weights("none", "fail", 0.35, 32).used == "none (random init)"
+    assert resolve_base_weights(None, "fail", 0.35, 32).path is None
+    with pytest.raises(ConfigError, match="offline_fallback"):
+        resolve_base_weights("none", "maybe", 0.35, 32)
+    with pytest.raises(ConfigError, match="alpha"):
+        resolve_base_weights("imagenet", "fail", 0.6, 96)
+
+
+def test_imagenet_weights_in_the_keras_cache_are_used_without_network(tmp_path):
+    cached = tmp_path / "models" / imagenet_weights_filename(0.35, 96)
+    cached.parent.mkdir()
+    cached.write_bytes(b"pretend h5")
+    weights = resolve_base_weights("imagenet", "fail", 0.35, 96, cache_dir=tmp_path)
+    assert (weights.used, weights.path, weights.sha256) == ("imagenet", str(cached), file_sha256(cached))
+    # sizes Keras has no file for load the 224 weights, as keras.applications does
+    assert imagenet_weights_filename(1.0, 64).endswith("_1.0_224_no_top.h5")
+
+
+def test_imagenet_offline_with_fallback_fail_stops_quickly_with_a_clear_error(tmp_path):
+    start = time.perf_counter()
+    try:
+        weights = resolve_base_weights("imagenet", "fail", 0.35, 96, cache_dir=tmp_path)
+    except WeightsError as err:
+        message = str(err)
+        assert "could not be downloaded" in message and "none" in message and "path" in message
+        assert "\n" not in message
+    else:
+        pytest.skip(f"this machine can download ImageNet weights ({weights.path})")
+    assert time.perf_counter() - start < 15
+
+
+def test_imagenet_offline_with_fallback_none_records_random_init_loudly(tmp_path, caplog):
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="vapm.models.vision"):
+        weights = resolve_base_weights("imagenet", "none", 0.35, 96, cache_dir=tmp_path)
+    if weights.used == "imagenet":
+        pytest.skip(f"this machine can download ImageNet weights ({weights.path})")
+    assert time.perf_counter() - start < 15
+    assert weights.used == "none (random init)" and weights.path is None
+    assert "could not be downloaded" in weights.reason
+    assert "RANDOMLY INITIALISED" in caplog.text and "could not be downloaded" in caplog.text
+
+
+# --------------------------------------------------------------------------- acoustic CNN
+
+def test_acoustic_cnn_structure_and_parameter_count():
+    mean, variance = np.zeros(104), np.ones(104)
+    model = build_acoustic_cnn((104, 98), 8, ACOUSTIC, mean, variance, seed=0)
+    assert model.input_shape == (None, 104, 98) and model.output_shape == (None, 8)
+    assert model.get_layer("conv1").output.shape[1:] == (51, 48, 32)
+    assert model.get_layer("conv2").output.shape[1:] == (24, 23, 32)
+    assert model.get_layer("pool").output.shape[1:] == (12, 11, 32)
+    assert acoustic_cnn_feature_side(104, 4, 2, 2) == 12 and acoustic_cnn_feature_side(98, 4, 2, 2) == 11
+    assert [model.get_layer(f"dense{i}").units for i in (1, 2)] == [512, 64]
+    assert all(isinstance(model.get_layer(f"batchnorm{i}"), keras.layers.BatchNormalization) for i in (1, 2))
+    trainable = (4 * 4 * 32 + 32) + 2 * 32 + (4 * 4 * 32 * 32 + 32) + 2 * 32 \
+        + (12 * 11 * 32 * 512 + 512) + (512 * 64 + 64) + (64 * 8 + 8)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
+
+
+def test_acoustic_cnn_standardises_each_feature_row_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(0)
+    scales = np.linspace(1, 300, 24)[None, :, None]
+    images = (rng.normal(size=(10, 24, 30)) * scales + scales).astype("float32")
+    mean, variance = row_statistics(images)
+    model = build_acoustic_cnn((24, 30), 3, {**ACOUSTIC, "dense_units": [16]}, mean, variance, seed=0)
+    standardised = np.asarray(keras.Model(model.input, model.get_layer("standardise_rows").output)(images))
+    np.testing.assert_allclose(standardised.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standardised.std(axis=(0, 2, 3)), 1.0, rtol=1e-3)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
+
+
+def test_acoustic_cnn_refuses_too_small_inputs_and_wrong_statistics():
+    with pytest.raises(ConfigError, match="too small"):
+        build_acoustic_cnn((8, 98), 8, ACOUSTIC, np.zeros(8), np.ones(8), seed=0)
+    with pytest.raises(ValueError, match="row statistics"):
+        build_acoustic_cnn((104, 98), 8, ACOUSTIC, np.zeros(98), np.ones(98), seed=0)
