@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from vapm.predict import preprocessing_params
 from vapm.config import ConfigError, audio_sample_rate, clip_samples, load_params, section, train_settings
 from vapm.evaluation import EvaluationError
 from vapm.seeding import set_global_seed
@@ -54,6 +55,7 @@ def main() -> None:
         "classes": class_names,
         "input_shape": list(data.images.shape[1:]),
         "input_dtype": "float32",
+        "params": preprocessing_params(params, "acoustic"),  # what vapm.predict needs to prepare a new file
         "preprocessing": preprocessing(params),
         "epochs_run": len(result.history),
         "n_fit": len(result.split.fit), "n_val": len(result.split.val), "n_test": len(result.split.test),

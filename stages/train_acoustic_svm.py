@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from vapm import tracking
+from vapm.predict import preprocessing_params
 from vapm.config import ConfigError, audio_sample_rate, load_params, section
 from vapm.evaluation import EvaluationError, classification_summary, save_confusion_png, write_predictions
 from vapm.seeding import set_global_seed
@@ -74,6 +75,7 @@ def main() -> None:
         "input_shape": [len(data.feature_names)],
         "feature_names": data.feature_names,
         "feature_source": str(data_file),
+        "params": preprocessing_params(params, "acoustic"),  # what vapm.predict needs to prepare a new file
         "preprocessing": preprocessing(params, from_csv=bool(features_csv)),
         "best_C": result.best_C,
         "cv_folds": cv_folds,

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vapm.predict import preprocessing_params
 from vapm.config import ConfigError, load_params, section, train_settings
 from vapm.evaluation import EvaluationError
 from vapm.models import resolve_base_weights
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         "classes": class_names,
         "input_shape": list(data.images.shape[1:]),
         "input_dtype": "uint8",
+        "params": preprocessing_params(params, "vision"),  # what vapm.predict needs to prepare a new file
         "preprocessing": {
             "vision": {"image_size": side},
             "steps": f"decode, convert to grey (luminance), resize to {side}x{side} with "
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
     }
     if weights:
-        info.update(weights=weights.as_dict(), feature_cache=result.details["feature_cache"],
+        info.update(weights=result.details["weights"], feature_cache=result.details["feature_cache"],
                     fine_tuned_layers=result.details["fine_tuned_layers"])
     save_model_outputs(Path("models") / model_name, result, data.files, data.labels, class_names, info)
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                   model_section: {k: v for k, v in model_params.items() if k != "train"},
                   "train_vision.augmentation": augmentation}
     if weights:
-        run_params["weights_used"] = weights.as_dict()
+        run_params["weights_used"] = result.details["weights"]
     log_training_run(experiment=section(params, "mlflow.experiment"), stage=stage, model_name=model_name,
                      run_params=run_params, manifests=[MANIFEST], result=result, labels=data.labels,
                      class_names=class_names, input_example=data.images[result.split.test][:2])

@@ -178,7 +178,7 @@ def _evaluate_workspace(tmp_path: Path) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"vision": {"classes": VISION}, "audio": {"classes": AUDIO}}))
     _fake_model_dir(tmp_path, "vision_scratch", VISION, 1, with_history=True, with_probabilities=True)
     _fake_model_dir(tmp_path, "vision_transfer", VISION, 2, with_history=True, with_probabilities=True,
-                    info={"model": "vision_transfer", "weights_used": "none (random init: imagenet unavailable)"})
+                    info={"model": "vision_transfer", "weights": {"used": "none (random init)", "reason": "imagenet unavailable"}})
     _fake_model_dir(tmp_path, "acoustic_svm", AUDIO, 3, with_history=False, with_probabilities=False,
                     info={"model": "acoustic_svm", "best_C": 0.1})
     _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, with_history=True, with_probabilities=True)

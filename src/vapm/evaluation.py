@@ -252,8 +252,10 @@ def evaluate_model(model_dir: str | Path, model_name: str, class_names: Sequence
             info = json.loads(info_path.read_text())
         except json.JSONDecodeError as err:
             raise EvaluationError(f"{info_path} is not valid JSON: {err}") from err
-        if "weights_used" in info:
-            summary["weights_used"] = str(info["weights_used"])
+        weights = info.get("weights")
+        if isinstance(weights, dict):  # the transfer model's base: what was really loaded, and why
+            summary["weights_used"] = str(weights.get("used"))
+            summary["weights_reason"] = str(weights.get("reason"))
     write_metrics_json(metrics_dir / f"{model_name}.json", summary)
 
     confusion_dir = metrics_dir / "confusion"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +25,7 @@ from vapm.models import (
     build_acoustic_cnn,
     build_vision_scratch,
     build_vision_transfer,
+    calibrate_random_batchnorm,
     row_statistics,
     unfreeze_top_layers,
 )
@@ -32,6 +33,8 @@ from vapm.models import (
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
 # Inference batch size: only speed depends on it (large batches amortise per-call overhead).
 PREDICT_BATCH_SIZE = 256
+# One training-mode pass over this many images sets a random base's BatchNorm statistics.
+BATCHNORM_CALIBRATION_IMAGES = 256
 FEATURE_KEYS = ("images", "labels", "splits", "files")
 
 
@@ -261,8 +264,15 @@ def train_vision_transfer(images: np.ndarray, labels: np.ndarray, splits: np.nda
                   callbacks=callbacks)
     cached = uses_feature_cache(augmentation, use_feature_cache)
     seconds: dict[str, float] = {}
+    details: dict[str, Any] = {"feature_cache": cached, "fine_tuned_layers": 0}
 
     start = time.perf_counter()
+    if weights.path is None:
+        sample = np.random.default_rng(seed).permutation(len(fit_x))[:BATCHNORM_CALIBRATION_IMAGES]
+        details["batchnorm_calibrated_on"] = calibrate_random_batchnorm(parts, fit_x[np.sort(sample)])
+        weights = replace(weights, reason=f"{weights.reason}; BatchNorm statistics of the random base "
+                                          f"measured on {details['batchnorm_calibrated_on']} training images")
+    details["weights"] = weights.as_dict()
     if cached:
         fit_x = predict_in_batches(parts.features, fit_x)
         if val_data is not None:
@@ -278,7 +288,6 @@ def train_vision_transfer(images: np.ndarray, labels: np.ndarray, splits: np.nda
     seconds["head"] = time.perf_counter() - head_start
 
     fine_tune_epochs = int(model_params["fine_tune_epochs"])
-    details: dict[str, Any] = {"feature_cache": cached, "weights": weights.as_dict(), "fine_tuned_layers": 0}
     if fine_tune_epochs > 0:
         details["fine_tuned_layers"] = unfreeze_top_layers(parts.base, int(model_params["fine_tune_layers"]))
         compile_classifier(parts.full, model_params["fine_tune_learning_rate"])

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import tensorflow as tf
+import numpy as np
 from keras import layers
 
 from vapm.config import ConfigError
@@ -294,6 +296,29 @@ def build_vision_transfer(image_size: int, n_classes: int, params: dict[str, Any
     full = keras.Model(inputs, classify(dropout(dense(pooled))), name="vision_transfer")
     features = keras.Model(inputs, pooled, name="vision_transfer_features")
     return TransferModel(full=full, features=features, head=head, base=base)
+
+
+def calibrate_random_batchnorm(parts: TransferModel, images: np.ndarray) -> int:
+    """Give a randomly initialised base BatchNorm statistics measured on `images`; returns their count.
+
+    In inference mode a random base's BatchNorm layers use moving statistics 0 and 1, which do not
+    normalise anything: activations shrink layer after layer and the pooled features come out near
+    1e-12, so the head cannot learn. One training-mode pass with momentum 0 sets every moving
+    statistic to that of the batch, which gives informative (if not pre-trained) random features.
+    """
+    input_size = int(parts.base.input_shape[1])
+    x = tf.image.resize(tf.convert_to_tensor(images[..., None], tf.float32), (input_size, input_size))
+    x = tf.repeat(x, 3, axis=-1) / 127.5 - 1.0
+    norms = [layer for layer in parts.base.layers if isinstance(layer, layers.BatchNormalization)]
+    was_trainable, momenta = parts.base.trainable, [layer.momentum for layer in norms]
+    parts.base.trainable = True  # Keras 3 runs frozen BatchNorm in inference mode whatever `training` says
+    for layer in norms:
+        layer.momentum = 0.0
+    parts.base(x, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+    parts.base.trainable = was_trainable
+    return len(images)
 
 
 def unfreeze_top_layers(base: keras.Model, n_layers: int) -> int:
