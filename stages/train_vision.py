@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
                                        section(params, f"{model_section}.offline_fallback"),
                                        alpha=float(section(params, f"{model_section}.alpha")),
                                        input_size=int(section(params, f"{model_section}.input_size")))
-        result = train_vision_transfer(data.images, data.labels, data.splits, weights=weights, **common)
+        result = train_vision_transfer(data.images, data.labels, data.splits, weights=weights,
+                                       use_feature_cache=bool(section(params, f"{model_section}.cache_frozen_features")),
+                                       **common)
     accuracy = float((result.test_predictions == data.labels[result.split.test]).mean())
     print(f"{model_name}: {len(result.history)} epochs in {result.seconds['training']:.1f} s, "
           f"test accuracy {accuracy:.3f}" + (f", base weights {weights.used}" if weights else ""))

@@ -30,7 +30,7 @@ from vapm.training import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "validation_fraction": 0.2,
-            "early_stopping_patience": 0}
+            "early_stopping_patience": 0, "reduce_lr_patience": 0, "reduce_lr_factor": 0.5}
 SMALL_SCRATCH = {**SCRATCH, "filters": [8, 16], "dense_units": 32}
 
 

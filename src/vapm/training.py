@@ -112,7 +112,8 @@ def split_indices(labels: np.ndarray, splits: np.ndarray, validation_fraction: f
 
 
 def check_train_settings(settings: dict[str, Any]) -> None:
-    required = ["epochs", "batch_size", "learning_rate", "validation_fraction", "early_stopping_patience"]
+    required = ["epochs", "batch_size", "learning_rate", "validation_fraction", "early_stopping_patience",
+                "reduce_lr_patience", "reduce_lr_factor"]
     missing = [key for key in required if key not in settings]
     if missing:
         raise ConfigError(f"train settings lack {missing}")
@@ -123,8 +124,12 @@ def check_train_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"train.learning_rate must be positive, got {settings['learning_rate']}")
     if int(settings["early_stopping_patience"]) < 0:
         raise ConfigError("train.early_stopping_patience must be >= 0 (0 = off)")
-    if int(settings["early_stopping_patience"]) > 0 and float(settings["validation_fraction"]) == 0:
-        raise ConfigError("early stopping watches val_loss: set train.validation_fraction > 0 or patience 0")
+    if int(settings["reduce_lr_patience"]) < 0 or not 0 < float(settings["reduce_lr_factor"]) < 1:
+        raise ConfigError("train.reduce_lr_patience must be >= 0 (0 = off) and train.reduce_lr_factor in (0, 1)")
+    watching = int(settings["early_stopping_patience"]) > 0 or int(settings["reduce_lr_patience"]) > 0
+    if watching and float(settings["validation_fraction"]) == 0:
+        raise ConfigError("early stopping and the learning-rate schedule watch val_loss: set "
+                          "train.validation_fraction > 0, or their patience to 0")
 
 
 # --------------------------------------------------------------------------- fitting
@@ -153,13 +158,16 @@ def history_frame(history: dict[str, list[float]], phase: str, first_epoch: int 
 
 def fit_classifier(model: keras.Model, fit_data: tuple[np.ndarray, np.ndarray],
                    val_data: tuple[np.ndarray, np.ndarray] | None, *, epochs: int, batch_size: int,
-                   patience: int, seed: int, phase: str, first_epoch: int = 1,
-                   callbacks: Sequence[keras.callbacks.Callback] = ()) -> pd.DataFrame:
+                   patience: int, seed: int, phase: str, first_epoch: int = 1, reduce_lr_patience: int = 0,
+                   reduce_lr_factor: float = 0.5, callbacks: Sequence[keras.callbacks.Callback] = ()) -> pd.DataFrame:
     """Fit a compiled model; returns one history row per epoch run, numbered from `first_epoch`.
 
     `callbacks` is the hook for extras such as a learning-rate schedule.
     """
     all_callbacks = list(callbacks)
+    if reduce_lr_patience > 0:
+        all_callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=reduce_lr_factor,
+                                                               patience=reduce_lr_patience, min_lr=1e-6))
     if patience > 0:
         all_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                            restore_best_weights=True))
@@ -208,13 +216,19 @@ def _square_side(images: np.ndarray) -> int:
     return int(images.shape[1])
 
 
+def _watchers(settings: dict[str, Any]) -> dict[str, Any]:
+    """The val_loss watchers of the train settings: early stopping and learning-rate reduction."""
+    return dict(patience=int(settings["early_stopping_patience"]),
+                reduce_lr_patience=int(settings["reduce_lr_patience"]),
+                reduce_lr_factor=float(settings["reduce_lr_factor"]))
+
+
 def _fit_simple(model, images, labels, split, settings, seed, callbacks) -> TrainingResult:
     compile_classifier(model, settings["learning_rate"])
     start = time.perf_counter()
     history = fit_classifier(model, (images[split.fit], labels[split.fit]), _val(images, labels, split),
                              epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
-                             patience=int(settings["early_stopping_patience"]), seed=seed, phase="train",
-                             callbacks=callbacks)
+                             seed=seed, phase="train", **_watchers(settings), callbacks=callbacks)
     trained = time.perf_counter()
     probabilities = predict_in_batches(model, images[split.test])
     seconds = {"training": trained - start, "predict_test": time.perf_counter() - trained}
@@ -260,8 +274,7 @@ def train_vision_transfer(images: np.ndarray, labels: np.ndarray, splits: np.nda
     parts = build_vision_transfer(_square_side(images), n_classes, model_params, augmentation, seed, weights)
     fit_x, fit_y = images[split.fit], labels[split.fit]
     val_data = _val(images, labels, split)
-    common = dict(batch_size=int(settings["batch_size"]), patience=int(settings["early_stopping_patience"]),
-                  callbacks=callbacks)
+    common = dict(batch_size=int(settings["batch_size"]), callbacks=callbacks, **_watchers(settings))
     cached = uses_feature_cache(augmentation, use_feature_cache)
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {"feature_cache": cached, "fine_tuned_layers": 0}
