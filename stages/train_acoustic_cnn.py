@@ -12,7 +12,8 @@ from vapm.config import ConfigError, audio_sample_rate, clip_samples, load_param
 from vapm.evaluation import EvaluationError
 from vapm.seeding import set_global_seed
 from vapm.tracking import TrackingError
-from vapm.training import TrainingError, load_feature_arrays, log_training_run, save_model_outputs, train_acoustic_cnn
+from vapm.training import (TrainingError, load_feature_arrays, log_training_run, model_info, save_model_outputs,
+                           summary_line, train_acoustic_cnn)
 
 MODEL_NAME = "acoustic_cnn"
 STAGE = "train_acoustic_cnn"
@@ -46,23 +47,10 @@ def main() -> None:
 
     result = train_acoustic_cnn(data.images, data.labels, data.splits, n_classes=len(class_names),
                                 model_params=model_params, settings=settings, seed=seed)
-    accuracy = float((result.test_predictions == data.labels[result.split.test]).mean())
-    print(f"{MODEL_NAME}: {len(result.history)} epochs in {result.seconds['training']:.1f} s, "
-          f"test accuracy {accuracy:.3f}")
-
-    info = {
-        "model": MODEL_NAME,
-        "classes": class_names,
-        "input_shape": list(data.images.shape[1:]),
-        "input_dtype": "float32",
-        "params": preprocessing_params(params, "acoustic"),  # what vapm.predict needs to prepare a new file
-        "preprocessing": preprocessing(params),
-        "epochs_run": len(result.history),
-        "n_fit": len(result.split.fit), "n_val": len(result.split.val), "n_test": len(result.split.test),
-        "seed": seed,
-        "training_seconds": round(result.seconds["training"], 3),
-        "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
-    }
+    print(summary_line(MODEL_NAME, result, data.labels))
+    info = model_info(MODEL_NAME, class_names, data.images, result, seed,
+                      params=preprocessing_params(params, "acoustic"),  # what vapm.predict needs for a new file
+                      preprocessing=preprocessing(params))
     save_model_outputs(Path("models") / MODEL_NAME, result, data.files, data.labels, class_names, info)
 
     run_params = {"seed": seed, "train": settings, STAGE: {k: v for k, v in model_params.items() if k != "train"}}

@@ -20,7 +20,9 @@ from vapm.training import (
     TrainingError,
     load_feature_arrays,
     log_training_run,
+    model_info,
     save_model_outputs,
+    summary_line,
     train_vision_scratch,
     train_vision_transfer,
 )
@@ -58,28 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         result = train_vision_transfer(data.images, data.labels, data.splits, weights=weights,
                                        use_feature_cache=bool(section(params, f"{model_section}.cache_frozen_features")),
                                        **common)
-    accuracy = float((result.test_predictions == data.labels[result.split.test]).mean())
-    print(f"{model_name}: {len(result.history)} epochs in {result.seconds['training']:.1f} s, "
-          f"test accuracy {accuracy:.3f}" + (f", base weights {weights.used}" if weights else ""))
-
+    print(summary_line(model_name, result, data.labels) + (f", base weights {weights.used}" if weights else ""))
     side = int(data.images.shape[1])
-    info = {
-        "model": model_name,
-        "classes": class_names,
-        "input_shape": list(data.images.shape[1:]),
-        "input_dtype": "uint8",
-        "params": preprocessing_params(params, "vision"),  # what vapm.predict needs to prepare a new file
-        "preprocessing": {
-            "vision": {"image_size": side},
-            "steps": f"decode, convert to grey (luminance), resize to {side}x{side} with "
-                     "vapm.features.vision.resize_image (Lanczos), uint8; the model scales the pixels itself",
-        },
-        "epochs_run": len(result.history),
-        "n_fit": len(result.split.fit), "n_val": len(result.split.val), "n_test": len(result.split.test),
-        "seed": seed,
-        "training_seconds": round(result.seconds["training"], 3),
-        "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
-    }
+    info = model_info(model_name, class_names, data.images, result, seed,
+                      params=preprocessing_params(params, "vision"),  # what vapm.predict needs for a new file
+                      preprocessing={"vision": {"image_size": side},
+                                     "steps": f"decode, convert to grey (luminance), resize to {side}x{side} with "
+                                              "vapm.features.vision.resize_image (Lanczos), uint8; the model "
+                                              "scales the pixels itself"})
     if weights:
         info.update(weights=result.details["weights"], feature_cache=result.details["feature_cache"],
                     fine_tuned_layers=result.details["fine_tuned_layers"])

@@ -103,3 +103,43 @@ def test_forced_repro_gives_bit_identical_metrics(pipeline: Path):
     before = read_metrics(pipeline)
     run(["dvc", "repro", "-f"], pipeline)
     assert read_metrics(pipeline) == before
+
+
+def test_every_training_stage_logged_one_mlflow_run(pipeline: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["vapm"], output_format="pandas")
+    first_runs = runs.sort_values("start_time").groupby("tags.model").head(1)
+    assert set(first_runs["tags.model"]) == set(MODELS)
+    head = run(["git", "rev-parse", "HEAD~1"], pipeline).stdout.strip()  # the commit `dvc repro` ran on
+    for _, row in first_runs.iterrows():
+        assert row["tags.git_commit"] == head
+        assert len(row["tags.data_manifest_sha256"]) == 64
+        logged_params = [c for c in row.index if c.startswith("params.") and row[c] is not None]
+        assert "params.seed" in logged_params and len(logged_params) >= 5
+        assert 0.0 <= row["metrics.test_accuracy"] <= 1.0
+    stages = set(first_runs["tags.stage"])
+    assert stages == {"train_vision@scratch", "train_vision@transfer", "train_acoustic_svm", "train_acoustic_cnn"}
+
+
+def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, tmp_path: Path):
+    import zipfile
+
+    with zipfile.ZipFile(pipeline / "data" / "sample" / "NEU-data-TrainTest.zip") as archive:
+        member = next(n for n in archive.namelist() if "/test/" in n)
+        (tmp_path / "strip.jpg").write_bytes(archive.read(member))
+    with zipfile.ZipFile(pipeline / "data" / "sample" / "AirCompressor_Data.zip") as archive:
+        member = next(n for n in archive.namelist() if n.endswith(".dat"))
+        (tmp_path / "clip.dat").write_bytes(archive.read(member))
+    for model, new_file in [("vision_scratch", "strip.jpg"), ("acoustic_cnn", "clip.dat")]:
+        result = json.loads(run(["python", "-m", "vapm.predict", f"models/{model}", str(tmp_path / new_file),
+                                 "--json"], pipeline).stdout)
+        classes = json.loads((pipeline / "models" / model / "info.json").read_text())["classes"]
+        assert result[0]["class"] in classes
+        assert sum(result[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    svm = run(["python", "-m", "vapm.predict", "models/acoustic_svm", str(tmp_path / "clip.dat")], pipeline)
+    assert svm.stdout.split(": ")[1].strip() in json.loads((pipeline / "models/acoustic_svm/info.json").read_text())["classes"]
+    missing = run(["python", "-m", "vapm.predict", "models/vision_scratch", str(tmp_path / "nope.jpg")], pipeline,
+                  check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr

@@ -330,6 +330,29 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
+def model_info(model_name: str, class_names: list[str], images: np.ndarray, result: TrainingResult, seed: int,
+               **extra: Any) -> dict[str, Any]:
+    """info.json's common part: what the model takes and how its training went; `extra` adds to it."""
+    return {
+        "model": model_name,
+        "classes": list(class_names),
+        "input_shape": list(images.shape[1:]),
+        "input_dtype": str(images.dtype),
+        "epochs_run": len(result.history),
+        "n_fit": len(result.split.fit), "n_val": len(result.split.val), "n_test": len(result.split.test),
+        "seed": seed,
+        "training_seconds": round(result.seconds["training"], 3),
+        "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
+        **extra,
+    }
+
+
+def summary_line(model_name: str, result: TrainingResult, labels: np.ndarray) -> str:
+    accuracy = float((result.test_predictions == labels[result.split.test]).mean())
+    return (f"{model_name}: {len(result.history)} epochs in {result.seconds['training']:.1f} s, "
+            f"test accuracy {accuracy:.3f}")
+
+
 def save_model_outputs(out_dir: str | Path, result: TrainingResult, files: np.ndarray, labels: np.ndarray,
                        class_names: list[str], info: dict[str, Any]) -> Path:
     """models/<model>/: model.keras, history.csv, predictions.parquet (test split), info.json."""

@@ -1,0 +1,75 @@
+"""The preset tool and the k-fold split used by the cross-validation mode."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.helpers import REPO_ROOT
+from vapm.config import ConfigError, load_params
+from vapm.crossval import fold_splits, summarize
+from vapm.preset import load_preset, override_args
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return load_params(REPO_ROOT / "params.yaml")
+
+
+def test_every_shipped_preset_names_existing_params(params):
+    for preset in sorted((REPO_ROOT / "presets").glob("*.yaml")):
+        args = override_args(load_preset(preset), params)
+        assert args[0::2] == ["-S"] * (len(args) // 2)
+        assert not any(ch.isspace() for arg in args for ch in arg), preset
+
+
+def test_override_args_are_compact_yaml_that_round_trips(params):
+    preset = {"train_acoustic_svm.C_grid": [0.01, 1], "train_vision.scratch.train": {"epochs": 30},
+              "featurize.fmax": None, "ingest.vision_archive": "data/raw/x.zip"}
+    args = override_args(preset, params)
+    parsed = dict(arg.split("=", 1) for arg in args[1::2])
+    assert {key: yaml.safe_load(value) for key, value in parsed.items()} == preset
+
+
+def test_unknown_preset_key_is_refused(params):
+    with pytest.raises(ConfigError, match="train.epoch"):
+        override_args({"train.epoch": 3}, params)
+
+
+def test_preset_cli_prints_arguments_and_fails_cleanly(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "vapm.preset", "presets/book.yaml"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    assert good.returncode == 0 and "-S vision.image_size=200" in good.stdout
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text("nonsense.key: 1\n")
+    bad = subprocess.run([sys.executable, "-m", "vapm.preset", str(bad_file)], cwd=REPO_ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "nonsense" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_fold_splits_test_every_item_once_and_stay_stratified():
+    labels = np.repeat(np.arange(3), 10)
+    folds = fold_splits(labels, 5, seed=1)
+    assert len(folds) == 5
+    tested = np.stack([splits == "test" for splits in folds])
+    assert (tested.sum(axis=0) == 1).all()
+    for mask in tested:
+        assert np.bincount(labels[mask], minlength=3).tolist() == [2, 2, 2]
+    assert all((a == b).all() for a, b in zip(folds, fold_splits(labels, 5, seed=1)))
+
+
+def test_fold_splits_refuse_impossible_folds():
+    with pytest.raises(ConfigError, match="only 3 items"):
+        fold_splits(np.array([0, 0, 0, 1, 1, 1, 1]), 4, seed=0)
+    with pytest.raises(ConfigError, match="at least 2"):
+        fold_splits(np.array([0, 1]), 1, seed=0)
+
+
+def test_summarize_reports_mean_and_sample_spread():
+    result = summarize([0.9, 1.0, 0.95], n_items=30, seconds=1.234)
+    assert result["accuracy_mean"] == pytest.approx(0.95)
+    assert result["accuracy_std"] == pytest.approx(0.05)
+    assert result["accuracy_min"] == 0.9 and result["folds"] == 3
