@@ -158,18 +158,22 @@ def main(argv: list[str] | None = None) -> int:
             result["stages"][stage] = timing
             print(f"[bench] {stage}: {timing['wall_s']:.1f} s, peak {timing['peak_rss_mb']:.0f} MB", flush=True)
         result["total_wall_s"] = round(sum(t["wall_s"] for t in result["stages"].values()), 1)
+        result["metrics"] = {m: json.loads((repo / "metrics" / f"{m}.json").read_text())
+                             for m in MODELS if (repo / "metrics" / f"{m}.json").is_file()}
+        write_results(result, args.out)  # the pipeline's numbers are kept even if the k-fold part fails
         if args.crossval:
             print("[bench] crossval ...", flush=True)
             result["crossval_timing"] = timed_run([sys.executable, "-m", "vapm.crossval"], repo, env, log)
-    result["metrics"] = {m: json.loads((repo / "metrics" / f"{m}.json").read_text())
-                         for m in MODELS if (repo / "metrics" / f"{m}.json").is_file()}
-    crossval_dir = repo / "metrics" / "crossval"
-    if crossval_dir.is_dir():
-        result["crossval"] = {p.stem: json.loads(p.read_text()) for p in sorted(crossval_dir.glob("*.json"))}
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    args.out.with_suffix(".md").write_text(markdown_table(result))
+            result["crossval"] = {p.stem: json.loads(p.read_text())
+                                  for p in sorted((repo / "metrics" / "crossval").glob("*.json"))}
+            write_results(result, args.out)
     print(markdown_table(result))
     return 0
+
+
+def write_results(result: dict[str, Any], out: Path) -> None:
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(result))
 
 
 if __name__ == "__main__":

@@ -98,13 +98,16 @@ RUNNERS = {"acoustic_svm": crossval_svm, "vision_scratch": crossval_vision_scrat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=list(MODELS), choices=MODELS)
+    parser.add_argument("models", nargs="*", metavar="MODEL", help=f"any of {', '.join(MODELS)} (default: both)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     try:
         params = load_params()
         folds, seed = int(section(params, "crossval.folds")), int(section(params, "seed"))
         OUT_DIR.mkdir(parents=True, exist_ok=True)
-        for model in args.models:
+        for model in args.models or MODELS:
             print(f"{model}: {folds}-fold cross-validation", flush=True)
             result = RUNNERS[model](params, folds, seed)
             (OUT_DIR / f"{model}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
