@@ -33,8 +33,9 @@ from vapm.models import (
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
 # Inference batch size: only speed depends on it (large batches amortise per-call overhead).
 PREDICT_BATCH_SIZE = 256
-# One training-mode pass over this many images sets a random base's BatchNorm statistics.
-BATCHNORM_CALIBRATION_IMAGES = 256
+# One training-mode pass over this many images sets a random base's BatchNorm statistics (64 images x
+# every pixel position is plenty per channel; the pass holds all activations, so memory grows with it).
+BATCHNORM_CALIBRATION_IMAGES = 64
 FEATURE_KEYS = ("images", "labels", "splits", "files")
 
 
