@@ -121,6 +121,14 @@ def test_wavelet_features_validation(tmp_path):
         load_wavelet_features(tmp_path / "absent.parquet", CLASSES)
 
 
+def test_wavelet_features_follow_the_featurize_level(tmp_path):
+    table = pd.read_parquet(_wavelet_parquet(tmp_path / "wp.parquet"))
+    level_six = table.drop(columns=[c for c in table.columns if c.startswith("wp_L7_")])
+    level_six.to_parquet(tmp_path / "level6.parquet")
+    data = load_wavelet_features(tmp_path / "level6.parquet", CLASSES)
+    assert len(data.feature_names) == 126 and data.feature_names[-1] == "wp_L6_63"
+
+
 # ---- the authors' features CSV ---------------------------------------------------------------
 
 def _authors_csv(path: Path, labels: list, header: bool = True, n_features: int = N_WAVELET_FEATURES) -> Path:
