@@ -1,6 +1,8 @@
 """Reading params.yaml and deriving the few values computed from it."""
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import copy
 from fractions import Fraction
 from pathlib import Path
@@ -11,7 +13,7 @@ import yaml
 PARAMS_FILE = "params.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(VapmError, ValueError):
     """A parameter is missing or has a value the pipeline cannot use."""
 
 

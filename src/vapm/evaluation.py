@@ -5,6 +5,8 @@ predictions back and writes the DVC metrics and plots files (docs/architecture.m
 """
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import json
 import math
 from pathlib import Path
@@ -20,7 +22,7 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accura
 PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(VapmError, ValueError):
     """Predictions, histories or model folders that cannot be evaluated as they are."""
 
 

@@ -5,6 +5,8 @@ authors' WPTFeatures254_FaultStates.csv (254 feature columns, then the fault-sta
 """
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ METADATA_COLUMNS = ["class", "label", "split", "file"]
 TRUSTED_SVM_TYPES: list[str] = []
 
 
-class FeatureDataError(ValueError):
+class FeatureDataError(VapmError, ValueError):
     """A features table or CSV that the SVM stage cannot use."""
 
 

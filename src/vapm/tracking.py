@@ -6,6 +6,8 @@ The default store is SQLite in the repository root (MLflow 3's plain file store 
 """
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import hashlib
 import json
 import logging
@@ -53,7 +55,7 @@ for _name, _level in {"mlflow.store.db.utils": logging.WARNING, "alembic": loggi
     logging.getLogger(_name).setLevel(_level)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(VapmError, RuntimeError):
     """MLflow logging was asked for something it cannot record."""
 
 

@@ -6,6 +6,8 @@ only load features, call one of them and write/log what it returns (`save_model_
 """
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import json
 import tempfile
 import time
@@ -39,7 +41,7 @@ BATCHNORM_CALIBRATION_IMAGES = 64
 FEATURE_KEYS = ("images", "labels", "splits", "files")
 
 
-class TrainingError(ValueError):
+class TrainingError(VapmError, ValueError):
     """The data cannot be trained on as asked (empty split, too few items for validation, ...)."""
 
 

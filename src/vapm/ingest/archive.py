@@ -1,13 +1,15 @@
 """Reading zip archives safely: members are read into memory, never extracted to disk."""
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import re
 import stat
 import zipfile
 from pathlib import Path
 
 
-class ArchiveError(ValueError):
+class ArchiveError(VapmError, ValueError):
     """The archive is missing, is not a zip, or holds a member that is unsafe to read."""
 
 

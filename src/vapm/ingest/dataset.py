@@ -1,6 +1,8 @@
 """Turning one archive into data/interim/<dataset>/: manifest, decoded data, and a report."""
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ _LISTED_IN_MESSAGES = 20
 PARALLEL_MIN_BYTES = 256 * 2**20
 
 
-class IngestError(RuntimeError):
+class IngestError(VapmError, RuntimeError):
     """A dataset could not be ingested; `report` says what was found before giving up."""
 
     def __init__(self, message: str, report: dict[str, Any]):

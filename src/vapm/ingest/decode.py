@@ -1,6 +1,8 @@
 """Decoding and validating one member's bytes: images to grey uint8, audio to fixed-length clips."""
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import io
 import math
 import re
@@ -19,7 +21,7 @@ _TRAILING_COMMA = re.compile(rb",[ \t]*(?=\r?\n|$)")
 _OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
-class DecodeError(ValueError):
+class DecodeError(VapmError, ValueError):
     """The bytes are not a valid image or clip; the message is the reason shown in the report."""
 
 

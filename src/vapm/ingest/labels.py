@@ -1,6 +1,8 @@
 """What a member path says: whether it is data at all, its class, and its train/test split."""
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 from pathlib import PurePosixPath
 
 from vapm.ingest.archive import path_parts
@@ -24,7 +26,7 @@ NEU_ALIASES: dict[str, tuple[str, ...]] = {
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 
-class UnknownClass(ValueError):
+class UnknownClass(VapmError, ValueError):
     """The path names no class of the list, or names two different ones."""
 
 
