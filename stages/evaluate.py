@@ -1,37 +1,31 @@
-"""Stage evaluate: test-set metrics, confusion matrices and training curves for every model.
+"""Stage evaluate: test-set scores, details and plots of every model in the registry (models.yaml).
 
-Reads models/<model>/predictions.parquet (and history.csv, info.json when present) and writes
-metrics/<model>.json, metrics/confusion/<model>.{csv,png} and metrics/curves/<model>.csv.
+Reads models/<model>/ and writes metrics/scores/, metrics/details/ and metrics/plots/ (see
+vapm.evaluation.evaluate).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from vapm.config import ConfigError, load_params, section
-from vapm.evaluation import EvaluationError, evaluate_model
-
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-# Model -> (params key of its class names, stage that trains it)
-MODELS = {
-    "vision_scratch": ("vision.classes", "train_vision@scratch"),
-    "vision_transfer": ("vision.classes", "train_vision@transfer"),
-    "acoustic_svm": ("audio.classes", "train_acoustic_svm"),
-    "acoustic_cnn": ("audio.classes", "train_acoustic_cnn"),
-}
+from vapm.errors import run_stage
 
 
 def main() -> None:
-    params = load_params()
-    missing = [f"{MODELS_DIR / name} (stage {stage})" for name, (_, stage) in MODELS.items()
-               if not (MODELS_DIR / name).is_dir()]
+    from vapm import paths
+    from vapm.evaluation.evaluate import evaluate_classifier, open_live
+    from vapm.evaluation.metrics import EvaluationError
+    from vapm.registry import load_registry
+    from vapm.settings import load_settings
+
+    settings = load_settings(models=())
+    registry = load_registry()
+    missing = [f"{paths.model_dir(name)} (stage train@{name})" for name in registry
+               if not paths.model_dir(name).is_dir()]
     if missing:
         raise EvaluationError(f"model folders missing: {', '.join(missing)}; run those stages first (dvc repro)")
-    for name, (classes_key, _) in MODELS.items():
-        class_names = list(section(params, classes_key))
+    live = open_live(paths.METRICS)
+    for name, entry in registry.items():
         try:
-            summary = evaluate_model(MODELS_DIR / name, name, class_names, METRICS_DIR)
+            summary = evaluate_classifier(name, paths.model_dir(name), settings.classes(entry.modality),
+                                          paths.METRICS, live)
         except EvaluationError as err:
             raise EvaluationError(f"{name}: {err}") from err
         low, high = summary["accuracy_ci95_low"], summary["accuracy_ci95_high"]
@@ -40,8 +34,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with run_stage("evaluate"):
         main()
-    except (ConfigError, EvaluationError) as err:
-        print(f"evaluate: {err}", file=sys.stderr)
-        sys.exit(1)

@@ -1,47 +1,39 @@
-"""Stage featurize: data/interim -> data/features (resized images, MFCC + log-mel images, wavelet-packet energies).
+"""Stage featurize: data/interim -> data/features/{image,acoustic_image,wavelet}/ (arrays + record.json).
 
-The formats are in docs/architecture.md; the knobs are params.yaml's `featurize`, `vision.image_size`
-and `audio.sample_rate`.
+The formats are in docs/architecture.md; the knobs are params.yaml's `featurize`, `vision.image_size` and
+`audio`. Each folder's record.json is the preprocessing record predict uses for new files.
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-from vapm.config import ConfigError, load_params, section
-from vapm.features.acoustic import acoustic_settings
-from vapm.features.build import InterimDataError, featurize_acoustic, featurize_vision
-from vapm.features.vision import vision_image_size
-from vapm.seeding import set_global_seed
-
-INTERIM = Path("data/interim")
-FEATURES = Path("data/features")
-VISION_OUT = FEATURES / "vision.npz"
-ACOUSTIC_IMAGES_OUT = FEATURES / "acoustic_images.npz"
-WAVELET_OUT = FEATURES / "wavelet_packet.parquet"
+from vapm.errors import run_stage
 
 
 def main() -> None:
-    try:
-        params = load_params()
-        set_global_seed(section(params, "seed"), tensorflow=False)
-        image_size = vision_image_size(params)
-        settings = acoustic_settings(params)
+    from vapm import paths
+    from vapm.features.build import featurize_acoustic, featurize_vision
+    from vapm.features.records import acoustic_image_record, image_record, wavelet_record
+    from vapm.seeding import set_global_seed
+    from vapm.settings import load_settings
 
-        started = time.perf_counter()
-        n_images = featurize_vision(INTERIM / "vision", VISION_OUT, image_size)
-        print(f"wrote {VISION_OUT}: {n_images} images of {image_size}x{image_size} "
-              f"in {time.perf_counter() - started:.1f} s")
+    settings = load_settings(models=())
+    set_global_seed(settings.seed, tensorflow=False, threads=settings.compute.threads)
+    images = image_record(settings)
+    started = time.perf_counter()
+    n_images = featurize_vision(paths.VISION_INTERIM, paths.IMAGE_FEATURES, images)
+    print(f"wrote {paths.IMAGE_FEATURES}: {n_images} images of {images.image_size}x{images.image_size} "
+          f"in {time.perf_counter() - started:.1f} s")
 
-        summary = featurize_acoustic(INTERIM / "acoustic", ACOUSTIC_IMAGES_OUT, WAVELET_OUT, settings)
-        print(f"wrote {ACOUSTIC_IMAGES_OUT} and {WAVELET_OUT}: {summary.n_clips} clips in {summary.seconds:.1f} s "
-              f"in {summary.workers} process(es); CPU per clip {summary.image_cpu_ms_per_clip:.1f} ms MFCC + log-mel, "
-              f"{summary.wavelet_cpu_ms_per_clip:.1f} ms wavelet packet")
-    except (ConfigError, InterimDataError, OSError) as err:
-        print(f"featurize: {err}", file=sys.stderr)
-        sys.exit(1)
+    summary = featurize_acoustic(paths.ACOUSTIC_INTERIM, paths.ACOUSTIC_IMAGE_FEATURES, paths.WAVELET_FEATURES,
+                                 acoustic_image_record(settings), wavelet_record(settings),
+                                 n_jobs=settings.featurize.n_jobs)
+    print(f"wrote {paths.ACOUSTIC_IMAGE_FEATURES} and {paths.WAVELET_FEATURES}: {summary.n_clips} clips in "
+          f"{summary.seconds:.1f} s in {summary.workers} process(es); CPU per clip "
+          f"{summary.image_cpu_ms_per_clip:.1f} ms MFCC + log-mel, {summary.wavelet_cpu_ms_per_clip:.1f} ms "
+          "wavelet packet")
 
 
 if __name__ == "__main__":
-    main()
+    with run_stage("featurize"):
+        main()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from librosa.feature import mfcc as mfcc_from_log_mel
 from librosa.filters import mel as mel_filters
 from threadpoolctl import ThreadpoolController
 
-from vapm.config import ConfigError, audio_sample_rate, section
 from vapm.features.errors import InterimDataError
 
 # power_to_db uses a fixed reference of 1.0 (amplitude 1 = 0 dB) rather than each clip's maximum:
@@ -33,82 +31,19 @@ LOG_ENERGY_FLOOR = 1e-12
 WAVELET_ENERGIES = ("log", "linear")
 
 
-@dataclass(frozen=True)
-class AcousticSettings:
-    """The `featurize` knobs for clips, validated, with `fmax` resolved to a number."""
-
-    sample_rate: float
-    n_mfcc: int
-    n_mels: int
-    n_fft: int
-    hop_length: int
-    fmax: float
-    wavelet: str
-    wavelet_level: int
-    wavelet_mode: str
-    wavelet_energy: str
-    remove_dc: bool
-    n_jobs: int
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"featurize.{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def acoustic_settings(params: dict[str, Any]) -> AcousticSettings:
-    """Read and check `featurize` and `audio.sample_rate` from params.yaml."""
-    sample_rate = audio_sample_rate(params)
-    nyquist = sample_rate / 2
-
-    def get(key: str) -> Any:
-        return section(params, f"featurize.{key}")
-
-    n_mfcc, n_mels = _positive_int(get("n_mfcc"), "n_mfcc"), _positive_int(get("n_mels"), "n_mels")
-    if n_mfcc > n_mels:
-        raise ConfigError(f"featurize.n_mfcc ({n_mfcc}) cannot exceed featurize.n_mels ({n_mels}): "
-                          "the MFCCs are the DCT of the mel bands")
-    fmax = get("fmax")
-    if fmax is None:
-        fmax = nyquist
-    elif isinstance(fmax, bool) or not isinstance(fmax, (int, float)) or not 0 < fmax <= nyquist:
-        raise ConfigError(f"featurize.fmax must be null or a frequency in (0, {nyquist:g}] Hz "
-                          f"(half of audio.sample_rate), got {fmax!r}")
-    wavelet = get("wavelet")
-    if wavelet not in pywt.wavelist(kind="discrete"):
-        raise ConfigError(f"featurize.wavelet {wavelet!r} is not a discrete PyWavelets wavelet "
-                          "(e.g. db4, sym5, coif2; see pywt.wavelist(kind='discrete'))")
-    mode = get("wavelet_mode")
-    if mode not in pywt.Modes.modes:
-        raise ConfigError(f"featurize.wavelet_mode {mode!r} is not one of {pywt.Modes.modes}")
-    energy = get("wavelet_energy")
-    if energy not in WAVELET_ENERGIES:
-        raise ConfigError(f"featurize.wavelet_energy must be one of {WAVELET_ENERGIES}, got {energy!r}")
-    remove_dc = get("remove_dc")
-    if not isinstance(remove_dc, bool):
-        raise ConfigError(f"featurize.remove_dc must be true or false, got {remove_dc!r}")
-    return AcousticSettings(
-        sample_rate=sample_rate, n_mfcc=n_mfcc, n_mels=n_mels,
-        n_fft=_positive_int(get("n_fft"), "n_fft"), hop_length=_positive_int(get("hop_length"), "hop_length"),
-        fmax=float(fmax), wavelet=wavelet, wavelet_level=_positive_int(get("wavelet_level"), "wavelet_level"),
-        wavelet_mode=mode, wavelet_energy=energy, remove_dc=remove_dc, n_jobs=_positive_int(get("n_jobs"), "n_jobs"))
-
-
 def acoustic_frame_count(n_samples: int, hop_length: int) -> int:
     """Frames of a centred STFT: 1 + n_samples // hop_length (98 for 50,000 samples, hop 512)."""
     return 1 + n_samples // hop_length
 
 
-def check_clip_length(n_samples: int, settings: AcousticSettings) -> None:
+def check_clip_length(n_samples: int, n_fft: int, wavelet: str, wavelet_level: int) -> None:
     """Clips too short for the chosen STFT window or wavelet depth give meaningless features: refuse them."""
-    if n_samples < settings.n_fft:
-        raise ConfigError(f"clips have {n_samples} samples, fewer than featurize.n_fft = {settings.n_fft}")
-    filter_length = pywt.Wavelet(settings.wavelet).dec_len
-    deepest = pywt.dwt_max_level(n_samples, filter_length)
-    if settings.wavelet_level > deepest:
-        raise ConfigError(f"featurize.wavelet_level = {settings.wavelet_level} is too deep for {n_samples}-sample "
-                          f"clips and {settings.wavelet}: at most {deepest} levels are meaningful")
+    if n_samples < n_fft:
+        raise InterimDataError(f"clips have {n_samples} samples, fewer than featurize.n_fft = {n_fft}")
+    deepest = pywt.dwt_max_level(n_samples, pywt.Wavelet(wavelet).dec_len)
+    if wavelet_level > deepest:
+        raise InterimDataError(f"featurize.wavelet_level = {wavelet_level} is too deep for {n_samples}-sample "
+                               f"clips and {wavelet}: at most {deepest} levels are meaningful")
 
 
 def _centred(clip: np.ndarray, remove_dc: bool) -> np.ndarray:
@@ -175,12 +110,13 @@ def wavelet_packet_energies(clip: np.ndarray, wavelet: str, level: int, mode: st
     return np.log10(mean_square + LOG_ENERGY_FLOOR) if energy == "log" else mean_square
 
 
-def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence[str],
-                        settings: AcousticSettings) -> tuple[np.ndarray, np.ndarray, float, float]:
+def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence[str], image_record: Any,
+                        wavelet_record: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Images and energies of clips[start:stop] of a clips.npy, plus the CPU seconds each kind took.
 
     The worker task of the featurize stage: it opens its own memory map, so only paths cross processes,
-    and lives here rather than in `build` so that worker processes do not import pandas.
+    and lives here rather than in `build` so that worker processes do not import pandas. The records
+    (vapm.features.records) compute the features, exactly as predict does for a new file.
     BLAS is held to one thread: the matrices are tiny, and a two-thread BLAS contending for busy cores
     made the mel projection 5-20x slower.
     """
@@ -195,11 +131,9 @@ def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence
     with _thread_pools().limit(limits=1, user_api="blas"):
         for clip in clips:
             tick = time.thread_time()
-            images.append(mfcc_logmel_image(clip, settings.sample_rate, settings.n_mfcc, settings.n_mels,
-                                            settings.n_fft, settings.hop_length, settings.fmax, settings.remove_dc))
+            images.append(image_record.from_clip(clip))
             tock = time.thread_time()
-            energies.append(wavelet_packet_energies(clip, settings.wavelet, settings.wavelet_level,
-                                                    settings.wavelet_mode, settings.wavelet_energy, settings.remove_dc))
+            energies.append(wavelet_record.from_clip(clip))
             image_seconds += tock - tick
             wavelet_seconds += time.thread_time() - tock
     return np.stack(images), np.stack(energies), image_seconds, wavelet_seconds

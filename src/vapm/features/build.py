@@ -1,4 +1,7 @@
-"""Read data/interim, compute the features chunk by chunk and write data/features (docs/architecture.md)."""
+"""Read data/interim, compute the features chunk by chunk and write data/features (docs/architecture.md).
+
+Every features folder holds its arrays and the record that made them (`record.json`, vapm.features.records).
+"""
 from __future__ import annotations
 
 import os
@@ -11,15 +14,9 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from vapm.features.acoustic import (
-    AcousticSettings,
-    acoustic_frame_count,
-    check_clip_length,
-    clip_range_features,
-    wavelet_feature_names,
-)
+from vapm.features.acoustic import acoustic_frame_count, check_clip_length, clip_range_features
 from vapm.features.errors import InterimDataError
-from vapm.features.vision import resize_image
+from vapm.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
 from vapm.progress import progress
 
 VISION_COLUMNS = ("item", "file", "class", "label", "split", "height", "width", "offset")
@@ -97,8 +94,12 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     _replace_atomically(path, write)
 
 
-def featurize_vision(interim_dir: Path, out_path: Path, image_size: int) -> int:
-    """Resize every image of data/interim/vision to image_size square; write vision.npz; return the count."""
+FEATURES_NPZ = "features.npz"
+FEATURES_PARQUET = "features.parquet"
+
+
+def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord) -> int:
+    """Resize every image of data/interim/vision as `record` says; write out_dir/features.npz; return the count."""
     interim_dir = Path(interim_dir)
     manifest = read_manifest(interim_dir / "manifest.parquet", VISION_COLUMNS)
     pixels = _open_npy(interim_dir / "pixels.npy")
@@ -112,11 +113,13 @@ def featurize_vision(interim_dir: Path, out_path: Path, image_size: int) -> int:
             f"{interim_dir / 'manifest.parquet'}: {int(bad.sum())} images lie outside pixels.npy "
             f"({pixels.size} bytes), first {manifest['file'][first]} at offset {offsets[first]} "
             f"with size {heights[first]}x{widths[first]}")
-    images = np.empty((len(manifest), image_size, image_size), dtype=np.uint8)
+    side = record.image_size
+    images = np.empty((len(manifest), side, side), dtype=np.uint8)
     rows = progress(zip(offsets, heights, widths), desc="resize images", total=len(manifest), unit="image")
     for i, (offset, height, width) in enumerate(rows):
-        images[i] = resize_image(np.asarray(pixels[offset:offset + height * width]).reshape(height, width), image_size)
-    _save_npz(out_path, {"images": images, **_labels_splits_files(manifest)})
+        images[i] = record.from_grey(np.asarray(pixels[offset:offset + height * width]).reshape(height, width))
+    _save_npz(Path(out_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest)})
+    write_record(out_dir, record)
     return len(manifest)
 
 
@@ -128,7 +131,8 @@ def workers_worth_starting(n_jobs: int, seconds_per_clip: float, clips_left: int
     return max(1, min(n_jobs, chunks_left))
 
 
-def _check_clips(clips_path: Path, n_listed: int, settings: AcousticSettings) -> int:
+def _check_clips(clips_path: Path, n_listed: int, image_record: AcousticImageRecord,
+                 wavelet_record: WaveletRecord) -> int:
     """The clip length, after checking clips.npy against its manifest and the settings."""
     clips = _open_npy(clips_path)
     if clips.ndim != 2 or not np.issubdtype(clips.dtype, np.floating):
@@ -136,17 +140,18 @@ def _check_clips(clips_path: Path, n_listed: int, settings: AcousticSettings) ->
                                f"got {clips.dtype} {clips.shape}")
     if clips.shape[0] != n_listed:
         raise InterimDataError(f"{clips_path} holds {clips.shape[0]} clips but its manifest lists {n_listed}")
-    check_clip_length(clips.shape[1], settings)
+    check_clip_length(clips.shape[1], image_record.n_fft, wavelet_record.wavelet, wavelet_record.level)
     return clips.shape[1]
 
 
-def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, settings: AcousticSettings,
-                      chunk_clips: int, parallel_worth_seconds: float) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_record: AcousticImageRecord,
+                      wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int,
+                      parallel_worth_seconds: float) -> tuple[np.ndarray, np.ndarray, int, float, float]:
     """(images, energies, processes used, image CPU seconds, wavelet CPU seconds) for every clip."""
     n_clips = len(files)
-    frames = acoustic_frame_count(n_samples, settings.hop_length)
-    images = np.empty((n_clips, settings.n_mfcc + settings.n_mels, frames), dtype=np.float32)
-    energies = np.empty((n_clips, len(wavelet_feature_names(settings.wavelet_level))), dtype=np.float64)
+    frames = acoustic_frame_count(n_samples, image_record.hop_length)
+    images = np.empty((n_clips, image_record.n_mfcc + image_record.n_mels, frames), dtype=np.float32)
+    energies = np.empty((n_clips, len(wavelet_record.feature_names)), dtype=np.float64)
     cpu_seconds = np.zeros(2)
 
     def store(start: int, stop: int, chunk: tuple[np.ndarray, np.ndarray, float, float]) -> None:
@@ -158,13 +163,14 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, settin
         cpu_seconds[:] += chunk_seconds
 
     def task(start: int, stop: int):
-        return delayed(clip_range_features)(clips_path, start, stop, files[start:stop], settings)
+        return delayed(clip_range_features)(clips_path, start, stop, files[start:stop], image_record, wavelet_record)
 
     bounds = [(start, min(start + chunk_clips, n_clips)) for start in range(0, n_clips, chunk_clips)]
     # The first chunk runs here and tells what a clip costs, which decides whether workers pay off.
     (first_start, first_stop), rest = bounds[0], bounds[1:]
-    store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop], settings))
-    workers = workers_worth_starting(settings.n_jobs, cpu_seconds.sum() / first_stop, n_clips - first_stop,
+    store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop],
+                                                       image_record, wavelet_record))
+    workers = workers_worth_starting(n_jobs, cpu_seconds.sum() / first_stop, n_clips - first_stop,
                                      len(rest), parallel_worth_seconds)
     results = Parallel(n_jobs=workers, return_as="generator")(task(start, stop) for start, stop in rest)
     chunks = progress(zip(rest, results), desc=f"acoustic features ({chunk_clips} clips/chunk, {workers} process(es))",
@@ -174,8 +180,8 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, settin
     return images, energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
 
 
-def featurize_acoustic(interim_dir: Path, images_out: Path, wavelet_out: Path, settings: AcousticSettings,
-                       chunk_clips: int = CHUNK_CLIPS,
+def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, image_record: AcousticImageRecord,
+                       wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int = CHUNK_CLIPS,
                        parallel_worth_seconds: float = PARALLEL_WORTH_SECONDS) -> AcousticSummary:
     """Compute the MFCC + log-mel images and the wavelet-packet energies of every clip in one pass.
 
@@ -187,18 +193,23 @@ def featurize_acoustic(interim_dir: Path, images_out: Path, wavelet_out: Path, s
     interim_dir = Path(interim_dir)
     manifest = read_manifest(interim_dir / "manifest.parquet", ACOUSTIC_COLUMNS)
     clips_path = interim_dir / "clips.npy"
-    n_samples = _check_clips(clips_path, len(manifest), settings)
+    n_samples = _check_clips(clips_path, len(manifest), image_record, wavelet_record)
+    if n_samples != image_record.audio.clip_samples:
+        raise InterimDataError(f"{clips_path} holds clips of {n_samples} samples, but audio.sample_rate x "
+                               f"audio.clip_seconds gives {image_record.audio.clip_samples}: rerun ingest")
     files = manifest["file"].astype(str).tolist()
     images, energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
-        clips_path, files, n_samples, settings, chunk_clips, parallel_worth_seconds)
+        clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips, parallel_worth_seconds)
 
-    _save_npz(images_out, {"images": images, **_labels_splits_files(manifest)})
-    table = pd.DataFrame(energies, columns=wavelet_feature_names(settings.wavelet_level))
+    _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest)})
+    write_record(images_dir, image_record)
+    table = pd.DataFrame(energies, columns=wavelet_record.feature_names)
     table["class"] = manifest["class"].astype(str).to_numpy()
     table["label"] = manifest["label"].to_numpy(dtype=np.int64)
     table["split"] = manifest["split"].astype(str).to_numpy()
     table["file"] = files
-    _replace_atomically(wavelet_out, lambda target: table.to_parquet(target, index=False))
+    _replace_atomically(Path(wavelet_dir) / FEATURES_PARQUET, lambda target: table.to_parquet(target, index=False))
+    write_record(wavelet_dir, wavelet_record)
     return AcousticSummary(n_clips=len(files), seconds=time.perf_counter() - started, workers=workers,
                            image_cpu_ms_per_clip=1000 * image_seconds / len(files),
                            wavelet_cpu_ms_per_clip=1000 * wavelet_seconds / len(files))

@@ -2,23 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from vapm.config import ConfigError, section
 
 # Lanczos with Pillow's support scaling low-pass filters when shrinking (no aliasing of the
 # fine defect texture) and stays sharp when enlarging.
 RESAMPLING = Image.Resampling.LANCZOS
-
-
-def vision_image_size(params: dict[str, Any]) -> int:
-    size = section(params, "vision.image_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"vision.image_size must be a positive integer (pixels), got {size!r}")
-    return size
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

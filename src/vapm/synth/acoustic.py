@@ -7,6 +7,8 @@ frequencies and level, some clips only faintly. Clips are scaled to the original
 """
 from __future__ import annotations
 
+from vapm.synth.archive import SynthError
+
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -137,9 +139,9 @@ FAULT_SIGNATURES: dict[str, Callable[[_Clip, np.random.Generator], np.ndarray]] 
 def check_classes(classes: Sequence[str]) -> None:
     unknown = [name for name in classes if name not in FAULT_SIGNATURES]
     if unknown:
-        raise ValueError(f"no synthetic sound for audio classes {unknown}; known: {sorted(FAULT_SIGNATURES)}")
+        raise SynthError(f"no synthetic sound for audio classes {unknown}; known: {sorted(FAULT_SIGNATURES)}")
     if len(set(classes)) != len(classes):
-        raise ValueError(f"audio classes must be distinct, got {list(classes)}")
+        raise SynthError(f"audio classes must be distinct, got {list(classes)}")
 
 
 def render_clip(class_name: str, n_samples: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Byte-reproducible zip archives, so DVC sees no change when the same data is written again."""
 from __future__ import annotations
 
+from vapm.errors import VapmError
+
 import os
 import tempfile
 import zipfile
@@ -16,6 +18,10 @@ FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _UNIX = 3
 _REGULAR_FILE_RW_R_R = (0o100644 << 16)
 
+
+
+class SynthError(VapmError, ValueError):
+    """The sample data cannot be built as asked (unknown class, too small an image ...)."""
 
 @dataclass(frozen=True)
 class BuiltArchive:

@@ -8,6 +8,8 @@ in the NEU images.
 """
 from __future__ import annotations
 
+from vapm.synth.archive import SynthError
+
 import io
 import zipfile
 from pathlib import Path
@@ -196,16 +198,16 @@ BACKGROUNDS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
 def check_classes(classes: Sequence[str]) -> None:
     unknown = [name for name in classes if name not in DEFECT_RENDERERS]
     if unknown:
-        raise ValueError(f"no synthetic defect for vision classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
+        raise SynthError(f"no synthetic defect for vision classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
     if len(set(classes)) != len(classes):
-        raise ValueError(f"vision classes must be distinct, got {list(classes)}")
+        raise SynthError(f"vision classes must be distinct, got {list(classes)}")
 
 
 def render_defect(class_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One grey uint8 (size, size) image of `class_name` on a steel-like background."""
     check_classes([class_name])
     if size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
+        raise SynthError(f"image size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
     background = _background(rng, size, *BACKGROUNDS[class_name])
     mask, contrast = DEFECT_RENDERERS[class_name](rng, size)
     image = background + contrast * mask

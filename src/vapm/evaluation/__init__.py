@@ -1,0 +1,6 @@
+"""Evaluating trained models.
+
+- `metrics`: accuracy with its Wilson interval, macro-F1, per-class scores, confusion counts, McNemar.
+- `figures`: confusion matrices and training curves as PNG.
+- `evaluate`: the evaluate stage's work per model (DVC metrics, details, DVCLive plot data).
+"""

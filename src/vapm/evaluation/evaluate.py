@@ -1,0 +1,121 @@
+"""The evaluate stage's work for one model: its headline numbers, its details, and the plots DVC shows.
+
+    metrics/scores/<model>.json     DVC metrics: acc, its 95 % Wilson interval (acc_lo, acc_hi), f1 (macro), n
+    metrics/details/<model>.json    per-class scores, the model's training details, its data's fingerprint
+    metrics/plots/                  written by DVCLive, one folder per kind of plot (dvc.yaml `plots:`):
+      sklearn/confusion/<model>.json   actual/predicted class per test item
+      custom/loss/<model>.json         per epoch: train, validation (neural models)
+      custom/accuracy/<model>.json
+      images/confusion/<model>.png, images/curves/<model>.png
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vapm.evaluation.figures import save_confusion_png, save_curves_png
+from vapm.evaluation.metrics import EvaluationError, classification_summary, rounded, write_metrics_json
+
+PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
+SCORE_DECIMALS = 4
+
+
+def read_record(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / "record.json"
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found: run its training stage first (dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvaluationError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_predictions(path: str | Path, class_names: Sequence[str]) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found: run the model's training stage first")
+    table = pd.read_parquet(path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise EvaluationError(f"{path} lacks columns {missing}; it has {list(table.columns)}")
+    for column in ("y_true", "y_pred"):
+        if not pd.api.types.is_integer_dtype(table[column]):
+            raise EvaluationError(f"{path}: column {column} must be int64 labels, got {table[column].dtype}")
+    score_columns = [c for c in table.columns if c not in PREDICTION_COLUMNS]
+    named = [c.split("_", 1)[1] for c in score_columns]
+    if score_columns and named != list(class_names):
+        raise EvaluationError(f"{path} scores the classes {named} but params.yaml lists {list(class_names)}: "
+                              "retrain the model after changing the class list")
+    return table
+
+
+def read_history(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    history = pd.read_csv(path)
+    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    if missing or history.empty:
+        raise EvaluationError(f"{path} lacks columns {missing} or epochs: retrain the model")
+    return history[HISTORY_COLUMNS].sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers `dvc metrics show` and `dvc exp show` print for a classifier."""
+    return {"acc": round(summary["accuracy"], SCORE_DECIMALS), "acc_lo": round(summary["accuracy_ci95_low"], SCORE_DECIMALS),
+            "acc_hi": round(summary["accuracy_ci95_high"], SCORE_DECIMALS), "f1": round(summary["macro_f1"], SCORE_DECIMALS),
+            "n": summary["n_test"]}
+
+
+def curve_points(history: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
+    points = []
+    for row in history.itertuples(index=False):
+        point = {"epoch": int(row.epoch), "train": rounded(float(getattr(row, metric)))}
+        validation = getattr(row, f"val_{metric}")
+        if pd.notna(validation):
+            point["validation"] = rounded(float(validation))
+        points.append(point)
+    return points
+
+
+def open_live(metrics_dir: Path):
+    """DVCLive writing plot data under metrics/plots/ (dvc.yaml stays the source of truth for plots)."""
+    from dvclive import Live
+
+    return Live(dir=str(metrics_dir), resume=True, dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], metrics_dir: Path,
+                        live) -> dict[str, Any]:
+    """Write the model's scores, details and plots; returns its summary (accuracy, interval, macro-F1, ...)."""
+    model_dir, metrics_dir = Path(model_dir), Path(metrics_dir)
+    record = read_record(model_dir)
+    predictions = read_predictions(model_dir / "predictions.parquet", class_names)
+    y_true, y_pred = predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy()
+    summary = classification_summary(y_true, y_pred, class_names)
+
+    write_metrics_json(metrics_dir / "scores" / f"{name}.json", headline(summary))
+    details = {"model": name, "task": record.get("task"), "score_kind": record.get("score_kind"),
+               "input": record.get("input", {}).get("kind"), "n_fit": record.get("n_fit"),
+               "n_val": record.get("n_val"), "n_test": summary["n_test"], "accuracy": summary["accuracy"],
+               "macro_f1": summary["macro_f1"], "per_class": summary["per_class"],
+               "training": record.get("details", {}), "data_manifest_sha256": record.get("data_manifest_sha256")}
+    write_metrics_json(metrics_dir / "details" / f"{name}.json", details)
+
+    names = np.asarray(class_names, dtype=object)
+    live.log_sklearn_plot("confusion_matrix", names[y_true].tolist(), names[y_pred].tolist(),
+                          name=f"confusion/{name}.json")
+    plots = Path(live.plots_dir)
+    save_confusion_png(y_true, y_pred, class_names, plots / "images" / "confusion" / f"{name}.png",
+                       title=f"{name}: accuracy {summary['accuracy']:.3f} (n={summary['n_test']})")
+    history = read_history(model_dir / "history.csv")
+    if history is not None:
+        for metric, label in (("loss", "loss (cross-entropy)"), ("accuracy", "accuracy")):
+            live.log_plot(f"{metric}/{name}", curve_points(history, metric), x="epoch",
+                          y=["train", "validation"], x_label="epoch", y_label=label)
+        save_curves_png(history, plots / "images" / "curves" / f"{name}.png", title=f"{name}: training curves")
+    return summary

@@ -1,0 +1,70 @@
+"""Pictures of results: confusion matrices and training curves, as PNG files with deterministic bytes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from vapm.evaluation.metrics import confusion_counts
+
+
+def save_confusion_png(y_true: Any, y_pred: Any, class_names: Sequence[str], path: str | Path,
+                       title: str) -> Path:
+    # The object API with an Agg canvas leaves pyplot's global state (and backend) alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = confusion_counts(y_true, y_pred, class_names)
+    n = len(class_names)
+    side = max(4.0, 0.6 * n + 2.5)
+    figure = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(counts, cmap="Blues", vmin=0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
+    axes.set_yticks(range(n), labels=list(class_names))
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("Actual class")
+    axes.set_title(title)
+    threshold = counts.max() / 2 if counts.max() else 1
+    for row in range(n):
+        for col in range(n):
+            axes.text(col, row, str(counts[row, col]), ha="center", va="center",
+                      color="white" if counts[row, col] > threshold else "black")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # No software/date metadata, so the same predictions give byte-identical files.
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def save_curves_png(history: Any, path: str | Path, title: str) -> Path:
+    """Loss and accuracy per epoch, training and validation, on two panels with named axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    for position, (metric, label) in enumerate([("loss", "loss (cross-entropy)"), ("accuracy", "accuracy")], start=1):
+        axes = figure.add_subplot(1, 2, position)
+        axes.plot(history["epoch"], history[metric], marker="o", markersize=3, label="training")
+        if history[f"val_{metric}"].notna().any():
+            axes.plot(history["epoch"], history[f"val_{metric}"], marker="o", markersize=3, label="validation")
+        starts = history[history["phase"] != history["phase"].shift()].iloc[1:]
+        for epoch, phase in zip(starts["epoch"], starts["phase"]):  # e.g. where fine-tuning starts
+            axes.axvline(epoch - 0.5, color="grey", linestyle=":", linewidth=1)
+            axes.annotate(str(phase).replace("_", "-"), (epoch - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                          xytext=(3, -12), textcoords="offset points", color="grey", fontsize=8)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path

@@ -1,0 +1,152 @@
+"""Test-set metrics: accuracy with its Wilson interval, macro-F1, per-class scores, confusion counts,
+and the exact McNemar test that compares two models on the same test items."""
+from __future__ import annotations
+
+from vapm.errors import VapmError
+
+import json
+import math
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
+
+METRICS_DECIMALS = 6
+
+
+class EvaluationError(VapmError, ValueError):
+    """Predictions, histories or model folders that cannot be evaluated as they are."""
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (stays inside [0, 1], sane at 0/n and n/n)."""
+    if n <= 0:
+        raise ValueError(f"the Wilson interval needs at least one trial, got n={n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in 0..n={n}, got {successes}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # The exact bounds at 0/n and n/n are 0 and 1; rounding would leave them a hair off.
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)
+    high = 1.0 if successes == n else min(1.0, centre + half_width)
+    return low, high
+
+
+def _labels(values: Any, name: str, n_classes: int) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise EvaluationError(f"{name} must be one label per item (1-D), got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.number) or not np.all(np.equal(np.mod(array, 1), 0)):
+            raise EvaluationError(f"{name} must hold integer class labels, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    outside = array[(array < 0) | (array >= n_classes)]
+    if outside.size:
+        raise EvaluationError(
+            f"{name} holds labels {sorted(set(outside.tolist()))} outside 0..{n_classes - 1} "
+            f"(there are {n_classes} class names)")
+    return array
+
+
+def _checked_pair(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    if len(class_names) < 2:
+        raise EvaluationError(f"need at least two class names, got {list(class_names)}")
+    truth = _labels(y_true, "y_true", len(class_names))
+    predicted = _labels(y_pred, "y_pred", len(class_names))
+    if truth.shape != predicted.shape:
+        raise EvaluationError(f"y_true has {truth.size} items but y_pred has {predicted.size}")
+    if truth.size == 0:
+        raise EvaluationError("no test items to evaluate")
+    return truth, predicted
+
+
+def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy with its 95 % Wilson interval, macro-F1 and per-class scores, as plain JSON types.
+
+    Macro-F1 averages over the classes that occur in the test labels or the predictions (as
+    scikit-learn does), so a class absent from a small test split does not count as F1 = 0.
+    """
+    truth, predicted = _checked_pair(y_true, y_pred, class_names)
+    all_labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=all_labels, zero_division=0)
+    seen = sorted(set(truth.tolist()) | set(predicted.tolist()))
+    correct = int(np.sum(truth == predicted))
+    low, high = wilson_interval(correct, truth.size)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "accuracy": correct / truth.size,
+        "accuracy_ci95_low": low,
+        "accuracy_ci95_high": high,
+        "macro_f1": float(np.mean(f1[seen])),
+        "n_test": int(truth.size),
+        "per_class": per_class,
+    }
+
+
+def confusion_counts(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> np.ndarray:
+    """(n_classes, n_classes) counts, rows = actual class, columns = predicted class."""
+    truth, predicted = _checked_pair(y_true, y_pred, class_names)
+    counts = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+    np.add.at(counts, (truth, predicted), 1)
+    return counts
+
+
+def confusion_rows(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per test item with actual and predicted class names: DVC's confusion template input."""
+    truth, predicted = _checked_pair(y_true, y_pred, class_names)
+    names = np.asarray(class_names, dtype=object)
+    return pd.DataFrame({"actual": names[truth], "predicted": names[predicted]})
+
+
+def rounded(value: Any, decimals: int = METRICS_DECIMALS) -> Any:
+    """Floats rounded (recursively), numpy scalars made plain, so metric files diff cleanly."""
+    if isinstance(value, dict):
+        return {str(k): rounded(v, decimals) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, decimals) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            raise EvaluationError(f"metric value {value} is not finite")
+        return round(value, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return value
+
+
+def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rounded(metrics), sort_keys=True, indent=2) + "\n")
+    return path
+
+
+def mcnemar_exact(only_first_right: int, only_second_right: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs at p = 1/2.
+
+    Only items that one model gets right and the other wrong say anything about which is better; under
+    "no difference" each such item is equally likely to go either way.
+    """
+    from scipy.stats import binomtest
+
+    if only_first_right < 0 or only_second_right < 0:
+        raise ValueError("counts of discordant items cannot be negative")
+    discordant = only_first_right + only_second_right
+    if discordant == 0:
+        return 1.0
+    return float(binomtest(only_first_right, discordant, 0.5, alternative="two-sided").pvalue)

@@ -1,0 +1,86 @@
+"""acoustic_cnn: the book's CNN on the compressor's MFCC + log-mel feature images.
+
+Per-row standardisation (fixed from the fit split), then 2 x [Conv2D k x k stride s relu, BatchNorm],
+MaxPool, Flatten, [Dense relu, Dropout] per entry of dense_units, softmax.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from vapm.settings import ModelParams, TrainOverrides
+from vapm.training.data import TrainingError, split_indices
+from vapm.training.job import Trained, TrainingJob
+
+
+class Params(ModelParams):
+    filters: int = Field(ge=1)
+    kernel_size: int = Field(ge=1, le=15)
+    strides: int = Field(ge=1, le=8)
+    pool_size: int = Field(ge=1, le=8)
+    dense_units: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    train: TrainOverrides = TrainOverrides()
+
+
+def row_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of every feature row (MFCC coefficient or mel band) over items and frames.
+
+    Per row, because MFCC 0 lives in the hundreds while the other rows are small: one global
+    mean/variance would leave the rows on very different scales.
+    """
+    if images.ndim != 3 or len(images) == 0:
+        raise TrainingError(f"expected a non-empty (N, rows, frames) array, got shape {images.shape}")
+    values = images.astype(np.float64)
+    return values.mean(axis=(0, 2)), values.var(axis=(0, 2))
+
+
+def feature_side(side: int, kernel_size: int, strides: int, pool_size: int) -> int:
+    """One side of the feature map after the two strided valid convolutions and the max-pool."""
+    for _ in range(2):
+        side = (side - kernel_size) // strides + 1
+    return side // pool_size
+
+
+def build(input_shape: tuple[int, int], n_classes: int, params: Params, row_mean: np.ndarray,
+          row_variance: np.ndarray, seed: int):
+    import keras
+    from keras import layers
+
+    rows, frames = (int(n) for n in input_shape)
+    kernel, strides, pool = params.kernel_size, params.strides, params.pool_size
+    if min(feature_side(rows, kernel, strides, pool), feature_side(frames, kernel, strides, pool)) < 1:
+        raise TrainingError(f"feature images of {rows}x{frames} are too small for acoustic_cnn's kernel {kernel}, "
+                            f"strides {strides}, pool {pool}")
+    if np.shape(row_mean) != (rows,) or np.shape(row_variance) != (rows,):
+        raise TrainingError(f"row statistics must have shape ({rows},), got {np.shape(row_mean)} and "
+                            f"{np.shape(row_variance)}")
+    if any(units < 1 for units in params.dense_units):
+        raise TrainingError(f"acoustic_cnn.dense_units must be positive, got {params.dense_units}")
+
+    inputs = keras.Input(shape=(rows, frames), name="feature_image")
+    x = layers.Reshape((rows, frames, 1), name="add_channel")(inputs)
+    x = layers.Normalization(axis=1, mean=np.asarray(row_mean, np.float32),
+                             variance=np.asarray(row_variance, np.float32), name="standardise_rows")(x)
+    for i in (1, 2):
+        x = layers.Conv2D(params.filters, kernel, strides=strides, activation="relu", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"batchnorm{i}")(x)
+    x = layers.MaxPooling2D(pool, name="pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(params.dense_units, start=1):
+        x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
+        x = layers.Dropout(params.dropout, seed=seed + i, name=f"dropout{i}")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="acoustic_cnn")
+
+
+def train(job: TrainingJob) -> Trained:
+    from vapm.training.keras_fit import fit_simple
+
+    images = job.features.x.astype(np.float32, copy=False)
+    if images.ndim != 3:
+        raise TrainingError(f"acoustic_cnn takes (N, rows, frames) feature images, got {images.shape}")
+    split = split_indices(job.features.labels, job.features.splits, job.train.validation_fraction, job.seed)
+    mean, variance = row_statistics(images[split.fit])  # the fit part only: no peeking at val/test
+    model = build(images.shape[1:], len(job.class_names), job.params, mean, variance, job.seed)
+    return fit_simple(job, model, images, split)

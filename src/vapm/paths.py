@@ -1,0 +1,30 @@
+"""Every path the pipeline reads or writes, relative to the repository root (docs/architecture.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+INTERIM = Path("data/interim")
+VISION_INTERIM = INTERIM / "vision"
+ACOUSTIC_INTERIM = INTERIM / "acoustic"
+INGEST_REPORT = Path("metrics/ingest_report.json")
+
+FEATURES = Path("data/features")
+IMAGE_FEATURES = FEATURES / "image"
+ACOUSTIC_IMAGE_FEATURES = FEATURES / "acoustic_image"
+WAVELET_FEATURES = FEATURES / "wavelet"
+
+MODELS = Path("models")
+
+METRICS = Path("metrics")
+SCORES = METRICS / "scores"        # per model: the headline numbers (DVC metrics)
+DETAILS = METRICS / "details"      # per model: per-class scores, weight provenance ... (in git, not metrics)
+PLOTS = METRICS / "plots"          # DVCLive plot data and pictures, grouped by kind of plot
+
+
+def model_dir(name: str) -> Path:
+    return MODELS / name
+
+
+def manifest(modality: str) -> Path:
+    """The ingest manifest a model's data comes from (its hash tags every MLflow run)."""
+    return (VISION_INTERIM if modality == "vision" else ACOUSTIC_INTERIM) / "manifest.parquet"

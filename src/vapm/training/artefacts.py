@@ -1,0 +1,139 @@
+"""One way to save, load, score with and log a trained model: a small protocol with two adapters.
+
+The registry entry's `artefact` names the adapter (`keras`, `sklearn`); everything that handles trained
+models (the train stage, predict, the served model, the monitor, crossval) goes through it. Saved files
+have deterministic bytes: the same weights give the same file, so DVC keeps the model's hash when its
+meaning did not change.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from vapm.errors import VapmError
+
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class ArtefactError(VapmError, ValueError):
+    """A saved model is missing, unreadable or not what its record says."""
+
+
+class Artefact(Protocol):
+    kind: str
+    filename: str
+
+    def save(self, model: Any, folder: Path) -> Path: ...
+    def load(self, folder: Path) -> Any: ...
+    def scores(self, model: Any, x: Any) -> np.ndarray: ...
+    def log(self, model: Any, input_example: Any) -> Any: ...
+
+
+def repack_zip(path: Path, rewrite: dict[str, Any] | None = None) -> None:
+    """Rewrite a zip with fixed timestamps and members in name order, optionally editing some members.
+
+    Keras and skops stamp the save time into their archives; nothing else in them varies between saves.
+    """
+    rewrite = rewrite or {}
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info.filename)) for info in source.infolist()]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as target:
+        for info, data in sorted(members, key=lambda member: member[0].filename):
+            if info.filename in rewrite:
+                data = rewrite[info.filename](data)
+            fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            target.writestr(fixed, data)
+    path.write_bytes(buffer.getvalue())
+
+
+def _without_save_date(data: bytes) -> bytes:
+    metadata = json.loads(data)
+    metadata.pop("date_saved", None)
+    return json.dumps(metadata, sort_keys=True).encode()
+
+
+class KerasArtefact:
+    kind = "keras"
+    filename = "model.keras"
+
+    def save(self, model: Any, folder: Path) -> Path:
+        import keras
+
+        path = Path(folder) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # An uncompiled copy: a compiled model's file also holds the optimizer's two moment tensors per
+        # weight (3x the size), which only resuming training would need.
+        keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+        repack_zip(path, {"metadata.json": _without_save_date})
+        return path
+
+    def load(self, folder: Path) -> Any:
+        import keras
+
+        path = Path(folder) / self.filename
+        if not path.is_file():
+            raise ArtefactError(f"{path} not found: train the model first (dvc repro)")
+        return keras.models.load_model(path, compile=False)
+
+    def scores(self, model: Any, x: Any) -> np.ndarray:
+        return np.asarray(model.predict(np.asarray(x), batch_size=256, verbose=0), dtype=np.float32)
+
+    def log(self, model: Any, input_example: Any) -> Any:
+        from vapm import tracking
+
+        return tracking.log_keras_model(model, input_example)
+
+
+class SklearnArtefact:
+    kind = "sklearn"
+    filename = "model.skops"
+
+    def save(self, model: Any, folder: Path) -> Path:
+        import skops.io
+
+        path = Path(folder) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        skops.io.dump(model, path)
+        repack_zip(path)
+        return path
+
+    def load(self, folder: Path) -> Any:
+        """Load model.skops, trusting only types from scikit-learn and numpy (what our pipelines hold)."""
+        import skops.io
+
+        path = Path(folder) / self.filename
+        if not path.is_file():
+            raise ArtefactError(f"{path} not found: train the model first (dvc repro)")
+        untrusted = skops.io.get_untrusted_types(file=path)
+        unexpected = sorted(t for t in untrusted if not t.startswith(("sklearn.", "numpy.")))
+        if unexpected:
+            raise ArtefactError(f"{path} holds types that no vapm model contains: {unexpected}; refusing to load it")
+        return skops.io.load(path, trusted=untrusted)
+
+    def scores(self, model: Any, x: Any) -> np.ndarray:
+        """Class probabilities where the model has them, else its decision-function values (per class)."""
+        if hasattr(model, "predict_proba"):
+            return np.asarray(model.predict_proba(x), dtype=np.float64)
+        return np.asarray(model.decision_function(x), dtype=np.float64)
+
+    def log(self, model: Any, input_example: Any) -> Any:
+        from vapm import tracking
+
+        return tracking.log_sklearn_model(model, input_example)
+
+
+ARTEFACTS: dict[str, Artefact] = {"keras": KerasArtefact(), "sklearn": SklearnArtefact()}
+
+
+def artefact(kind: str) -> Artefact:
+    if kind not in ARTEFACTS:
+        raise ArtefactError(f"unknown artefact kind {kind!r}; known: {', '.join(ARTEFACTS)}")
+    return ARTEFACTS[kind]

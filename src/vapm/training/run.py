@@ -1,0 +1,185 @@
+"""The train stage for any registered model: load, train, save-and-log.
+
+    models/<name>/
+      model.keras | model.skops   the trained model (registry `artefact`)
+      record.json                 what the model is and takes: task, artefact, classes, score kind, input
+                                  record (its preprocessing), seed, split sizes, trainer details
+      predictions.parquet         the test split: file, y_true, y_pred and one score column per class
+      history.csv                 neural models: one row per epoch (epoch, phase, loss, accuracy, val_*)
+      live/                       neural models: DVCLive's per-epoch metrics
+      <table>.csv                 extras a trainer returns (e.g. the SVM's grid-search results)
+
+Nothing here depends on the clock or the machine: timings go to the console and MLflow only.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vapm import paths
+from vapm.registry import ModelEntry, get_entry
+from vapm.settings import Settings, load_settings
+from vapm.training.artefacts import artefact
+from vapm.training.data import TrainingError, file_sha256, load_features
+from vapm.training.job import Trained, TrainingJob
+
+RECORD_FILE = "record.json"
+PREDICTIONS_FILE = "predictions.parquet"
+HISTORY_FILE = "history.csv"
+LIVE_DIR = "live"
+SCORE_PREFIX = {"probability": "prob_", "decision": "decision_"}
+
+
+def used_features(job: TrainingJob, trained: Trained):
+    return trained.features if trained.features is not None else job.features
+
+
+def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[str, Any]:
+    """The saved record: everything predict, serving and evaluation need to use the model without params.yaml."""
+    features = used_features(job, trained)
+    return {
+        "model": entry.name,
+        "task": entry.task,
+        "artefact": entry.artefact,
+        "modality": entry.modality,
+        "classes": list(job.class_names),
+        "score_kind": trained.score_kind,
+        "input": features.record,
+        "input_shape": list(np.shape(features.x)[1:]),
+        "seed": job.seed,
+        "data_manifest_sha256": file_sha256(data_fingerprint(entry, features)),
+        "n_fit": int(len(trained.split.fit)), "n_val": int(len(trained.split.val)),
+        "n_test": int(len(trained.split.test)),
+        "details": trained.details,
+    }
+
+
+def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained: Trained,
+                      class_names: list[str]) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({"file": files.astype(str), "y_true": y_true.astype(np.int64),
+                          "y_pred": trained.test_predictions})
+    scores = np.asarray(trained.test_scores, dtype=np.float64)
+    for i, name in enumerate(class_names):
+        table[f"{SCORE_PREFIX[trained.score_kind]}{name}"] = scores[:, i]
+    table.to_parquet(path, index=False)
+
+
+def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained) -> None:
+    """Write models/<name>/ whole: into a sibling temp folder first, then swap it in."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        artefact(entry.artefact).save(trained.model, staging)
+        test, features = trained.split.test, used_features(job, trained)
+        write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
+                          job.class_names)
+        if trained.history is not None:
+            trained.history.to_csv(staging / HISTORY_FILE, index=False)
+        for name, table in trained.tables.items():
+            table.to_csv(staging / f"{name}.csv", index=False)
+        record = model_record(entry, job, trained)
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_plain) + "\n")
+        if job.live_dir is not None and Path(job.live_dir).is_dir():
+            shutil.copytree(job.live_dir, staging / LIVE_DIR)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def data_fingerprint(entry: ModelEntry, features) -> Path:
+    """The file whose hash tags the MLflow run: the ingest manifest, or an external features table."""
+    if features.record.get("kind") == "external":
+        return Path(features.record["source"])
+    return paths.manifest(entry.modality)
+
+
+def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings) -> None:
+    """One MLflow run: params, per-epoch history, test results with the confusion picture, the model."""
+    from vapm import tracking
+    from vapm.evaluation.figures import save_confusion_png
+    from vapm.evaluation.metrics import classification_summary
+
+    section = job.params.model_dump(mode="json", exclude={"train"})
+    run_params: dict[str, Any] = {"seed": job.seed, entry.name: section}
+    if job.train is not None:
+        run_params["train"] = job.train.model_dump(mode="json")
+    features = used_features(job, trained)
+    run_params["input"] = {k: v for k, v in features.record.items() if k != "feature_names"}
+    if trained.details:
+        run_params["details"] = {k: v for k, v in trained.details.items() if not isinstance(v, (dict, list))}
+    y_true = features.labels[trained.split.test]
+    with tracking.tracked_run(settings.mlflow.experiment, f"train@{entry.name}", entry.name, run_params,
+                              [data_fingerprint(entry, features)]):
+        if trained.history is not None:
+            tracking.log_history(trained.history)
+        tracking.log_metrics({**{f"{name}_seconds": value for name, value in trained.seconds.items()},
+                              **trained.metrics})
+        summary = classification_summary(y_true, trained.test_predictions, job.class_names)
+        with tempfile.TemporaryDirectory() as scratch:
+            png = save_confusion_png(y_true, trained.test_predictions, job.class_names,
+                                     Path(scratch) / "confusion_test.png",
+                                     title=f"{entry.name}: test accuracy {summary['accuracy']:.3f}")
+            tracking.log_test_results(summary, png)
+        tracking.log_artifact(paths.model_dir(entry.name) / RECORD_FILE)
+        artefact(entry.artefact).log(trained.model, trained.input_example)
+
+
+def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) -> TrainingJob:
+    class_names = settings.classes(entry.modality)
+    return TrainingJob(name=entry.name, params=settings.model(entry.name),
+                       train=settings.train_for(entry.name) if entry.uses_shared_train() else None,
+                       features=load_features(entry.input, len(class_names)), class_names=class_names,
+                       seed=settings.seed, live_dir=live_dir, settings=settings)
+
+
+def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
+    accuracy = float((trained.test_predictions == used_features(job, trained).labels[trained.split.test]).mean())
+    epochs = f"{len(trained.history)} epochs, " if trained.history is not None else ""
+    seconds = trained.seconds.get("training")
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    return f"{name}: {epochs}test accuracy {accuracy:.3f} on {len(trained.split.test)} items{took}"
+
+
+def run_training(name: str) -> Trained:
+    """`python stages/train.py <name>`: train the registered model and write models/<name>/ and one MLflow run."""
+    from vapm.seeding import set_global_seed
+
+    settings = load_settings(models=[name])
+    entry = get_entry(name)
+    trainer = entry.load_trainer()
+    set_global_seed(settings.seed, tensorflow=entry.artefact == "keras", threads=settings.compute.threads)
+    with tempfile.TemporaryDirectory(prefix=f"vapm-{name}-") as scratch:
+        job = prepare_job(entry, settings, Path(scratch) / LIVE_DIR if entry.artefact == "keras" else None)
+        started = time.perf_counter()
+        trained = trainer.train(job)
+        trained.seconds.setdefault("training", time.perf_counter() - started)
+        if trained.score_kind != "anomaly" and np.shape(trained.test_scores) != (len(trained.split.test),
+                                                                                  len(job.class_names)):
+            raise TrainingError(f"{entry.trainer} returned test scores of shape {np.shape(trained.test_scores)}, "
+                                f"expected ({len(trained.split.test)}, {len(job.class_names)})")
+        save_outputs(paths.model_dir(name), entry, job, trained)
+    print(summary_line(name, job, trained), flush=True)
+    log_run(entry, job, trained, settings)
+    return trained
