@@ -10,30 +10,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vapm.config import ConfigError
-from vapm.models import (
-    BaseWeights,
-    WeightsError,
-    acoustic_cnn_feature_side,
-    build_acoustic_cnn,
-    build_augmentation,
-    build_vision_scratch,
-    build_vision_transfer,
-    conv_stack_side,
-    resolve_base_weights,
-    row_statistics,
-    unfreeze_top_layers,
-)
-from vapm.models.vision import file_sha256, imagenet_weights_filename
+from vapm.models import acoustic_cnn, vision_scratch
+from vapm.models.common import Augmentation, build_augmentation
+from vapm.models.vision_transfer import trainer as vision_transfer
+from vapm.models.vision_transfer.bases import (BaseWeights, WeightsError, file_sha256, imagenet_weights_filename,
+                                               resolve_base_weights)
 from vapm.seeding import set_global_seed
+from vapm.training.data import TrainingError
 
-SCRATCH = {"filters": [32, 64, 128], "kernel_size": 3, "dense_units": 256, "dropout": 0.2}
-TRANSFER = {"weights": "none", "offline_fallback": "none", "input_size": 32, "alpha": 0.35, "dense_units": 16,
-            "dropout": 0.5, "fine_tune_layers": 5, "fine_tune_epochs": 0, "fine_tune_learning_rate": 1e-4}
-AUG_OFF = {"enabled": False, "flip": True, "shift": 0.05, "rotation": 0.03, "brightness": 0.1}
-AUG_ON = {**AUG_OFF, "enabled": True}
-ACOUSTIC = {"filters": 32, "kernel_size": 4, "strides": 2, "pool_size": 2, "dense_units": [512, 64],
-            "dropout": 0.5}
+AUG_OFF = Augmentation()
+AUG_ON = Augmentation(enabled=True)
+SCRATCH = vision_scratch.Params(filters=[32, 64, 128], kernel_size=3, dense_units=256, dropout=0.2)
+SCRATCH_AUG = SCRATCH.model_copy(update={"augmentation": AUG_ON})
+TRANSFER = vision_transfer.Params(weights="none", offline_fallback="none", input_size=32, alpha=0.35,
+                                  dense_units=16, dropout=0.5, fine_tune_layers=5, fine_tune_epochs=0,
+                                  fine_tune_learning_rate=1e-4)
+ACOUSTIC = acoustic_cnn.Params(filters=32, kernel_size=4, strides=2, pool_size=2, dense_units=[512, 64], dropout=0.5)
 NO_WEIGHTS = BaseWeights("none", "none (random init)", None, None, "test")
 
 
@@ -75,7 +67,7 @@ def calibrated_base_weights(path: Path, images: np.ndarray, alpha: float, input_
 # --------------------------------------------------------------------------- scratch CNN
 
 def test_scratch_cnn_structure_and_parameter_count():
-    model = build_vision_scratch(64, 6, SCRATCH, AUG_OFF, seed=0)
+    model = vision_scratch.build(64, 6, SCRATCH, seed=0)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
     assert [c.filters for c in convs] == [32, 64, 128]
@@ -84,7 +76,7 @@ def test_scratch_cnn_structure_and_parameter_count():
     assert model.get_layer("dropout").rate == pytest.approx(0.2)
     assert model.output_shape == (None, 6)
     assert model.input_shape == (None, 64, 64)
-    side = conv_stack_side(64, 3, 3)
+    side = vision_scratch.conv_stack_side(64, 3, 3)
     assert side == 6  # 64 -> 62 -> 31 -> 29 -> 14 -> 12 -> 6
     assert model.get_layer("flatten").output.shape[-1] == side * side * 128
     expected = (3 * 3 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64) + (3 * 3 * 64 * 128 + 128) \
@@ -93,7 +85,7 @@ def test_scratch_cnn_structure_and_parameter_count():
 
 
 def test_scratch_cnn_scales_raw_pixels_itself():
-    model = build_vision_scratch(32, 3, SCRATCH, AUG_OFF, seed=0)
+    model = vision_scratch.build(32, 3, SCRATCH, seed=0)
     images, _ = pattern_images(2, 32)
     scaled = keras.Model(model.input, model.get_layer("scale_0_1").output)(images.astype("float32"))
     np.testing.assert_allclose(np.asarray(scaled)[..., 0], images / 255.0, rtol=1e-6)
@@ -102,24 +94,24 @@ def test_scratch_cnn_scales_raw_pixels_itself():
 
 
 def test_scratch_cnn_refuses_images_too_small_for_its_blocks():
-    with pytest.raises(ConfigError, match="too small"):
-        build_vision_scratch(16, 3, SCRATCH, AUG_OFF, seed=0)
+    with pytest.raises(TrainingError, match="too small"):
+        vision_scratch.build(16, 3, SCRATCH, seed=0)
 
 
 def test_augmentation_is_off_by_default_and_only_active_in_training():
     assert build_augmentation(AUG_OFF, seed=0) is None
-    assert not any(layer.name == "augmentation" for layer in build_vision_scratch(32, 3, SCRATCH, AUG_OFF, 0).layers)
+    assert not any(layer.name == "augmentation" for layer in vision_scratch.build(32, 3, SCRATCH, 0).layers)
     augment = build_augmentation(AUG_ON, seed=0)
     kinds = {type(layer).__name__ for layer in augment.layers}
     assert kinds == {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomBrightness", "RandomContrast"}
     images = pattern_images(3, 32)[0][..., None].astype("float32")
     np.testing.assert_array_equal(np.asarray(augment(images, training=False)), images)
     assert not np.allclose(np.asarray(augment(images, training=True)), images)
-    assert build_augmentation({**AUG_ON, "flip": False, "shift": 0, "rotation": 0, "brightness": 0}, 0) is None
+    assert build_augmentation(Augmentation(enabled=True, flip=False, shift=0, rotation=0, brightness=0), 0) is None
 
 
 def test_saved_scratch_model_with_augmentation_takes_raw_images(tmp_path):
-    model = build_vision_scratch(32, 3, SCRATCH, AUG_ON, seed=0)
+    model = vision_scratch.build(32, 3, SCRATCH_AUG, seed=0)
     images = pattern_images(2, 32)[0]
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
@@ -129,7 +121,7 @@ def test_saved_scratch_model_with_augmentation_takes_raw_images(tmp_path):
 # --------------------------------------------------------------------------- transfer model
 
 def test_transfer_model_structure_shares_the_head_and_freezes_the_base():
-    parts = build_vision_transfer(40, 4, TRANSFER, AUG_OFF, seed=0, weights=NO_WEIGHTS)
+    parts = vision_transfer.build(40, 4, TRANSFER, seed=0, weights=NO_WEIGHTS)
     assert parts.full.input_shape == (None, 40, 40)
     assert parts.full.output_shape == (None, 4)
     assert parts.features.output_shape == (None, 1280)
@@ -144,7 +136,7 @@ def test_transfer_model_structure_shares_the_head_and_freezes_the_base():
 
 
 def test_transfer_model_resizes_greys_to_rgb_and_applies_mobilenet_preprocessing():
-    parts = build_vision_transfer(40, 4, TRANSFER, AUG_OFF, seed=0, weights=NO_WEIGHTS)
+    parts = vision_transfer.build(40, 4, TRANSFER, seed=0, weights=NO_WEIGHTS)
     images = pattern_images(2, 40)[0]
     into_base = keras.Model(parts.full.input, parts.full.get_layer("mobilenet_v2_preprocess").output)
     expected = tf.image.resize(images[..., None].astype("float32"), (32, 32))
@@ -153,15 +145,15 @@ def test_transfer_model_resizes_greys_to_rgb_and_applies_mobilenet_preprocessing
 
 
 def test_unfreeze_top_layers_keeps_batchnorm_and_lower_layers_frozen():
-    parts = build_vision_transfer(32, 3, TRANSFER, AUG_OFF, seed=0, weights=NO_WEIGHTS)
-    n_trainable = unfreeze_top_layers(parts.base, 10)
+    parts = vision_transfer.build(32, 3, TRANSFER, seed=0, weights=NO_WEIGHTS)
+    n_trainable = vision_transfer.unfreeze_top_layers(parts.base, 10)
     top, rest = parts.base.layers[-10:], parts.base.layers[:-10]
     assert not any(layer.trainable for layer in rest)
     for layer in top:
         assert layer.trainable == (not isinstance(layer, keras.layers.BatchNormalization))
     assert n_trainable == sum(1 for layer in top if layer.trainable and layer.weights) > 0
-    with pytest.raises(ConfigError):
-        unfreeze_top_layers(parts.base, -1)
+    with pytest.raises(TrainingError):
+        vision_transfer.unfreeze_top_layers(parts.base, -1)
 
 
 def test_weights_file_is_loaded_into_the_base(tmp_path):
@@ -172,7 +164,7 @@ def test_weights_file_is_loaded_into_the_base(tmp_path):
     weights = resolve_base_weights(str(path), "fail", alpha=0.35, input_size=32)
     assert weights.used == "file" and weights.path == str(path) and weights.sha256 == file_sha256(path)
     set_global_seed(2)  # a different random init, which the file must overwrite
-    parts = build_vision_transfer(32, 3, TRANSFER, AUG_OFF, seed=0, weights=weights)
+    parts = vision_transfer.build(32, 3, TRANSFER, seed=0, weights=weights)
     for loaded, saved in zip(parts.base.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(loaded, saved)
 
@@ -185,15 +177,15 @@ def test_missing_or_mismatching_weights_file_gives_a_clear_error(tmp_path):
     other.save_weights(path)
     weights = resolve_base_weights(str(path), "fail", alpha=0.35, input_size=32)
     with pytest.raises(WeightsError, match="does not fit"):
-        build_vision_transfer(32, 3, TRANSFER, AUG_OFF, seed=0, weights=weights)
+        vision_transfer.build(32, 3, TRANSFER, seed=0, weights=weights)
 
 
 def test_weights_none_and_bad_options():
     assert resolve_base_weights("none", "fail", 0.35, 32).used == "none (random init)"
     assert resolve_base_weights(None, "fail", 0.35, 32).path is None
-    with pytest.raises(ConfigError, match="offline_fallback"):
+    with pytest.raises(WeightsError, match="offline_fallback"):
         resolve_base_weights("none", "maybe", 0.35, 32)
-    with pytest.raises(ConfigError, match="alpha"):
+    with pytest.raises(WeightsError, match="alpha"):
         resolve_base_weights("imagenet", "fail", 0.6, 96)
 
 
@@ -222,7 +214,7 @@ def test_imagenet_offline_with_fallback_fail_stops_quickly_with_a_clear_error(tm
 
 def test_imagenet_offline_with_fallback_none_records_random_init_loudly(tmp_path, caplog):
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="vapm.models.vision"):
+    with caplog.at_level(logging.WARNING, logger="vapm.models.vision_transfer.bases"):
         weights = resolve_base_weights("imagenet", "none", 0.35, 96, cache_dir=tmp_path)
     if weights.used == "imagenet":
         pytest.skip(f"this machine can download ImageNet weights ({weights.path})")
@@ -236,12 +228,12 @@ def test_imagenet_offline_with_fallback_none_records_random_init_loudly(tmp_path
 
 def test_acoustic_cnn_structure_and_parameter_count():
     mean, variance = np.zeros(104), np.ones(104)
-    model = build_acoustic_cnn((104, 98), 8, ACOUSTIC, mean, variance, seed=0)
+    model = acoustic_cnn.build((104, 98), 8, ACOUSTIC, mean, variance, seed=0)
     assert model.input_shape == (None, 104, 98) and model.output_shape == (None, 8)
     assert model.get_layer("conv1").output.shape[1:] == (51, 48, 32)
     assert model.get_layer("conv2").output.shape[1:] == (24, 23, 32)
     assert model.get_layer("pool").output.shape[1:] == (12, 11, 32)
-    assert acoustic_cnn_feature_side(104, 4, 2, 2) == 12 and acoustic_cnn_feature_side(98, 4, 2, 2) == 11
+    assert acoustic_cnn.feature_side(104, 4, 2, 2) == 12 and acoustic_cnn.feature_side(98, 4, 2, 2) == 11
     assert [model.get_layer(f"dense{i}").units for i in (1, 2)] == [512, 64]
     assert all(isinstance(model.get_layer(f"batchnorm{i}"), keras.layers.BatchNormalization) for i in (1, 2))
     trainable = (4 * 4 * 32 + 32) + 2 * 32 + (4 * 4 * 32 * 32 + 32) + 2 * 32 \
@@ -253,8 +245,8 @@ def test_acoustic_cnn_standardises_each_feature_row_and_survives_saving(tmp_path
     rng = np.random.default_rng(0)
     scales = np.linspace(1, 300, 24)[None, :, None]
     images = (rng.normal(size=(10, 24, 30)) * scales + scales).astype("float32")
-    mean, variance = row_statistics(images)
-    model = build_acoustic_cnn((24, 30), 3, {**ACOUSTIC, "dense_units": [16]}, mean, variance, seed=0)
+    mean, variance = acoustic_cnn.row_statistics(images)
+    model = acoustic_cnn.build((24, 30), 3, ACOUSTIC.model_copy(update={"dense_units": [16]}), mean, variance, seed=0)
     standardised = np.asarray(keras.Model(model.input, model.get_layer("standardise_rows").output)(images))
     np.testing.assert_allclose(standardised.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(standardised.std(axis=(0, 2, 3)), 1.0, rtol=1e-3)
@@ -264,7 +256,7 @@ def test_acoustic_cnn_standardises_each_feature_row_and_survives_saving(tmp_path
 
 
 def test_acoustic_cnn_refuses_too_small_inputs_and_wrong_statistics():
-    with pytest.raises(ConfigError, match="too small"):
-        build_acoustic_cnn((8, 98), 8, ACOUSTIC, np.zeros(8), np.ones(8), seed=0)
-    with pytest.raises(ValueError, match="row statistics"):
-        build_acoustic_cnn((104, 98), 8, ACOUSTIC, np.zeros(98), np.ones(98), seed=0)
+    with pytest.raises(TrainingError, match="too small"):
+        acoustic_cnn.build((8, 98), 8, ACOUSTIC, np.zeros(8), np.ones(8), seed=0)
+    with pytest.raises(TrainingError, match="row statistics"):
+        acoustic_cnn.build((104, 98), 8, ACOUSTIC, np.zeros(98), np.ones(98), seed=0)

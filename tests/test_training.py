@@ -12,30 +12,33 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_models import ACOUSTIC, AUG_OFF, AUG_ON, SCRATCH, TRANSFER, calibrated_base_weights, pattern_images
-from vapm.config import ConfigError
-from vapm.models import resolve_base_weights
+from tests.test_models import ACOUSTIC, AUG_ON, SCRATCH, TRANSFER, calibrated_base_weights, pattern_images
+from vapm.models import acoustic_cnn, vision_scratch
+from vapm.models.vision_transfer import trainer as vision_transfer
+from vapm.models.vision_transfer.bases import resolve_base_weights
 from vapm.seeding import set_global_seed
-from vapm.training import (
-    HISTORY_COLUMNS,
-    TrainingError,
-    check_train_settings,
-    history_frame,
-    split_indices,
-    train_acoustic_cnn,
-    train_vision_scratch,
-    train_vision_transfer,
-    uses_feature_cache,
-)
+from vapm.settings import TrainSettings
+from vapm.training import FeatureSet, TrainingError, TrainingJob, split_indices
+from vapm.training.keras_fit import HISTORY_COLUMNS, history_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "validation_fraction": 0.2,
-            "early_stopping_patience": 0, "reduce_lr_patience": 0, "reduce_lr_factor": 0.5}
-SMALL_SCRATCH = {**SCRATCH, "filters": [8, 16], "dense_units": 32}
+SETTINGS = TrainSettings(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.2,
+                         early_stopping_patience=0, reduce_lr_patience=0, reduce_lr_factor=0.5)
+SMALL_SCRATCH = SCRATCH.model_copy(update={"filters": [8, 16], "dense_units": 32})
 
 
 def tiny_split(labels: np.ndarray, every: int = 4) -> np.ndarray:
     return np.where(np.arange(len(labels)) % every == 0, "test", "train")
+
+
+def make_job(x: np.ndarray, labels: np.ndarray, splits: np.ndarray, params, train: TrainSettings = SETTINGS,
+             seed: int = 0, **changes) -> TrainingJob:
+    """A TrainingJob over in-memory arrays, as the train stage builds one from a features folder."""
+    features = FeatureSet(x, labels.astype(np.int64), splits, np.array([f"item_{i}" for i in range(len(labels))]),
+                          {"kind": "test"})
+    classes = [f"c{i}" for i in range(int(labels.max()) + 1)]
+    return TrainingJob(name="test", params=params, train=train.model_copy(update=changes), features=features,
+                       class_names=classes, seed=seed)
 
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
@@ -58,10 +61,10 @@ def test_split_and_settings_errors_are_clear():
         split_indices(labels, np.array(["train"] * 11 + ["test"]), 0.1, seed=0)
     with pytest.raises(TrainingError, match="both splits"):
         split_indices(labels, np.array(["train"] * 12), 0.2, seed=0)
-    with pytest.raises(ConfigError, match="validation_fraction"):
-        check_train_settings({**SETTINGS, "validation_fraction": 0.0, "early_stopping_patience": 2})
-    with pytest.raises(ConfigError, match="lack"):
-        check_train_settings({"epochs": 1})
+    with pytest.raises(ValueError, match="validation_fraction"):
+        TrainSettings(**{**SETTINGS.model_dump(), "validation_fraction": 0.0, "early_stopping_patience": 2})
+    with pytest.raises(ValueError, match="missing"):
+        TrainSettings(epochs=1)
 
 
 def test_history_frame_numbers_epochs_and_fills_missing_validation():
@@ -74,12 +77,11 @@ def test_history_frame_numbers_epochs_and_fills_missing_validation():
 def test_scratch_cnn_learns_a_tiny_pattern_problem():
     set_global_seed(0)
     images, labels = pattern_images(16, 32)
-    result = train_vision_scratch(images, labels, tiny_split(labels), n_classes=3, model_params=SMALL_SCRATCH,
-                                  augmentation=AUG_OFF, settings={**SETTINGS, "epochs": 6}, seed=0)
+    result = vision_scratch.train(make_job(images, labels, tiny_split(labels), SMALL_SCRATCH, epochs=6))
     accuracy = (result.test_predictions == labels[result.split.test]).mean()
     assert accuracy >= 0.9, result.history
     assert result.history["loss"].iloc[-1] < result.history["loss"].iloc[0]
-    assert result.test_probabilities.shape == (len(result.split.test), 3)
+    assert result.test_scores.shape == (len(result.split.test), 3) and result.score_kind == "probability"
 
 
 def test_acoustic_cnn_learns_which_rows_carry_energy():
@@ -89,9 +91,8 @@ def test_acoustic_cnn_learns_which_rows_carry_energy():
     images = rng.normal(size=(len(labels), 24, 30)).astype("float32") * 5 - 40  # dB-like offsets
     for i, label in enumerate(labels):
         images[i, 8 * label: 8 * label + 8] += 6
-    result = train_acoustic_cnn(images, labels, tiny_split(labels), n_classes=3,
-                                model_params={**ACOUSTIC, "dense_units": [32]},
-                                settings={**SETTINGS, "epochs": 8}, seed=0)
+    params = ACOUSTIC.model_copy(update={"dense_units": [32]})
+    result = acoustic_cnn.train(make_job(images, labels, tiny_split(labels), params, epochs=8))
     assert (result.test_predictions == labels[result.split.test]).mean() >= 0.9, result.history
 
 
@@ -114,25 +115,24 @@ def test_cached_features_train_the_head_exactly_like_the_frozen_full_model(trans
     runs = {}
     for cached in (True, False):
         set_global_seed(5)
-        runs[cached] = train_vision_transfer(images, labels, tiny_split(labels), n_classes=2,
-                                             model_params=TRANSFER, augmentation=AUG_OFF, settings=SETTINGS,
-                                             seed=5, weights=weights, use_feature_cache=cached)
+        params = TRANSFER.model_copy(update={"cache_frozen_features": cached})
+        runs[cached] = vision_transfer.train_transfer(make_job(images, labels, tiny_split(labels), params, seed=5),
+                                                      weights)
     with_cache, without = runs[True], runs[False]
     assert with_cache.details["feature_cache"] and not without.details["feature_cache"]
     assert with_cache.history["loss"].iloc[0] != with_cache.history["loss"].iloc[-1]  # the head did learn
     pd.testing.assert_frame_equal(with_cache.history, without.history, rtol=1e-5)
     for a, b in zip(_head_weights(with_cache.model), _head_weights(without.model), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(with_cache.test_probabilities, without.test_probabilities, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(with_cache.test_scores, without.test_scores, rtol=1e-4, atol=1e-6)
 
 
 def test_fine_tuning_continues_epochs_and_moves_only_the_unfrozen_top(transfer_data):
     images, labels, weights = transfer_data
     set_global_seed(0)
-    params = {**TRANSFER, "fine_tune_epochs": 1, "fine_tune_layers": 5}
-    result = train_vision_transfer(images, labels, tiny_split(labels), n_classes=2, model_params=params,
-                                   augmentation=AUG_OFF, settings={**SETTINGS, "epochs": 1, "validation_fraction": 0.0},
-                                   seed=0, weights=weights)
+    params = TRANSFER.model_copy(update={"fine_tune_epochs": 1, "fine_tune_layers": 5})
+    result = vision_transfer.train_transfer(make_job(images, labels, tiny_split(labels), params, epochs=1,
+                                                     validation_fraction=0.0), weights)
     assert result.history["epoch"].tolist() == [1, 2]
     assert result.history["phase"].tolist() == ["head", "fine_tune"]
     reference = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
@@ -147,9 +147,9 @@ def test_fine_tuning_continues_epochs_and_moves_only_the_unfrozen_top(transfer_d
 
 
 def test_augmentation_or_request_turns_the_feature_cache_off():
-    assert uses_feature_cache(AUG_OFF, True)
-    assert not uses_feature_cache(AUG_ON, True)  # augmented images differ every epoch
-    assert not uses_feature_cache(AUG_OFF, False)
+    assert vision_transfer.uses_feature_cache(TRANSFER)
+    assert not vision_transfer.uses_feature_cache(TRANSFER.model_copy(update={"augmentation": AUG_ON}))
+    assert not vision_transfer.uses_feature_cache(TRANSFER.model_copy(update={"cache_frozen_features": False}))
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch():
@@ -157,11 +157,9 @@ def test_early_stopping_stops_and_restores_the_best_epoch():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, size=(60, 16, 16)).astype(np.uint8)
     labels = rng.integers(0, 2, size=60)  # random labels: val_loss soon rises
-    params = {**SMALL_SCRATCH, "filters": [8], "dropout": 0.0}
-    result = train_vision_scratch(images, labels, tiny_split(labels, every=6), n_classes=2, model_params=params,
-                                  augmentation=AUG_OFF, seed=0,
-                                  settings={**SETTINGS, "epochs": 40, "learning_rate": 1e-2,
-                                            "validation_fraction": 0.3, "early_stopping_patience": 2})
+    params = SMALL_SCRATCH.model_copy(update={"filters": [8], "dropout": 0.0})
+    result = vision_scratch.train(make_job(images, labels, tiny_split(labels, every=6), params, epochs=40,
+                                           learning_rate=1e-2, validation_fraction=0.3, early_stopping_patience=2))
     history = result.history
     assert len(history) < 40
     assert history["val_loss"].iloc[-1] > history["val_loss"].min()
@@ -175,27 +173,28 @@ def test_training_twice_with_the_same_seed_is_bit_identical():
     runs = []
     for _ in range(2):
         set_global_seed(11)
-        runs.append(train_vision_scratch(images, labels, tiny_split(labels), n_classes=3,
-                                         model_params=SMALL_SCRATCH, augmentation=AUG_ON, settings=SETTINGS,
-                                         seed=11))
+        params = SMALL_SCRATCH.model_copy(update={"augmentation": AUG_ON})
+        runs.append(vision_scratch.train(make_job(images, labels, tiny_split(labels), params, seed=11)))
     pd.testing.assert_frame_equal(runs[0].history, runs[1].history, check_exact=True)
-    assert np.array_equal(runs[0].test_probabilities, runs[1].test_probabilities)
+    assert np.array_equal(runs[0].test_scores, runs[1].test_scores)
 
 
 # --------------------------------------------------------------------------- the stage, end to end
 
 def _stage_workdir(tmp_path: Path) -> Path:
-    """A working directory with params.yaml, a tiny vision.npz and the manifest the run is tagged with."""
+    """params.yaml, models.yaml, a tiny image features folder and the manifest the run is tagged with."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["train"].update(epochs=2, batch_size=8)
-    params["train_vision"]["scratch"].update(filters=[8, 16], dense_units=32)
+    params["vision_scratch"].update(filters=[8, 16], dense_units=32)
     params["vision"]["classes"] = ["Left", "Top", "Stripes"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
     images, labels = pattern_images(12, 32)
-    features = tmp_path / "data" / "features"
+    features = tmp_path / "data" / "features" / "image"
     features.mkdir(parents=True)
-    np.savez(features / "vision.npz", images=images, labels=labels.astype(np.int64),
+    np.savez(features / "features.npz", images=images, labels=labels.astype(np.int64),
              splits=tiny_split(labels), files=np.array([f"img_{i}.jpg" for i in range(len(labels))]))
+    (features / "record.json").write_text(json.dumps({"kind": "image", "image_size": 32}))
     manifest = tmp_path / "data" / "interim" / "vision" / "manifest.parquet"
     manifest.parent.mkdir(parents=True)
     pd.DataFrame({"item": np.arange(len(labels))}).to_parquet(manifest)
@@ -204,39 +203,51 @@ def _stage_workdir(tmp_path: Path) -> Path:
 
 def _run_stage(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir),
-           "TF_CPP_MIN_LOG_LEVEL": "2", "VAPM_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train_vision.py"), *args], cwd=workdir,
+           "TF_CPP_MIN_LOG_LEVEL": "2", "VAPM_NO_PROGRESS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py"), *args], cwd=workdir,
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_train_vision_stage_writes_its_outputs_and_repeats_bit_identically(tmp_path):
+def test_train_stage_writes_its_outputs_and_repeats_bit_identically(tmp_path):
     workdir = _stage_workdir(tmp_path)
     outputs = []
+    model_dir = workdir / "models" / "vision_scratch"
     for _ in range(2):
-        proc = _run_stage(workdir, "scratch")
+        proc = _run_stage(workdir, "vision_scratch")
         assert proc.returncode == 0, proc.stderr[-3000:]
-        model_dir = workdir / "models" / "vision_scratch"
-        outputs.append({name: (model_dir / name).read_bytes() for name in ("history.csv", "predictions.parquet")})
-    assert outputs[0] == outputs[1]
-    info = json.loads((model_dir / "info.json").read_text())
-    assert info["model"] == "vision_scratch" and info["classes"] == ["Left", "Top", "Stripes"]
-    assert info["input_shape"] == [32, 32] and info["preprocessing"]["vision"]["image_size"] == 32
-    assert info["training_seconds"] > 0
+        outputs.append({path.relative_to(model_dir): path.read_bytes()
+                        for path in sorted(model_dir.rglob("*")) if path.is_file()})
+    assert outputs[0] == outputs[1]  # every file, the model's bytes included: no times or host facts
+    record = json.loads((model_dir / "record.json").read_text())
+    assert record["model"] == "vision_scratch" and record["classes"] == ["Left", "Top", "Stripes"]
+    assert record["input"] == {"kind": "image", "image_size": 32} and record["input_shape"] == [32, 32]
+    assert (record["task"], record["artefact"], record["score_kind"]) == ("classifier", "keras", "probability")
     history = pd.read_csv(model_dir / "history.csv")
     assert list(history.columns) == HISTORY_COLUMNS and history["epoch"].tolist() == [1, 2]
+    live_loss = pd.read_csv(model_dir / "live" / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
+    np.testing.assert_allclose(live_loss["loss"], history["loss"], rtol=1e-6)  # DVCLive logged every epoch
     predictions = pd.read_parquet(model_dir / "predictions.parquet")
     assert len(predictions) == 9 and {"prob_Left", "prob_Top", "prob_Stripes"} <= set(predictions.columns)
     loaded = keras.models.load_model(model_dir / "model.keras")
     assert not loaded.compiled  # saved for inference: no Adam state tripling the file
-    images = np.load(workdir / "data" / "features" / "vision.npz")["images"][::4]
+    images = np.load(workdir / "data" / "features" / "image" / "features.npz")["images"][::4]
     np.testing.assert_allclose(loaded.predict(images, verbose=0),
                                predictions[["prob_Left", "prob_Top", "prob_Stripes"]].to_numpy(), rtol=1e-5)
     assert (workdir / "mlflow.db").is_file()
 
 
-def test_train_vision_stage_reports_a_missing_features_file_in_one_line(tmp_path):
+def test_train_stage_reports_a_missing_features_folder_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
-    proc = _run_stage(tmp_path, "scratch")
+    (tmp_path / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
+    proc = _run_stage(tmp_path, "vision_scratch")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("train_vision: data/features/vision.npz not found")
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "train@vision_scratch: data/features/image/record.json not found"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_train_stage_names_an_unknown_model(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
+    proc = _run_stage(tmp_path, "vision_scrach")
+    assert proc.returncode == 1 and "no model ['vision_scrach'] in models.yaml" in proc.stderr

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from vapm.preset import load_preset
+from vapm.preset import flatten, load_preset
+from vapm.registry import load_registry
 
 REPO_ROOT = Path.cwd()
-MODELS = ["vision_scratch", "vision_transfer", "acoustic_svm", "acoustic_cnn"]
 
 
 def worktree_files(root: Path) -> list[str]:
@@ -98,9 +98,9 @@ def markdown_table(result: dict[str, Any]) -> str:
                      f"{timing['peak_rss_mb']:.0f} |")
     lines += ["", "| model | test accuracy | 95 % CI | macro-F1 | n test |", "|---|---:|---|---:|---:|"]
     for model, metrics in result["metrics"].items():
-        lines.append(f"| {model} | {100 * metrics['accuracy']:.2f} % | "
-                     f"{100 * metrics['accuracy_ci95_low']:.1f}-{100 * metrics['accuracy_ci95_high']:.1f} % | "
-                     f"{metrics['macro_f1']:.4f} | {metrics['n_test']} |")
+        lines.append(f"| {model} | {100 * metrics['acc']:.2f} % | "
+                     f"{100 * metrics['acc_lo']:.1f}-{100 * metrics['acc_hi']:.1f} % | "
+                     f"{metrics['f1']:.4f} | {metrics['n']} |")
     for model, cv in result.get("crossval", {}).items():
         lines.append(f"| {model}, {cv['folds']}-fold CV | {100 * cv['accuracy_mean']:.2f} % ± "
                      f"{100 * cv['accuracy_std']:.2f} | | | {cv['n_items']} |")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = load_preset(args.preset)
     for item in args.set:
         key, _, value = item.partition("=")
-        changes[key] = yaml.safe_load(value)
+        changes.update(flatten({key: yaml.safe_load(value)}))
     changes["ingest.vision_archive"] = "data/raw/" + args.vision_archive.name
     changes["ingest.acoustic_archive"] = "data/raw/" + args.acoustic_archive.name
 
@@ -158,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             result["stages"][stage] = timing
             print(f"[bench] {stage}: {timing['wall_s']:.1f} s, peak {timing['peak_rss_mb']:.0f} MB", flush=True)
         result["total_wall_s"] = round(sum(t["wall_s"] for t in result["stages"].values()), 1)
-        result["metrics"] = {m: json.loads((repo / "metrics" / f"{m}.json").read_text())
-                             for m in MODELS if (repo / "metrics" / f"{m}.json").is_file()}
+        # Every registered model, from the copy's own registry: none can silently drop out.
+        result["metrics"] = {m: json.loads((repo / "metrics" / "scores" / f"{m}.json").read_text())
+                             for m in load_registry(repo / "models.yaml")}
         write_results(result, args.out)  # the pipeline's numbers are kept even if the k-fold part fails
         if args.crossval:
             print("[bench] crossval ...", flush=True)
-            result["crossval_timing"] = timed_run([sys.executable, "-m", "vapm.crossval"], repo, env, log)
+            result["crossval_timing"] = timed_run([sys.executable, "-m", "vapm", "crossval"], repo, env, log)
             result["crossval"] = {p.stem: json.loads(p.read_text())
                                   for p in sorted((repo / "metrics" / "crossval").glob("*.json"))}
             write_results(result, args.out)

@@ -1,10 +1,12 @@
-"""Turn a preset file of dotted params into `dvc exp run -S` arguments.
+"""Turn a preset file of params into `dvc exp run -S` arguments, checked against params.yaml.
 
-    dvc exp run $(python -m vapm.preset presets/real-data.yaml)
-    python -m vapm.preset presets/real-data.yaml --run -- --name real   # the same, run for you
+    vapm preset presets/real-data.yaml                       # print the -S arguments
+    vapm preset presets/real-data.yaml --run --name real-data   # run `dvc exp run -S ... --name real-data`
 
-A preset is a flat YAML mapping such as `train.epochs: 30`; every key must exist in params.yaml,
-so a typo fails here instead of silently adding an unused param.
+A preset is a YAML mapping of dotted param names to values; a mapping value stands for its keys
+(`vision_scratch.train: {epochs: 30}` is `vision_scratch.train.epochs: 30`). Every key must exist in
+params.yaml, so a typo fails here instead of silently adding an unused param. Arguments after --run
+(with or without a `--` before them) go to `dvc exp run`.
 """
 from __future__ import annotations
 
@@ -18,46 +20,78 @@ from typing import Any
 
 import yaml
 
-from vapm.config import ConfigError, load_params, section
+from vapm.errors import VapmError, one_line
+
+
+class PresetError(VapmError, ValueError):
+    """A preset file is missing, malformed, or names a param params.yaml does not have."""
 
 
 def load_preset(path: str | Path) -> dict[str, Any]:
+    """The preset as flat dotted keys -> values."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"preset {path} not found")
-    preset = yaml.safe_load(path.read_text()) or {}
+        raise PresetError(f"preset {path} not found")
+    try:
+        preset = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PresetError(f"preset {path} is not valid YAML: {one_line(str(err))}") from None
     if not isinstance(preset, dict):
-        raise ConfigError(f"preset {path} must be a mapping of dotted param names to values")
-    return preset
+        raise PresetError(f"preset {path} must be a mapping of dotted param names to values")
+    return flatten(preset)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_key(params: dict[str, Any], dotted: str) -> None:
+    node: Any = params
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise PresetError(f"params.yaml has no '{dotted}' (no '{key}' there): fix the preset's key")
+        node = node[key]
 
 
 def override_args(preset: dict[str, Any], params: dict[str, Any]) -> list[str]:
     args = []
-    for key, value in preset.items():
-        section(params, key)  # raises ConfigError naming the unknown key
-        # Compact JSON is valid YAML flow syntax (what `-S` parses) and has no spaces, so the
-        # printed arguments survive the shell's word splitting in `$(...)` unquoted.
+    for key, value in flatten(preset).items():
+        check_key(params, key)
+        # Compact JSON is valid YAML flow syntax (what `-S` parses) and has no spaces, so the printed
+        # arguments survive the shell's word splitting in `$(...)` unquoted.
         text = json.dumps(value, separators=(",", ":"))
         if any(ch.isspace() for ch in text):
-            raise ConfigError(f"{key}: value {text} contains white space; use --run instead of $(...)")
+            raise PresetError(f"{key}: value {text} contains white space; use --run instead of $(...)")
         args += ["-S", f"{key}={text}"]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vapm preset", description=__doc__.splitlines()[0])
     parser.add_argument("preset", help="YAML file of dotted params, e.g. presets/real-data.yaml")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--run", action="store_true", help="run `dvc exp run` with the preset (extra args after --)")
-    parser.add_argument("extra", nargs="*", help="with --run: more `dvc exp run` arguments, after --")
-    args = parser.parse_args(argv)
+    parser.add_argument("--run", action="store_true",
+                        help="run `dvc exp run` with the preset; later arguments (e.g. --name x) go to it")
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args.run:
+        parser.error(f"unrecognized arguments: {' '.join(extra)} (arguments for dvc exp run need --run)")
+    extra = extra[1:] if extra[:1] == ["--"] else extra
     try:
-        overrides = override_args(load_preset(args.preset), load_params(args.params))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from vapm.settings import read_params
+
+        overrides = override_args(load_preset(args.preset), read_params(args.params))
+    except VapmError as err:
+        print(f"preset: {one_line(str(err))}", file=sys.stderr)
         return 1
     if args.run:
-        command = ["dvc", "exp", "run", *overrides, *args.extra]
+        command = ["dvc", "exp", "run", *overrides, *extra]
         print("+ " + " ".join(shlex.quote(arg) for arg in command), file=sys.stderr, flush=True)
         return subprocess.call(command)
     print(" ".join(overrides))

@@ -182,6 +182,7 @@ class TrainOverrides(Section):
 
 class CrossvalSettings(Section):
     folds: int = Field(ge=2, le=100)
+    models: list[str] = Field(min_length=1)    # registered classifiers `vapm crossval` evaluates by default
 
 
 class ModelParams(Section):

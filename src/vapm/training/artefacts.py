@@ -60,6 +60,26 @@ def _without_save_date(data: bytes) -> bytes:
     return json.dumps(metadata, sort_keys=True).encode()
 
 
+def _stable_shared_ids(data: bytes) -> bytes:
+    """Keras names objects shared between layers by their memory address (`shared_object_id`); number them
+    in order of appearance instead, so the same model gives the same config.json."""
+    config = json.loads(data)
+    numbers: dict[Any, int] = {}
+
+    def renumber(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "shared_object_id" in node:
+                node["shared_object_id"] = numbers.setdefault(node["shared_object_id"], len(numbers) + 1)
+            for value in node.values():
+                renumber(value)
+        elif isinstance(node, list):
+            for value in node:
+                renumber(value)
+        return node
+
+    return json.dumps(renumber(config)).encode()
+
+
 class KerasArtefact:
     kind = "keras"
     filename = "model.keras"
@@ -72,7 +92,7 @@ class KerasArtefact:
         # An uncompiled copy: a compiled model's file also holds the optimizer's two moment tensors per
         # weight (3x the size), which only resuming training would need.
         keras.Model(model.inputs, model.outputs, name=model.name).save(path)
-        repack_zip(path, {"metadata.json": _without_save_date})
+        repack_zip(path, {"metadata.json": _without_save_date, "config.json": _stable_shared_ids})
         return path
 
     def load(self, folder: Path) -> Any:

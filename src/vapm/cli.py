@@ -1,0 +1,40 @@
+"""The `vapm` command: one entry point for what a user runs by hand (`python -m vapm` works too).
+
+    vapm predict MODEL_DIR FILE...     classify images or recordings with a trained model
+    vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
+    vapm crossval [MODEL...]           k-fold evaluation of registered classifiers
+    vapm bench [...]                   time the pipeline on given archives
+
+The pipeline itself runs through DVC (`dvc repro`, `dvc exp run`).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "predict": ("vapm.predict", "classify images or recordings with a trained model"),
+    "preset": ("vapm.preset", "turn a preset into dvc exp run -S arguments, or run it"),
+    "crossval": ("vapm.crossval", "k-fold evaluation of registered classifiers"),
+    "bench": ("vapm.bench", "time the pipeline on given archives"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "usage: vapm COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + \
+        "\n\n`vapm COMMAND --help` describes one."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"vapm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
