@@ -1,4 +1,4 @@
-"""Metrics, confusion outputs, predictions files and the evaluate stage."""
+"""Metrics, McNemar, confusion pictures, predictions files and the evaluate stage."""
 from __future__ import annotations
 
 import json
@@ -11,17 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from vapm.evaluation import (
-    EvaluationError,
-    classification_summary,
-    confusion_counts,
-    confusion_rows,
-    read_predictions,
-    save_confusion_png,
-    wilson_interval,
-    write_metrics_json,
-    write_predictions,
-)
+from vapm.evaluation.evaluate import read_predictions
+from vapm.evaluation.figures import save_confusion_png
+from vapm.evaluation.metrics import (EvaluationError, classification_summary, confusion_counts, confusion_rows,
+                                     mcnemar_exact, wilson_interval, write_metrics_json)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VISION = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]
@@ -116,31 +109,47 @@ def test_confusion_png_is_written(tmp_path):
     assert again.read_bytes() == path.read_bytes()  # deterministic bytes, so DVC sees no change
 
 
+# ---- McNemar ---------------------------------------------------------------------------------
+
+def test_mcnemar_exact_matches_a_hand_computed_binomial():
+    # 10 discordant items, 8 flipped one way and 2 the other: P(X <= 2 or X >= 8 | n=10, p=1/2)
+    # = 2 * (C(10,0) + C(10,1) + C(10,2)) / 2**10 = 2 * 56 / 1024 = 0.109375
+    assert mcnemar_exact(8, 2) == pytest.approx(0.109375, rel=1e-12)
+    assert mcnemar_exact(2, 8) == pytest.approx(0.109375, rel=1e-12)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64)  # both tails of the all-one-way split
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
+
 # ---- predictions files -----------------------------------------------------------------------
 
-def test_predictions_round_trip_with_probabilities(tmp_path):
-    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], dtype=np.float32)
+def write_predictions(path: Path, files, y_true, y_pred, classes, probabilities=None, prefix: str = "prob_"):
+    """The predictions.parquet contract every trainer writes (vapm.training.run.write_predictions)."""
+    table = pd.DataFrame({"file": list(files), "y_true": np.asarray(y_true, np.int64),
+                          "y_pred": np.asarray(y_pred, np.int64)})
+    for i, name in enumerate(classes):
+        if probabilities is not None:
+            table[f"{prefix}{name}"] = np.asarray(probabilities)[:, i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    return path
+
+
+def test_read_predictions_checks_the_contract(tmp_path):
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
     path = write_predictions(tmp_path / "m" / "predictions.parquet", ["x.jpg", "y.jpg"], [0, 1], [0, 1],
                              ["a", "b", "c"], probabilities=probs)
-    table = read_predictions(path)
+    table = read_predictions(path, ["a", "b", "c"])
     assert list(table.columns) == ["file", "y_true", "y_pred", "prob_a", "prob_b", "prob_c"]
-    assert table["y_true"].dtype == np.int64 and table["y_pred"].dtype == np.int64
-    assert table["file"].tolist() == ["x.jpg", "y.jpg"]
-    np.testing.assert_allclose(table[["prob_a", "prob_b", "prob_c"]].to_numpy(), probs, rtol=1e-6)
-
-
-def test_predictions_without_probabilities_and_errors(tmp_path):
-    path = write_predictions(tmp_path / "p.parquet", ["x"], np.array([2]), np.array([1]), ["a", "b", "c"])
-    assert list(read_predictions(path).columns) == ["file", "y_true", "y_pred"]
-    with pytest.raises(EvaluationError, match="shape"):
-        write_predictions(tmp_path / "q.parquet", ["x"], [0], [0], ["a", "b"], probabilities=[[1.0, 0, 0]])
-    with pytest.raises(EvaluationError, match="file names"):
-        write_predictions(tmp_path / "q.parquet", ["x", "y"], [0], [0], ["a", "b"])
+    with pytest.raises(EvaluationError, match="retrain the model after changing the class list"):
+        read_predictions(path, ["a", "b", "d"])
     with pytest.raises(EvaluationError, match="not found"):
-        read_predictions(tmp_path / "absent.parquet")
+        read_predictions(tmp_path / "absent.parquet", ["a"])
     pd.DataFrame({"file": ["x"], "y_true": [0]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(EvaluationError, match="y_pred"):
-        read_predictions(tmp_path / "bad.parquet")
+        read_predictions(tmp_path / "bad.parquet", ["a"])
 
 
 def test_metrics_json_is_rounded_and_sorted(tmp_path):
@@ -150,73 +159,81 @@ def test_metrics_json_is_rounded_and_sorted(tmp_path):
 
 # ---- the evaluate stage ----------------------------------------------------------------------
 
-def _fake_model_dir(root: Path, name: str, classes: list[str], seed: int, with_history: bool,
-                    with_probabilities: bool, info: dict | None = None) -> None:
+def _fake_model_dir(root: Path, name: str, classes: list[str], seed: int, with_history: bool, score_kind: str,
+                    details: dict | None = None) -> None:
     rng = np.random.default_rng(seed)
     n = 3 * len(classes)
     y_true = np.repeat(np.arange(len(classes)), 3)
     y_pred = np.where(rng.random(n) < 0.75, y_true, rng.integers(0, len(classes), n))
-    probs = None
-    if with_probabilities:
-        logits = rng.normal(size=(n, len(classes)))
-        logits[np.arange(n), y_pred] += 5
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    scores = rng.normal(size=(n, len(classes)))
+    scores[np.arange(n), y_pred] += 5
+    if score_kind == "probability":
+        scores = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
     model_dir = root / "models" / name
     write_predictions(model_dir / "predictions.parquet", [f"{classes[t]}/item_{i}" for i, t in enumerate(y_true)],
-                      y_true, y_pred, classes, probabilities=probs)
+                      y_true, y_pred, classes, probabilities=scores,
+                      prefix="prob_" if score_kind == "probability" else "decision_")
     if with_history:
         pd.DataFrame({
             "epoch": [1, 2, 3], "phase": ["head", "head", "fine_tune"],
             "loss": [1.9, 1.2, 0.8123456789], "accuracy": [0.3, 0.55, 0.71],
             "val_loss": [2.0, 1.4, 1.0], "val_accuracy": [0.25, 0.5, 0.66],
         }).to_csv(model_dir / "history.csv", index=False)
-    if info is not None:
-        (model_dir / "info.json").write_text(json.dumps(info))
+    record = {"model": name, "task": "classifier", "score_kind": score_kind, "input": {"kind": "test"},
+              "n_fit": 10, "n_val": 2, "details": details or {}, "data_manifest_sha256": "ab" * 32}
+    (model_dir / "record.json").write_text(json.dumps(record))
 
 
-def _evaluate_workspace(tmp_path: Path) -> Path:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"vision": {"classes": VISION}, "audio": {"classes": AUDIO}}))
-    _fake_model_dir(tmp_path, "vision_scratch", VISION, 1, with_history=True, with_probabilities=True)
-    _fake_model_dir(tmp_path, "vision_transfer", VISION, 2, with_history=True, with_probabilities=True,
-                    info={"model": "vision_transfer", "weights": {"used": "none (random init)", "reason": "imagenet unavailable"}})
-    _fake_model_dir(tmp_path, "acoustic_svm", AUDIO, 3, with_history=False, with_probabilities=False,
-                    info={"model": "acoustic_svm", "best_C": 0.1})
-    _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, with_history=True, with_probabilities=True)
+def _evaluate_workspace(tmp_path: Path, vision_classes: list[str] = VISION) -> Path:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["vision"]["classes"], params["audio"]["classes"] = vision_classes, AUDIO
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
+    _fake_model_dir(tmp_path, "vision_scratch", VISION, 1, True, "probability")
+    _fake_model_dir(tmp_path, "vision_transfer", VISION, 2, True, "probability",
+                    {"weights": {"used": "none (random init)", "reason": "weights: none in params"}})
+    _fake_model_dir(tmp_path, "acoustic_svm", AUDIO, 3, False, "decision", {"best_C": 0.1})
+    _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, True, "probability")
     return tmp_path
 
 
 def _run_evaluate(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "evaluate.py")], cwd=cwd,
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(cwd),
+           "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "evaluate.py")], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_evaluate_stage_writes_all_metrics(tmp_path):
+def test_evaluate_stage_writes_scores_details_and_plots(tmp_path):
     workspace = _evaluate_workspace(tmp_path)
     result = _run_evaluate(workspace)
     assert result.returncode == 0, result.stderr
     metrics = workspace / "metrics"
     for name, classes in [("vision_scratch", VISION), ("vision_transfer", VISION),
                           ("acoustic_svm", AUDIO), ("acoustic_cnn", AUDIO)]:
-        predictions = read_predictions(workspace / "models" / name / "predictions.parquet")
-        summary = json.loads((metrics / f"{name}.json").read_text())
+        predictions = read_predictions(workspace / "models" / name / "predictions.parquet", classes)
         expected = classification_summary(predictions["y_true"], predictions["y_pred"], classes)
-        assert summary["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
-        assert summary["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-6)
-        assert summary["n_test"] == len(predictions)
-        assert sorted(summary["per_class"]) == sorted(classes)
-        confusion = pd.read_csv(metrics / "confusion" / f"{name}.csv")
-        assert list(confusion.columns) == ["actual", "predicted"]
+        scores = json.loads((metrics / "scores" / f"{name}.json").read_text())
+        assert scores == {"acc": round(expected["accuracy"], 4), "acc_lo": round(expected["accuracy_ci95_low"], 4),
+                          "acc_hi": round(expected["accuracy_ci95_high"], 4), "f1": round(expected["macro_f1"], 4),
+                          "n": len(predictions)}  # the headline only: dvc metrics show stays one screen
+        details = json.loads((metrics / "details" / f"{name}.json").read_text())
+        assert sorted(details["per_class"]) == sorted(classes)
+        assert details["data_manifest_sha256"] == "ab" * 32
+        confusion = json.loads((metrics / "plots" / "sklearn" / "confusion" / f"{name}.json").read_text())
         names = np.asarray(classes)
-        assert confusion["actual"].tolist() == names[predictions["y_true"]].tolist()
-        assert confusion["predicted"].tolist() == names[predictions["y_pred"]].tolist()
-        assert (metrics / "confusion" / f"{name}.png").stat().st_size > 1000
+        assert [row["actual"] for row in confusion] == names[predictions["y_true"]].tolist()
+        assert [row["predicted"] for row in confusion] == names[predictions["y_pred"]].tolist()
+        assert (metrics / "plots" / "images" / "confusion" / f"{name}.png").stat().st_size > 1000
         assert name in result.stdout
-    assert json.loads((metrics / "vision_transfer.json").read_text())["weights_used"].startswith("none")
-    assert "weights_used" not in json.loads((metrics / "acoustic_svm.json").read_text())
-    curves = pd.read_csv(metrics / "curves" / "acoustic_cnn.csv")
-    assert list(curves.columns) == ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
-    assert curves["epoch"].tolist() == [1, 2, 3] and curves["loss"].iloc[2] == pytest.approx(0.812346, abs=1e-9)
-    assert not (metrics / "curves" / "acoustic_svm.csv").exists()
+    details = json.loads((metrics / "details" / "vision_transfer.json").read_text())
+    assert details["training"]["weights"]["used"].startswith("none")
+    loss = json.loads((metrics / "plots" / "custom" / "loss" / "acoustic_cnn.json").read_text())
+    assert [point["epoch"] for point in loss] == [1, 2, 3]
+    assert loss[2] == {"epoch": 3, "train": pytest.approx(0.812346, abs=1e-9), "validation": 1.0}
+    assert (metrics / "plots" / "images" / "curves" / "acoustic_cnn.png").is_file()
+    assert not (metrics / "plots" / "custom" / "loss" / "acoustic_svm.json").exists()  # no epochs, no curves
+    assert not (metrics / "metrics.json").exists()  # DVCLive writes plot data only; DVC's metrics are ours
 
     # A second run gives byte-identical files, so `dvc metrics diff` and `dvc status` stay clean.
     before = {p: p.read_bytes() for p in metrics.rglob("*") if p.is_file()}
@@ -231,14 +248,12 @@ def test_evaluate_stage_reports_missing_model(tmp_path):
     (workspace / "models" / "acoustic_cnn").rmdir()
     result = _run_evaluate(workspace)
     assert result.returncode == 1
-    assert "models/acoustic_cnn" in result.stderr and "train_acoustic_cnn" in result.stderr
+    assert "models/acoustic_cnn" in result.stderr and "train@acoustic_cnn" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_evaluate_stage_reports_class_list_mismatch(tmp_path):
-    workspace = _evaluate_workspace(tmp_path)
-    params = {"vision": {"classes": VISION[:5]}, "audio": {"classes": AUDIO}}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    workspace = _evaluate_workspace(tmp_path, vision_classes=VISION[:5])
     result = _run_evaluate(workspace)
     assert result.returncode == 1
     assert "vision_scratch" in result.stderr and "Traceback" not in result.stderr

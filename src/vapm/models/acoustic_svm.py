@@ -148,6 +148,11 @@ def train(job: TrainingJob) -> Trained:
     features = job.features
     if params.features_csv:
         features = load_features_csv(params.features_csv, job.class_names, params.csv_test_fraction, job.seed)
+    elif features.record.get("kind") == "wavelet":
+        expected = 2 ** (int(features.record["level"]) + 1) - 2  # 2 + 4 + ... + 2**level node energies
+        if len(features.columns) != expected:
+            raise TrainingError(f"{job.name}: the wavelet features have {len(features.columns)} columns but their "
+                                f"record says level {features.record['level']} ({expected}): rerun featurize")
     split = train_test_only(features.splits)
     columns = list(features.columns)
     x_fit = pd.DataFrame(features.x[split.fit], columns=columns)

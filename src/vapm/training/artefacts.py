@@ -34,20 +34,21 @@ class Artefact(Protocol):
     def log(self, model: Any, input_example: Any) -> Any: ...
 
 
-def repack_zip(path: Path, rewrite: dict[str, Any] | None = None) -> None:
-    """Rewrite a zip with fixed timestamps and members in name order, optionally editing some members.
+def repack_zip(path: Path, rewrite: dict[str, Any] | None = None, rename: dict[str, str] | None = None) -> None:
+    """Rewrite a zip with fixed timestamps and members in name order, optionally editing or renaming some.
 
-    Keras and skops stamp the save time into their archives; nothing else in them varies between saves.
+    Keras and skops stamp the save time into their archives, and name objects by memory address.
     """
-    rewrite = rewrite or {}
+    rewrite, rename = rewrite or {}, rename or {}
     with zipfile.ZipFile(path) as source:
-        members = [(info, source.read(info.filename)) for info in source.infolist()]
+        members = [(info, rename.get(info.filename, info.filename), source.read(info.filename))
+                   for info in source.infolist()]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as target:
-        for info, data in sorted(members, key=lambda member: member[0].filename):
+        for info, name, data in sorted(members, key=lambda member: member[1]):
             if info.filename in rewrite:
                 data = rewrite[info.filename](data)
-            fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
+            fixed = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
             fixed.compress_type = info.compress_type
             fixed.external_attr = 0o644 << 16
             target.writestr(fixed, data)
@@ -112,6 +113,35 @@ class KerasArtefact:
         return tracking.log_keras_model(model, input_example)
 
 
+def _stable_skops_ids(path: Path) -> None:
+    """skops names every object (`__id__`) and array file (`<id>.npy`) by memory address; number them in order
+    of appearance in schema.json instead, so the same model gives the same file."""
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    numbers: dict[int, int] = {}
+
+    def number(value: Any) -> int:
+        return numbers.setdefault(int(value), len(numbers) + 1)
+
+    def renumber(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__id__" in node:
+                node["__id__"] = number(node["__id__"])
+            if isinstance(node.get("file"), str) and node["file"].endswith(".npy"):
+                node["file"] = f"{number(node['file'][:-4])}.npy"
+            for value in node.values():
+                renumber(value)
+        elif isinstance(node, list):
+            for value in node:
+                renumber(value)
+
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist() if name.endswith(".npy")]
+    renumber(schema)
+    rename = {name: f"{numbers[int(name[:-4])]}.npy" for name in names if int(name[:-4]) in numbers}
+    repack_zip(path, {"schema.json": lambda _: json.dumps(schema).encode()}, rename)
+
+
 class SklearnArtefact:
     kind = "sklearn"
     filename = "model.skops"
@@ -122,7 +152,7 @@ class SklearnArtefact:
         path = Path(folder) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         skops.io.dump(model, path)
-        repack_zip(path)
+        _stable_skops_ids(path)
         return path
 
     def load(self, folder: Path) -> Any:
