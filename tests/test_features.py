@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import librosa
@@ -14,17 +13,13 @@ import pytest
 import pywt
 import yaml
 
-from vapm.config import ConfigError, load_params
-from vapm.features.acoustic import (
-    LOG_ENERGY_FLOOR,
-    AcousticSettings,
-    acoustic_settings,
-    mfcc_logmel_image,
-    wavelet_feature_names,
-    wavelet_packet_energies,
-)
+from vapm.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wavelet_feature_names, wavelet_packet_energies
 from vapm.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
+from vapm.features.records import (AcousticImageRecord, AudioInput, ImageRecord, WaveletRecord,
+                                   acoustic_image_record, read_record, wavelet_record)
 from vapm.features.vision import resize_image, resize_images
+from vapm.registry import load_registry
+from vapm.settings import ParamsError, load_settings, parse_settings, read_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_CLIP = REPO_ROOT.parent / "shared" / "data" / "samples" / "AirCompressor_Data" / "Healthy" / "preprocess_Reading1.dat"
@@ -39,8 +34,18 @@ FEATURIZE_PARAMS = {"n_mfcc": 8, "n_mels": 16, "n_fft": 256, "hop_length": 128, 
 
 
 def tiny_params(**featurize_overrides) -> dict:
-    return {"seed": 0, "vision": {"image_size": 8}, "audio": {"sample_rate": "50000/3"},
-            "featurize": {**FEATURIZE_PARAMS, **featurize_overrides}}
+    """The repository's params.yaml with small featurize settings (clips of 3000 samples)."""
+    params = read_params(REPO_ROOT / "params.yaml")
+    params["vision"]["image_size"] = 8
+    params["audio"]["clip_seconds"] = 3000 / RATE
+    params["featurize"] = {**FEATURIZE_PARAMS, **featurize_overrides}
+    return params
+
+
+def small_records(**featurize_overrides) -> tuple[AcousticImageRecord, WaveletRecord]:
+    registered = {name: None for name in load_registry(REPO_ROOT / "models.yaml")}  # sections not checked here
+    settings = parse_settings(tiny_params(**featurize_overrides), registered)
+    return acoustic_image_record(settings), wavelet_record(settings)
 
 
 def tone(frequency: float, n_samples: int = 50_000, rate: float = RATE) -> np.ndarray:
@@ -179,11 +184,14 @@ def test_remove_dc_makes_both_feature_kinds_blind_to_an_offset():
 
 # --- settings ---------------------------------------------------------------------------------
 
-def test_repository_params_give_the_documented_settings():
-    settings = acoustic_settings(load_params(REPO_ROOT / "params.yaml"))
-    assert settings.sample_rate == pytest.approx(RATE)
-    assert settings.fmax == pytest.approx(RATE / 2)  # null -> Nyquist
-    assert len(wavelet_feature_names(settings.wavelet_level)) == 254
+def test_repository_params_give_the_documented_records(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    settings = load_settings(models=())
+    images, energies = acoustic_image_record(settings), wavelet_record(settings)
+    assert images.audio.sample_rate == pytest.approx(RATE) and images.audio.clip_samples == 50_000
+    assert images.fmax == pytest.approx(RATE / 2)  # null -> Nyquist
+    assert images.shape == (104, 98)
+    assert len(energies.feature_names) == 254
 
 
 @pytest.mark.parametrize("override, message", [
@@ -194,8 +202,8 @@ def test_repository_params_give_the_documented_settings():
     ({"n_jobs": 0}, "n_jobs"),
 ])
 def test_bad_featurize_params_are_refused_by_name(override, message):
-    with pytest.raises(ConfigError, match=message):
-        acoustic_settings(tiny_params(**override))
+    with pytest.raises(ParamsError, match=message):
+        small_records(**override)
 
 
 # --- image resizing ---------------------------------------------------------------------------
@@ -220,9 +228,10 @@ def test_featurize_vision_writes_items_in_order_with_their_labels(tmp_path):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(20, 20), (16, 24), (8, 8), (31, 17)]]
     manifest = write_vision_interim(tmp_path / "vision", images)
-    out = tmp_path / "features" / "vision.npz"
-    assert featurize_vision(tmp_path / "vision", out, 8) == 4
-    with np.load(out) as saved:
+    out = tmp_path / "features" / "image"
+    assert featurize_vision(tmp_path / "vision", out, ImageRecord(image_size=8)) == 4
+    assert read_record(out) == ImageRecord(image_size=8)
+    with np.load(out / "features.npz") as saved:
         assert saved["images"].shape == (4, 8, 8) and saved["images"].dtype == np.uint8
         for i, image in enumerate(images):
             assert np.array_equal(saved["images"][i], resize_image(image, 8))
@@ -235,27 +244,25 @@ def test_featurize_vision_refuses_images_beyond_the_pixel_array(tmp_path):
     manifest.loc[2, "offset"] = 40
     manifest.to_parquet(tmp_path / "vision" / "manifest.parquet", index=False)
     with pytest.raises(InterimDataError, match="outside pixels.npy.*crazing_2.jpg"):
-        featurize_vision(tmp_path / "vision", tmp_path / "vision.npz", 8)
-
-
-def small_settings(**overrides) -> AcousticSettings:
-    return replace(acoustic_settings(tiny_params()), **overrides)
+        featurize_vision(tmp_path / "vision", tmp_path / "image", ImageRecord(image_size=8))
 
 
 def test_featurize_acoustic_writes_both_feature_files_in_item_order(tmp_path):
     clips = noise_clips(5, 3_000)
     manifest = write_acoustic_interim(tmp_path / "acoustic", clips)
-    settings = small_settings()
-    images_out, wavelet_out = tmp_path / "f" / "acoustic_images.npz", tmp_path / "f" / "wavelet_packet.parquet"
-    summary = featurize_acoustic(tmp_path / "acoustic", images_out, wavelet_out, settings, chunk_clips=2)
+    images_dir, wavelet_dir = tmp_path / "f" / "acoustic_image", tmp_path / "f" / "wavelet"
+    image_record, energy_record = small_records()
+    summary = featurize_acoustic(tmp_path / "acoustic", images_dir, wavelet_dir, image_record, energy_record,
+                                 n_jobs=1, chunk_clips=2)
     assert summary.n_clips == 5
-    with np.load(images_out) as saved:
+    assert read_record(images_dir) == image_record and read_record(wavelet_dir) == energy_record
+    with np.load(images_dir / "features.npz") as saved:
         assert saved["images"].shape == (5, 8 + 16, 1 + 3_000 // 128) and saved["images"].dtype == np.float32
         assert list(saved["labels"]) == list(manifest["label"]) and list(saved["files"]) == list(manifest["file"])
         assert list(saved["splits"]) == list(manifest["split"])
         np.testing.assert_array_equal(
             saved["images"][3], mfcc_logmel_image(clips[3].astype(np.float32), RATE, 8, 16, 256, 128, None, True))
-    table = pd.read_parquet(wavelet_out)
+    table = pd.read_parquet(wavelet_dir / "features.parquet")
     names = wavelet_feature_names(3)
     assert list(table.columns) == names + ["class", "label", "split", "file"]
     assert (table[names].dtypes == np.float64).all() and table["label"].dtype == np.int64
@@ -265,16 +272,15 @@ def test_featurize_acoustic_writes_both_feature_files_in_item_order(tmp_path):
 
 
 def test_two_workers_give_exactly_the_serial_numbers(tmp_path):
-    write_acoustic_interim(tmp_path / "acoustic", noise_clips(7, 4_000, seed=3))
+    write_acoustic_interim(tmp_path / "acoustic", noise_clips(7, 3_000, seed=3))
     outputs = {}
     for n_jobs in (1, 2):
         out = tmp_path / f"jobs{n_jobs}"
-        summary = featurize_acoustic(tmp_path / "acoustic", out / "images.npz", out / "wp.parquet",
-                                     small_settings(n_jobs=n_jobs), chunk_clips=2 if n_jobs == 2 else 32,
-                                     parallel_worth_seconds=0.0)
+        summary = featurize_acoustic(tmp_path / "acoustic", out / "images", out / "wp", *small_records(),
+                                     n_jobs=n_jobs, chunk_clips=2 if n_jobs == 2 else 32, parallel_worth_seconds=0.0)
         assert summary.workers == n_jobs
-        with np.load(out / "images.npz") as saved:
-            outputs[n_jobs] = (saved["images"].copy(), pd.read_parquet(out / "wp.parquet"))
+        with np.load(out / "images" / "features.npz") as saved:
+            outputs[n_jobs] = (saved["images"].copy(), pd.read_parquet(out / "wp" / "features.parquet"))
     assert np.array_equal(outputs[1][0], outputs[2][0])
     pd.testing.assert_frame_equal(outputs[1][1], outputs[2][1], check_exact=True)
 
@@ -292,7 +298,7 @@ def test_a_manifest_that_disagrees_with_clips_npy_is_refused(tmp_path):
     write_acoustic_interim(tmp_path / "acoustic", noise_clips(4, 3_000))
     np.save(tmp_path / "acoustic" / "clips.npy", noise_clips(3, 3_000).astype(np.float32))
     with pytest.raises(InterimDataError, match="holds 3 clips but its manifest lists 4"):
-        featurize_acoustic(tmp_path / "acoustic", tmp_path / "a.npz", tmp_path / "w.parquet", small_settings())
+        featurize_acoustic(tmp_path / "acoustic", tmp_path / "a", tmp_path / "w", *small_records(), n_jobs=1)
 
 
 def test_broken_or_too_short_clips_are_refused_by_name(tmp_path):
@@ -300,14 +306,14 @@ def test_broken_or_too_short_clips_are_refused_by_name(tmp_path):
     clips[3, 10] = np.nan
     write_acoustic_interim(tmp_path / "acoustic", clips)
     with pytest.raises(InterimDataError, match=r"preprocess_Reading3\.dat \(item 3\) holds NaN"):
-        featurize_acoustic(tmp_path / "acoustic", tmp_path / "a.npz", tmp_path / "w.parquet",
-                           small_settings(n_jobs=2), chunk_clips=2, parallel_worth_seconds=0.0)
-    assert not (tmp_path / "a.npz").exists()
+        featurize_acoustic(tmp_path / "acoustic", tmp_path / "a", tmp_path / "w", *small_records(), n_jobs=2,
+                           chunk_clips=2, parallel_worth_seconds=0.0)
+    assert not (tmp_path / "a").exists()
     write_acoustic_interim(tmp_path / "short", noise_clips(2, 200))
-    with pytest.raises(ConfigError, match="fewer than featurize.n_fft"):
-        featurize_acoustic(tmp_path / "short", tmp_path / "a.npz", tmp_path / "w.parquet", small_settings())
+    with pytest.raises(InterimDataError, match="fewer than featurize.n_fft"):
+        featurize_acoustic(tmp_path / "short", tmp_path / "a", tmp_path / "w", *small_records(), n_jobs=1)
     with pytest.raises(InterimDataError, match="not found: run the ingest stage"):
-        featurize_acoustic(tmp_path / "missing", tmp_path / "a.npz", tmp_path / "w.parquet", small_settings())
+        featurize_acoustic(tmp_path / "missing", tmp_path / "a", tmp_path / "w", *small_records(), n_jobs=1)
 
 
 # --- the stage script -------------------------------------------------------------------------
@@ -320,15 +326,19 @@ def run_stage(cwd: Path) -> subprocess.CompletedProcess:
 
 def test_stage_script_writes_the_three_outputs_and_fails_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(n_jobs=2)))
+    (tmp_path / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
     write_vision_interim(tmp_path / "data" / "interim" / "vision", [np.full((12, 12), 9, np.uint8)] * 3)
     write_acoustic_interim(tmp_path / "data" / "interim" / "acoustic", noise_clips(3, 3_000))
     proc = run_stage(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    with np.load(tmp_path / "data" / "features" / "vision.npz") as saved:
+    features = tmp_path / "data" / "features"
+    with np.load(features / "image" / "features.npz") as saved:
         assert saved["images"].shape == (3, 8, 8)
-    with np.load(tmp_path / "data" / "features" / "acoustic_images.npz") as saved:
+    with np.load(features / "acoustic_image" / "features.npz") as saved:
         assert saved["images"].shape == (3, 24, 24)
-    assert pd.read_parquet(tmp_path / "data" / "features" / "wavelet_packet.parquet").shape == (3, 14 + 4)
+    assert pd.read_parquet(features / "wavelet" / "features.parquet").shape == (3, 14 + 4)
+    assert {path.name for path in features.iterdir()} == {"image", "acoustic_image", "wavelet"}
+    assert all((folder / "record.json").is_file() for folder in features.iterdir())
 
     (tmp_path / "data" / "interim" / "acoustic" / "clips.npy").unlink()
     proc = run_stage(tmp_path)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from vapm import tracking
-from vapm.evaluation import classification_summary, save_confusion_png
+from vapm.evaluation.figures import save_confusion_png
+from vapm.evaluation.metrics import classification_summary
 
 CLASSES = ["a", "b", "c"]
 HISTORY = pd.DataFrame({
