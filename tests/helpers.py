@@ -25,8 +25,10 @@ def pipeline_env(repo: Path) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], repo: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=repo, env=pipeline_env(repo), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], repo: Path, check: bool = True, timeout: float = 900,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=repo, env={**pipeline_env(repo), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
                              f"--- stderr\n{proc.stderr[-6000:]}")
@@ -55,10 +57,10 @@ TINY_PIPELINE = {
     "vision.image_size": 32,
     "train.epochs": 2,
     "train.batch_size": 16,
-    "train_vision.transfer.input_size": 32,
-    "train_vision.transfer.alpha": 0.35,
-    "train_vision.transfer.weights": "none",
-    "train_vision.transfer.fine_tune_epochs": 1,
-    "train_acoustic_svm.C_grid": [0.1, 1.0],
-    "train_acoustic_svm.cv_folds": 3,
+    "vision_transfer.input_size": 32,
+    "vision_transfer.alpha": 0.35,
+    "vision_transfer.weights": "none",
+    "vision_transfer.fine_tune_epochs": 1,
+    "acoustic_svm.C_grid": [0.1, 1.0],
+    "acoustic_svm.cv_folds": 3,
 }

@@ -9,14 +9,14 @@ import pytest
 import yaml
 
 from tests.helpers import REPO_ROOT
-from vapm.config import ConfigError, load_params
-from vapm.crossval import fold_splits, summarize
-from vapm.preset import load_preset, override_args
+from vapm.crossval import CrossvalError, fold_splits, summarize
+from vapm.preset import PresetError, load_preset, override_args
+from vapm.settings import read_params
 
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-    return load_params(REPO_ROOT / "params.yaml")
+    return read_params(REPO_ROOT / "params.yaml")
 
 
 def test_every_shipped_preset_names_existing_params(params):
@@ -27,27 +27,33 @@ def test_every_shipped_preset_names_existing_params(params):
 
 
 def test_override_args_are_compact_yaml_that_round_trips(params):
-    preset = {"train_acoustic_svm.C_grid": [0.01, 1], "train_vision.scratch.train": {"epochs": 30},
+    preset = {"acoustic_svm.C_grid": [0.01, 1], "vision_scratch.train": {"epochs": 30, "batch_size": 16},
               "featurize.fmax": None, "ingest.vision_archive": "data/raw/x.zip"}
     args = override_args(preset, params)
     parsed = dict(arg.split("=", 1) for arg in args[1::2])
-    assert {key: yaml.safe_load(value) for key, value in parsed.items()} == preset
+    # A mapping value stands for its keys: DVC can then override keys that exist (null) in params.yaml.
+    assert {key: yaml.safe_load(value) for key, value in parsed.items()} == {
+        "acoustic_svm.C_grid": [0.01, 1], "vision_scratch.train.epochs": 30, "vision_scratch.train.batch_size": 16,
+        "featurize.fmax": None, "ingest.vision_archive": "data/raw/x.zip"}
 
 
 def test_unknown_preset_key_is_refused(params):
-    with pytest.raises(ConfigError, match="train.epoch"):
+    with pytest.raises(PresetError, match="train.epoch"):
         override_args({"train.epoch": 3}, params)
 
 
 def test_preset_cli_prints_arguments_and_fails_cleanly(tmp_path):
-    good = subprocess.run([sys.executable, "-m", "vapm.preset", "presets/book.yaml"], cwd=REPO_ROOT,
+    good = subprocess.run([sys.executable, "-m", "vapm", "preset", "presets/book.yaml"], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     assert good.returncode == 0 and "-S vision.image_size=200" in good.stdout
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text("nonsense.key: 1\n")
-    bad = subprocess.run([sys.executable, "-m", "vapm.preset", str(bad_file)], cwd=REPO_ROOT,
+    bad = subprocess.run([sys.executable, "-m", "vapm", "preset", str(bad_file)], cwd=REPO_ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "nonsense" in bad.stderr and "Traceback" not in bad.stderr
+    stray = subprocess.run([sys.executable, "-m", "vapm", "preset", "presets/book.yaml", "--name", "x"],
+                           cwd=REPO_ROOT, capture_output=True, text=True)
+    assert stray.returncode == 2 and "need --run" in stray.stderr
 
 
 def test_fold_splits_test_every_item_once_and_stay_stratified():
@@ -62,14 +68,14 @@ def test_fold_splits_test_every_item_once_and_stay_stratified():
 
 
 def test_fold_splits_refuse_impossible_folds():
-    with pytest.raises(ConfigError, match="only 3 items"):
+    with pytest.raises(CrossvalError, match="only 3 items"):
         fold_splits(np.array([0, 0, 0, 1, 1, 1, 1]), 4, seed=0)
-    with pytest.raises(ConfigError, match="at least 2"):
+    with pytest.raises(CrossvalError, match="at least 2"):
         fold_splits(np.array([0, 1]), 1, seed=0)
 
 
 def test_summarize_reports_mean_and_sample_spread():
-    result = summarize([0.9, 1.0, 0.95], n_items=30, seconds=1.234)
+    result = summarize([0.9, 1.0, 0.95], n_items=30)
     assert result["accuracy_mean"] == pytest.approx(0.95)
     assert result["accuracy_std"] == pytest.approx(0.05)
     assert result["accuracy_min"] == 0.9 and result["folds"] == 3

@@ -53,17 +53,19 @@ def git_commit(repo: Path, message: str) -> None:
 
 
 def set_params(params_file: Path, changes: dict[str, Any]) -> None:
-    """Set dotted keys in a params.yaml; every key must already exist."""
-    params = yaml.safe_load(params_file.read_text())
-    for dotted, value in changes.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise KeyError(f"{params_file} has no {dotted}")
-        node[leaf] = value
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    """Set dotted keys in a params.yaml, every key existing already, the way `dvc exp run -S` does: through
+    DVC's round-trip YAML writer, so comments and layout stay and each change is one line."""
+    from dvc.utils.serialize import modify_yaml
+
+    with modify_yaml(params_file) as params:
+        for dotted, value in changes.items():
+            node = params
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            if leaf not in node:
+                raise KeyError(f"{params_file} has no {dotted}")
+            node[leaf] = value
 
 
 def timed_run(command: list[str], cwd: Path, env: dict[str, str], log) -> dict[str, float]:
