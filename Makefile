@@ -10,12 +10,15 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup repro test test-fast bench ui dag clean-env help
+BASE ?= main
+
+.PHONY: setup repro test test-fast bench report ui dag clean-env help
 
 help:
 	@echo "make repro   set up .venv (locked) and run the pipeline: dvc repro"
 	@echo "make test    set up .venv (locked) and run the test suite"
 	@echo "make bench   time the pipeline on the real archives (see README)"
+	@echo "make report  compare the workspace's models with BASE (default main): reports/report.md and .html"
 	@echo "make ui      open the MLflow UI on http://127.0.0.1:5000"
 
 $(UV):
@@ -40,6 +43,9 @@ test-fast: setup
 
 bench: setup
 	$(VENV)/bin/python -m vapm.bench $(BENCH_ARGS)
+
+report: setup
+	$(VENV)/bin/python -m vapm report --base "$(BASE)"
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000

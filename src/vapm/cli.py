@@ -1,6 +1,7 @@
 """The `vapm` command: one entry point for what a user runs by hand (`python -m vapm` works too).
 
     vapm predict MODEL_DIR FILE...     classify images or recordings with a trained model
+    vapm report [--base REF]           what a change did to the models: reports/report.md and .html
     vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
     vapm crossval [MODEL...]           k-fold evaluation of registered classifiers
     vapm bench [...]                   time the pipeline on given archives
@@ -14,6 +15,7 @@ import sys
 
 COMMANDS = {
     "predict": ("vapm.predict", "classify images or recordings with a trained model"),
+    "report": ("vapm.report", "compare the workspace's models with a git ref: reports/report.md and .html"),
     "preset": ("vapm.preset", "turn a preset into dvc exp run -S arguments, or run it"),
     "crossval": ("vapm.crossval", "k-fold evaluation of registered classifiers"),
     "bench": ("vapm.bench", "time the pipeline on given archives"),

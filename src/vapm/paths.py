@@ -1,6 +1,7 @@
 """Every path the pipeline reads or writes, relative to the repository root (docs/architecture.md)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 INTERIM = Path("data/interim")
@@ -28,3 +29,16 @@ def model_dir(name: str) -> Path:
 def manifest(modality: str) -> Path:
     """The ingest manifest a model's data comes from (its hash tags every MLflow run)."""
     return (VISION_INTERIM if modality == "vision" else ACOUSTIC_INTERIM) / "manifest.parquet"
+
+
+MLFLOW_STORE = "mlflow.db"      # the default MLflow store: SQLite in the repository root
+
+
+def repo_root() -> Path:
+    """Where stages run. DVC_ROOT names the real repository when `dvc exp run` uses a temp copy."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the SQLite store in the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(repo_root() / MLFLOW_STORE).as_posix()}"

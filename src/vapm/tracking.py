@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from vapm.paths import repo_root, tracking_uri  # noqa: F401  (part of this module's API)
+
 # Set before MLflow is imported; users may still override either variable.
 # No usage telemetry from a pipeline that often runs offline, and no per-file download bars.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -44,7 +46,6 @@ except ImportError:
 HISTORY_METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 MODEL_ARTIFACT_NAME = "model"
 INPUT_EXAMPLE_ROWS = 1
-STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
 
 # Informational chatter: store creation, experiment creation, and a pip-version warning that
@@ -57,19 +58,6 @@ for _name, _level in {"mlflow.store.db.utils": logging.WARNING, "alembic": loggi
 
 class TrackingError(VapmError, RuntimeError):
     """MLflow logging was asked for something it cannot record."""
-
-
-def repo_root() -> Path:
-    """Where stages run. DVC_ROOT names the real repository when `dvc exp run` uses a temp copy."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{(repo_root() / STORE_FILE).as_posix()}"
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

@@ -2,6 +2,7 @@
 
     metrics/scores/<model>.json     DVC metrics: acc, its 95 % Wilson interval (acc_lo, acc_hi), f1 (macro), n
     metrics/details/<model>.json    per-class scores, the model's training details, its data's fingerprint
+    metrics/predictions/<model>.csv per test item: file, actual, predicted (the report pairs them: McNemar)
     metrics/plots/                  written by DVCLive, one folder per kind of plot (dvc.yaml `plots:`):
       sklearn/confusion/<model>.json   actual/predicted class per test item
       custom/loss/<model>.json         per epoch: train, validation (neural models)
@@ -105,8 +106,12 @@ def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], 
                "macro_f1": summary["macro_f1"], "per_class": summary["per_class"],
                "training": record.get("details", {}), "data_manifest_sha256": record.get("data_manifest_sha256")}
     write_metrics_json(metrics_dir / "details" / f"{name}.json", details)
-
     names = np.asarray(class_names, dtype=object)
+    paired = pd.DataFrame({"file": predictions["file"].astype(str), "actual": names[y_true],
+                           "predicted": names[y_pred]}).sort_values("file", kind="stable")
+    (metrics_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    paired.to_csv(metrics_dir / "predictions" / f"{name}.csv", index=False)
+
     live.log_sklearn_plot("confusion_matrix", names[y_true].tolist(), names[y_pred].tolist(),
                           name=f"confusion/{name}.json")
     plots = Path(live.plots_dir)

@@ -20,7 +20,9 @@ def save_confusion_png(y_true: Any, y_pred: Any, class_names: Sequence[str], pat
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     image = axes.imshow(counts, cmap="Blues", vmin=0)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    from matplotlib.ticker import MaxNLocator
+
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, ticks=MaxNLocator(integer=True))
     axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
     axes.set_yticks(range(n), labels=list(class_names))
     axes.set_xlabel("Predicted class")
