@@ -236,5 +236,5 @@ def train(job: TrainingJob) -> Trained:
     model = make_pipeline(StandardScaler(), LogisticRegression(C=job.params.C, max_iter=2000))
     model.fit(x.iloc[split.fit], job.features.labels[split.fit])
     return Trained(model=model, split=split, test_scores=model.predict_proba(x.iloc[split.test]),
-                   score_kind="probability", input_example=x.iloc[split.test][:1])
+                   score_kind="probability")
 '''

@@ -148,6 +148,7 @@ class FeaturizeSettings(Section):
 
 class MlflowSettings(Section):
     experiment: str = Field(min_length=1)
+    champion_tolerance: float = Field(0.0, ge=0, le=1)  # a new version becomes champion unless it is worse by more
 
 
 class TrainSettings(Section):

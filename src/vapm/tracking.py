@@ -14,9 +14,7 @@ import logging
 import os
 import subprocess
 import time
-import types
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,12 +26,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models import Model, infer_signature  # noqa: E402
-from mlflow.models.model import ModelInfo  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 try:  # MLflow decides about telemetry at import: re-decide in case it was imported before us
@@ -195,72 +190,3 @@ def log_test_results(summary: dict[str, Any], confusion_png: Path) -> None:
     log_metrics(metrics)
     log_artifact(confusion_png, artifact_path="evaluation")
     mlflow.log_dict(summary, "evaluation/test_summary.json")
-
-
-def _pinned(distribution: str) -> str | None:
-    try:
-        return f"{distribution}=={metadata.version(distribution)}"
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _keras_requirements() -> list[str]:
-    # Given explicitly: MLflow's own inference re-imports the model in a subprocess (~15 s).
-    import keras
-
-    requirements = [f"keras=={keras.__version__}"]
-    if keras.backend.backend() == "tensorflow":
-        requirements += [r for r in (_pinned("tensorflow-cpu") or _pinned("tensorflow"),) if r]
-    return requirements
-
-
-def _save_keras_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
-    # mlflow.keras.save_model writes the input example before creating `path`, so log_model with an
-    # input example fails (mlflow/mlflow#16183, open in MLflow 3.17); creating the folder first fixes it.
-    del validate_serving_input  # consumed by Model.log, not a save_model argument
-    os.makedirs(path, exist_ok=True)
-    import mlflow.keras
-
-    mlflow.keras.save_model(path=path, **kwargs)
-
-
-_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
-
-
-def _example_rows(input_example: Any) -> Any:
-    if isinstance(input_example, pd.DataFrame):
-        return input_example.iloc[:INPUT_EXAMPLE_ROWS]
-    example = np.asarray(input_example)
-    if example.ndim == 0:
-        raise TrackingError("the input example must be a batch (first axis = items), got a scalar")
-    return example[:INPUT_EXAMPLE_ROWS]
-
-
-def log_keras_model(model: Any, input_example: np.ndarray) -> ModelInfo:
-    """The Keras 3 model in the mlflow.keras flavour, with signature and a (first rows) input example."""
-    _active_run_id()
-    example = _example_rows(input_example)
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-    # No serving-input validation: it reloads the saved model just to predict the example again
-    # (about 1 s for MobileNetV2 on CPU, with Keras progress bars); the example was predicted above.
-    return Model.log(artifact_path=None, name=MODEL_ARTIFACT_NAME, flavor=_KERAS_FLAVOR,
-                     flavor_name="mlflow.keras", model=model, signature=signature,
-                     input_example=example, pip_requirements=_keras_requirements(),
-                     validate_serving_input=False)
-
-
-def log_sklearn_model(model: Any, input_example: Any) -> ModelInfo:
-    """The scikit-learn model in the mlflow.sklearn flavour (skops format), signature and example."""
-    import mlflow.sklearn
-    import skops.io
-
-    _active_run_id()
-    example = _example_rows(input_example)
-    signature = infer_signature(example, np.asarray(model.predict(example)))
-    # Types skops would refuse when loading; this model came from this pipeline, so trust them.
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return mlflow.sklearn.log_model(
-        model, name=MODEL_ARTIFACT_NAME, signature=signature, input_example=example,
-        pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
-        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-        skops_trusted_types=trusted or None)

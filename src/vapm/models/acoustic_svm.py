@@ -171,4 +171,4 @@ def train(job: TrainingJob) -> Trained:
                    tables={"cv_results": table},
                    metrics={"best_C": best_C, "cv_best_accuracy": float(search.best_score_),
                             **{f"cv_accuracy/C_{c:g}": s for c, s in zip(table["C"], table["mean_test_score"])}},
-                   seconds={"training": seconds}, input_example=x_test.iloc[:1], features=features)
+                   seconds={"training": seconds}, features=features)

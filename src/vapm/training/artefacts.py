@@ -1,7 +1,8 @@
-"""One way to save, load, score with and log a trained model: a small protocol with two adapters.
+"""One way to save, load and score with a trained model: a small protocol with two adapters.
 
 The registry entry's `artefact` names the adapter (`keras`, `sklearn`); everything that handles trained
-models (the train stage, predict, the served model, the monitor, crossval) goes through it. Saved files
+models (the train stage, predict, the served MLflow model, the monitor) goes through it. MLflow logs the
+whole model folder as one raw-file pyfunc (vapm.serving), whatever the adapter. Saved files
 have deterministic bytes: the same weights give the same file, so DVC keeps the model's hash when its
 meaning did not change.
 """
@@ -31,7 +32,6 @@ class Artefact(Protocol):
     def save(self, model: Any, folder: Path) -> Path: ...
     def load(self, folder: Path) -> Any: ...
     def scores(self, model: Any, x: Any) -> np.ndarray: ...
-    def log(self, model: Any, input_example: Any) -> Any: ...
 
 
 def repack_zip(path: Path, rewrite: dict[str, Any] | None = None, rename: dict[str, str] | None = None) -> None:
@@ -107,10 +107,6 @@ class KerasArtefact:
     def scores(self, model: Any, x: Any) -> np.ndarray:
         return np.asarray(model.predict(np.asarray(x), batch_size=256, verbose=0), dtype=np.float32)
 
-    def log(self, model: Any, input_example: Any) -> Any:
-        from vapm import tracking
-
-        return tracking.log_keras_model(model, input_example)
 
 
 def _stable_skops_ids(path: Path) -> None:
@@ -174,10 +170,6 @@ class SklearnArtefact:
             return np.asarray(model.predict_proba(x), dtype=np.float64)
         return np.asarray(model.decision_function(x), dtype=np.float64)
 
-    def log(self, model: Any, input_example: Any) -> Any:
-        from vapm import tracking
-
-        return tracking.log_sklearn_model(model, input_example)
 
 
 ARTEFACTS: dict[str, Artefact] = {"keras": KerasArtefact(), "sklearn": SklearnArtefact()}

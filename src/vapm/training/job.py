@@ -23,6 +23,7 @@ class TrainingJob:
     seed: int
     live_dir: Path | None = None  # where per-epoch logs go (DVCLive); None: not logged
     settings: Any = None          # the whole validated params.yaml, for trainers that need more (rare)
+    data_manifest_sha256: str | None = None  # the ingest manifest the features came from
 
 
 @dataclass
@@ -37,7 +38,6 @@ class Trained:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra CSV files saved with the model
     metrics: dict[str, float] = field(default_factory=dict)  # extra MLflow metrics
     seconds: dict[str, float] = field(default_factory=dict)  # timings: MLflow and the console, never DVC outputs
-    input_example: Any = None             # a few inputs in the model's own format, for MLflow's signature
     features: FeatureSet | None = None    # the data really used, when the trainer read other data than the job's
 
     @property

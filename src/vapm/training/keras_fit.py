@@ -129,5 +129,5 @@ def fit_simple(job: TrainingJob, model, x: np.ndarray, split: DataSplit, callbac
     trained = time.perf_counter()
     probabilities = predict_in_batches(model, x[split.test])
     return Trained(model=model, split=split, test_scores=probabilities, score_kind="probability", history=history,
-                   details={"epochs_run": len(history)}, input_example=x[split.test][:1],
+                   details={"epochs_run": len(history)},
                    seconds={"training": trained - start, "predict_test": time.perf_counter() - trained})

@@ -53,7 +53,7 @@ def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[
         "input": features.record,
         "input_shape": list(np.shape(features.x)[1:]),
         "seed": job.seed,
-        "data_manifest_sha256": file_sha256(data_fingerprint(entry, features)),
+        "data_manifest_sha256": data_sha256(job, trained),
         "n_fit": int(len(trained.split.fit)), "n_val": int(len(trained.split.val)),
         "n_test": int(len(trained.split.test)),
         "details": trained.details,
@@ -115,9 +115,17 @@ def data_fingerprint(entry: ModelEntry, features) -> Path:
     return paths.manifest(entry.modality)
 
 
+def data_sha256(job: TrainingJob, trained: Trained) -> str | None:
+    """What the model's data came from: the ingest manifest's hash, or the external table's."""
+    features = used_features(job, trained)
+    if features.record.get("kind") == "external":
+        return file_sha256(features.record["source"])
+    return job.data_manifest_sha256
+
+
 def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings) -> None:
     """One MLflow run: params, per-epoch history, test results with the confusion picture, the model."""
-    from vapm import tracking
+    from vapm import serving, tracking
     from vapm.evaluation.figures import save_confusion_png
     from vapm.evaluation.metrics import classification_summary
 
@@ -143,15 +151,21 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
                                      title=f"{entry.name}: test accuracy {summary['accuracy']:.3f}")
             tracking.log_test_results(summary, png)
         tracking.log_artifact(paths.model_dir(entry.name) / RECORD_FILE)
-        artefact(entry.artefact).log(trained.model, trained.input_example)
+        logged = serving.log_raw_file_model(paths.model_dir(entry.name))
+        promotion = serving.register_and_promote(logged, entry.name, summary["accuracy"],
+                                                 data_sha256(job, trained) or "unknown",
+                                                 settings.mlflow.champion_tolerance)
+    print(serving.describe_promotion(entry.name, *promotion), flush=True)
 
 
 def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) -> TrainingJob:
     class_names = settings.classes(entry.modality)
+    manifest = paths.manifest(entry.modality)
     return TrainingJob(name=entry.name, params=settings.model(entry.name),
                        train=settings.train_for(entry.name) if entry.uses_shared_train() else None,
                        features=load_features(entry.input, len(class_names)), class_names=class_names,
-                       seed=settings.seed, live_dir=live_dir, settings=settings)
+                       seed=settings.seed, live_dir=live_dir, settings=settings,
+                       data_manifest_sha256=file_sha256(manifest) if manifest.is_file() else None)
 
 
 def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:

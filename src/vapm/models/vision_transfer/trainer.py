@@ -179,7 +179,7 @@ def train_transfer(job: TrainingJob, weights: BaseWeights) -> Trained:
     details["epochs_run"] = len(history)
     print(f"vision_transfer: base weights {weights.used}", flush=True)
     return Trained(model=parts.full, split=split, test_scores=probabilities, score_kind="probability",
-                   history=history, details=details, seconds=seconds, input_example=images[split.test][:1])
+                   history=history, details=details, seconds=seconds)
 
 
 def train(job: TrainingJob) -> Trained:
