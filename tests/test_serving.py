@@ -39,7 +39,7 @@ ACOUSTIC_RECORD = AcousticImageRecord(audio=AUDIO, n_mfcc=40, n_mels=64, n_fft=2
                                       remove_dc=True)
 
 
-def _acoustic_model(folder: Path) -> None:
+def build_acoustic_model(folder: Path) -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 6)
     clips = [render_clip(AUDIO_CLASSES[label], 50_000, RATE, rng) for label in labels]
@@ -53,7 +53,7 @@ def _acoustic_model(folder: Path) -> None:
     save_outputs(folder, load_registry(REPO_ROOT / "models.yaml")["acoustic_cnn"], job, acoustic_cnn.train(job))
 
 
-def _vision_model(folder: Path) -> None:
+def build_vision_model(folder: Path) -> None:
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(3), 8)
     images = np.stack([render_defect(VISION_CLASSES[label], 32, rng) for label in labels])
@@ -75,7 +75,7 @@ def registry(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for name, build in (("acoustic_cnn", _acoustic_model), ("vision_scratch", _vision_model)):
+        for name, build in (("acoustic_cnn", build_acoustic_model), ("vision_scratch", build_vision_model)):
             build(root / "models" / name)
             with tracking.tracked_run("serving-test", f"train@{name}", name, {}, [manifest]) as run:
                 info = serving.log_raw_file_model(root / "models" / name)

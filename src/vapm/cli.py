@@ -1,6 +1,7 @@
 """The `vapm` command: one entry point for what a user runs by hand (`python -m vapm` works too).
 
     vapm predict MODEL_DIR FILE...     classify images or recordings with a trained model
+    vapm monitor DIR --model MODEL_DIR watch a folder, score new files once each, log and print alerts
     vapm report [--base REF]           what a change did to the models: reports/report.md and .html
     vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
     vapm crossval [MODEL...]           k-fold evaluation of registered classifiers
@@ -15,6 +16,7 @@ import sys
 
 COMMANDS = {
     "predict": ("vapm.predict", "classify images or recordings with a trained model"),
+    "monitor": ("vapm.monitor", "watch a folder and score every new image or recording, with alerts"),
     "report": ("vapm.report", "compare the workspace's models with a git ref: reports/report.md and .html"),
     "preset": ("vapm.preset", "turn a preset into dvc exp run -S arguments, or run it"),
     "crossval": ("vapm.crossval", "k-fold evaluation of registered classifiers"),
