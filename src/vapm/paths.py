@@ -20,6 +20,7 @@ METRICS = Path("metrics")
 SCORES = METRICS / "scores"        # per model: the headline numbers (DVC metrics)
 DETAILS = METRICS / "details"      # per model: per-class scores, weight provenance ... (in git, not metrics)
 PLOTS = METRICS / "plots"          # DVCLive plot data and pictures, grouped by kind of plot
+EXPLORE = METRICS / "explore"      # the explore stage's pictures of the data
 
 
 def model_dir(name: str) -> Path:

@@ -8,6 +8,7 @@
       custom/loss/<model>.json         per epoch: train, validation (neural models)
       custom/accuracy/<model>.json
       images/confusion/<model>.png, images/curves/<model>.png
+      images/gallery/<model>.png       image models: test images with actual and predicted class, mistakes in red
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vapm.evaluation.figures import save_confusion_png, save_curves_png
+from vapm.evaluation.figures import save_confusion_png, save_curves_png, save_gallery_png
 from vapm.evaluation.metrics import EvaluationError, classification_summary, rounded, write_metrics_json
 
 PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
@@ -83,6 +84,23 @@ def curve_points(history: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
     return points
 
 
+def save_test_gallery(name: str, record: dict[str, Any], predictions: pd.DataFrame, class_names: Sequence[str],
+                      path: Path) -> None:
+    """The model's test images (from its features folder) titled with actual and predicted class."""
+    from vapm import paths
+
+    with np.load(paths.IMAGE_FEATURES / "features.npz", allow_pickle=False) as features:
+        by_file = {str(f): i for i, f in enumerate(features["files"])}
+        missing = [f for f in predictions["file"] if f not in by_file]
+        if missing:
+            raise EvaluationError(f"{name}: test images {missing[:3]} are not in {paths.IMAGE_FEATURES}: rerun its "
+                                  "training stage")
+        images = features["images"][[by_file[f] for f in predictions["file"]]]
+    names = np.asarray(class_names, dtype=object)
+    save_gallery_png(images, list(names[predictions["y_true"]]), list(names[predictions["y_pred"]]), path,
+                     title=f"{name}: test images (mistakes first, in red)")
+
+
 def open_live(metrics_dir: Path):
     """DVCLive writing plot data under metrics/plots/ (dvc.yaml stays the source of truth for plots)."""
     from dvclive import Live
@@ -117,6 +135,8 @@ def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], 
     plots = Path(live.plots_dir)
     save_confusion_png(y_true, y_pred, class_names, plots / "images" / "confusion" / f"{name}.png",
                        title=f"{name}: accuracy {summary['accuracy']:.3f} (n={summary['n_test']})")
+    if record.get("input", {}).get("kind") == "image":
+        save_test_gallery(name, record, predictions, class_names, plots / "images" / "gallery" / f"{name}.png")
     history = read_history(model_dir / "history.csv")
     if history is not None:
         for metric, label in (("loss", "loss (cross-entropy)"), ("accuracy", "accuracy")):

@@ -65,7 +65,33 @@ def save_curves_png(history: Any, path: str | Path, title: str) -> Path:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (rows * 2.1 + 0.6)))  # keep the title clear of the first row
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def save_gallery_png(images: Any, actual: Sequence[str], predicted: Sequence[str], path: str | Path, title: str,
+                     limit: int = 36) -> Path:
+    """Test images titled with their actual and predicted class, mistakes first and in red (the book's gallery)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    order = sorted(range(len(actual)), key=lambda i: (actual[i] == predicted[i], i))[:limit]
+    columns = 6
+    rows = max(1, -(-len(order) // columns))
+    figure = Figure(figsize=(columns * 1.9, rows * 2.1 + 0.6), dpi=100)
+    FigureCanvasAgg(figure)
+    for position, i in enumerate(order, start=1):
+        axes = figure.add_subplot(rows, columns, position)
+        axes.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        axes.axis("off")
+        wrong = actual[i] != predicted[i]
+        axes.set_title(f"actual {actual[i]}\npredicted {predicted[i]}", fontsize=8,
+                       color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (rows * 2.1 + 0.6)))  # keep the title clear of the first row
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})
