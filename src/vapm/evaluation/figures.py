@@ -65,7 +65,7 @@ def save_curves_png(history: Any, path: str | Path, title: str) -> Path:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (rows * 2.1 + 0.6)))  # keep the title clear of the first row
+    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})
