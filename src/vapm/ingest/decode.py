@@ -110,10 +110,11 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     if image.mode in ("I", "F"):
         raise DecodeError(f"unsupported image mode {image.mode} (32-bit); expected 8- or 16-bit grey or colour")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)  # transparent pixels show as white
-    return np.asarray(image.convert("L"), dtype=np.uint8).copy()
+        image = Image.alpha_composite(background, rgba)  # transparent pixels show as white
+        del rgba, background
+    return np.array(image.convert("L"), dtype=np.uint8)
 
 
 # ---- sound ----

@@ -65,6 +65,29 @@ def limits_from_params(params: dict[str, Any]) -> IngestLimits:
     )
 
 
+# The memory one member's work may take beyond the process's base (imports, the archive's directory),
+# derived from what the code holds at its worst (docs/reliability.md, "Memory bound"):
+# - an image: the member's bytes, then Pillow's decoded image (4 bytes a pixel for RGBA, LA, CMYK), its
+#   RGBA conversion, a white background and the composite (4 each), the grey result and its array (1 each)
+#   -> under 20 bytes a pixel;
+# - a clip: the member's bytes, the values parsed block by block and joined (8 + 8 bytes a sample), the
+#   resampled clip in float64 and float32 (12 bytes a clip sample, 16 allowed);
+# - fixed: one task's decoded results (parallel.CHUNK_RESULT_BYTES, 32 MiB) and the read and parse blocks.
+BOUND_BYTES_PER_PIXEL = 20
+BOUND_BYTES_PER_SOURCE_SAMPLE = 16
+BOUND_BYTES_PER_CLIP_SAMPLE = 16
+BOUND_FIXED_BYTES = 48 * 2**20
+BOUND_BYTES_PER_MEMBER = 2048  # ZipInfo, candidate and report entry of every member
+
+
+def member_work_bound(limits: IngestLimits, clip_samples: int) -> int:
+    """The most memory, in bytes, that reading and decoding one member can add to a process."""
+    image = BOUND_BYTES_PER_PIXEL * limits.max_image_pixels
+    clip = (BOUND_BYTES_PER_SOURCE_SAMPLE * limits.max_source_samples
+            + BOUND_BYTES_PER_CLIP_SAMPLE * clip_samples)
+    return limits.max_member_bytes + max(image, clip) + BOUND_FIXED_BYTES
+
+
 def mib(n_bytes: int) -> str:
     """A size for a reason: '3.0 MiB' (one decimal, so reasons stay short and reproducible)."""
     return f"{n_bytes / 2**20:.1f} MiB"

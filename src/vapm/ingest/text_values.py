@@ -142,6 +142,9 @@ def _first_bad_field(block: bytes, first_line: int) -> str | None:
                     return f"value {shown} at line {line_number} is beyond the float32 range (about +-3.4e38)"
             elif field.lower() in _NON_FINITE_WORDS:
                 return f"non-finite value {shown} at line {line_number}"
+            elif all(_NUMBER.fullmatch(part) for part in field.split()):
+                return (f"values separated by spaces at line {line_number} ({shown}): "
+                        "write one value per line or separate them with commas")
             elif set(field) <= _NUMBER_CHARS:
                 return f"malformed number {shown} at line {line_number}"
             else:
