@@ -25,6 +25,7 @@ _WHITESPACE = b" \t\r\n\x0b\x0c"
 _NUMERIC_ALPHABET = b"0123456789+-.eE,\r\n \t"
 _NUMBER_CHARS = set("0123456789+-.eE")
 _TRAILING_COMMA = re.compile(rb",[ \t]*(?=\r?\n|$)")
+_LINE_END = re.compile(rb"[ \t]*\r?\n")
 _TWO_COMMAS_IN_A_LINE = re.compile(rb",[^\n,]*,")
 _DECIMAL_COMMA_LINE = re.compile(rb"(?m)^[ \t]*[+-]?\d+,\d+[ \t]*\r?$")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -80,20 +81,31 @@ def _count_newlines(view: memoryview, start: int, end: int) -> int:
 
 
 def _blocks(view: memoryview, start: int, end: int, first_line: int) -> Iterator[tuple[bytes, int]]:
-    """(block, number of its first line): blocks of about TEXT_BLOCK_BYTES that end after a separator."""
+    """(block, number of its first line): blocks of about TEXT_BLOCK_BYTES that end after a newline, or
+    after a comma when a line is longer than a block (values may all sit on one line)."""
     carry = b""
     line = first_line
+    after_comma = False
     for at in range(start, end, TEXT_BLOCK_BYTES):
         text = carry + bytes(view[at:min(end, at + TEXT_BLOCK_BYTES)])
+        if after_comma:  # the comma the last block ended with may have been a trailing one: its line ends here
+            line_end = _LINE_END.match(text)
+            if line_end:
+                text, line = text[line_end.end():], line + 1
+            after_comma = False
         if at + TEXT_BLOCK_BYTES >= end:
-            yield text, line
+            if text:
+                yield text, line
             return
-        cut = max(text.rfind(b"\n"), text.rfind(b","))
+        cut = text.rfind(b"\n")
         if cut < 0:
-            if len(text) > TEXT_BLOCK_BYTES:
-                raise DecodeError(f"line {line} holds a value longer than {TEXT_BLOCK_BYTES} bytes")
-            carry = text
-            continue
+            cut = text.rfind(b",")
+            if cut < 0:
+                if len(text) > TEXT_BLOCK_BYTES:
+                    raise DecodeError(f"line {line} holds a value longer than {TEXT_BLOCK_BYTES} bytes")
+                carry = text
+                continue
+            after_comma = True
         block, carry = text[:cut + 1], text[cut + 1:]
         yield block, line
         line += block.count(b"\n")
