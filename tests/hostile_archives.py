@@ -113,12 +113,12 @@ def flac(seed: int = 0, rate: int = 16667) -> bytes:
     return sound(clip_values(seed, round(rate * CLIP_SECONDS)), rate, "FLAC")
 
 
-def good_members(dataset: str) -> dict[str, bytes]:
+def good_members(dataset: str, clip_samples: int = CLIP_SAMPLES) -> dict[str, bytes]:
     """The well-formed part of every archive: each class in both splits."""
     if dataset == "vision":
         return {f"NEU/{split}/{name}/{name.lower()}_{number}.png": png(100 * i + 10 * number + len(split))
                 for i, name in enumerate(VISION_CLASSES) for split in ("train", "test") for number in range(2)}
-    return {f"AirCompressor_Data/{name}/preprocess_Reading{number}.dat": dat(100 * i + number)
+    return {f"AirCompressor_Data/{name}/preprocess_Reading{number}.dat": dat(100 * i + number, clip_samples)
             for i, name in enumerate(AUDIO_CLASSES) for number in range(3)}
 
 
@@ -503,6 +503,36 @@ def catalogue() -> list[Case]:
     cases.append(Case("directory_with_data", "vision", "directory entry (name ending in /) holding bytes: ignored",
                       "ok", members={**vision, VISION_DIR + "folder.png/": b"junk"}))
     return cases
+
+
+def worst_cases_at(max_image_pixels: int, max_source_samples: int, max_member_bytes: int,
+                   clip_seconds: float) -> list[Case]:
+    """Members that cost the most to decode while staying just within the given limits (the soak test runs
+    them at the shipped limits): every kind of member a process may be asked to hold at its worst."""
+    side = int(max_image_pixels ** 0.5)
+    clip_samples = round(TARGET_RATE * clip_seconds)
+    vision, acoustic = good_members("vision"), good_members("acoustic", clip_samples)
+    fast_rate = int(max_source_samples / clip_seconds)  # a clip of max_source_samples frames, right length
+    channels = 8
+    wide_frames = min(max_source_samples, (max_member_bytes - 4096) // (2 * channels))
+    return [
+        Case("worst_rgba_png", "vision", f"RGBA PNG of {side} x {side}", "ok",
+             members={**vision, VISION_DIR + "rgba.png": image_bytes(_gradient(side, 4), "PNG", "RGBA")}),
+        Case("worst_la_png", "vision", f"grey+alpha PNG of {side} x {side}", "ok",
+             members={**vision, VISION_DIR + "la.png": image_bytes(_gradient(side, 2), "PNG", "LA")}),
+        Case("worst_cmyk_jpeg", "vision", f"progressive CMYK JPEG of {side} x {side}", "ok",
+             members={**vision, VISION_DIR + "cmyk.jpg": image_bytes(_gradient(side, 4), "JPEG", "CMYK",
+                                                                      progressive=True, quality=95)}),
+        Case("worst_dat", "acoustic", f".dat of {max_source_samples} values (wrong length once parsed)", "bad",
+             AUDIO_DIR + "long.dat", "wrong length", {**acoustic, AUDIO_DIR + "long.dat": b"0.5\n" * max_source_samples}),
+        Case("worst_wav", "acoustic", f"float64 WAV of {max_source_samples} frames at {fast_rate} Hz", "ok",
+             members={**acoustic, AUDIO_DIR + "fast.wav": sound(clip_values(70, max_source_samples), fast_rate,
+                                                                "WAV", "DOUBLE")}),
+        Case("worst_wide_wav", "acoustic", f"{channels}-channel WAV just under max_member_mb", "ok",
+             members={**acoustic, AUDIO_DIR + "wide.wav": sound(
+                 np.random.default_rng(71).integers(-2**15, 2**15, (wide_frames, channels), dtype=np.int16),
+                 int(wide_frames / clip_seconds), "WAV", "PCM_16")}),
+    ]
 
 
 # ---- the seeded generator ----

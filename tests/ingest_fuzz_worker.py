@@ -48,9 +48,9 @@ def run_one(stage, run: dict) -> dict:
         warnings.simplefilter("always")
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
-                code = stage.main()
+                code = stage.main() or 0
             except SystemExit as exit_:
-                code = exit_.code
+                code = exit_.code or 0
             except BaseException:  # noqa: BLE001 - recorded, the parent fails the case
                 code = "exception"
                 stderr.write(traceback.format_exc())

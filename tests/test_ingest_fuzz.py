@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests import hostile_archives as hostile
-from vapm.ingest import IngestLimits, display_name
+from vapm.ingest import IngestLimits, display_name, limits_from_params
 from vapm.ingest.limits import BOUND_BYTES_PER_MEMBER, member_work_bound
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,16 +36,20 @@ RANDOM_SEEDS_SOAK = range(24, 1524)
 _RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
-def params_for(vision_archive: Path, acoustic_archive: Path, policy: str) -> dict[str, Any]:
+def params_for(vision_archive: Path, acoustic_archive: Path, policy: str, shipped_limits: bool = False
+               ) -> dict[str, Any]:
+    """The repository's params with two classes each and the suite's limits and clip length (or, with
+    `shipped_limits`, params.yaml's own)."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["vision"]["classes"] = hostile.VISION_CLASSES
     params["audio"]["classes"] = hostile.AUDIO_CLASSES
-    params["audio"]["clip_seconds"] = hostile.CLIP_SECONDS
-    params["ingest"].update({
-        "vision_archive": str(vision_archive), "acoustic_archive": str(acoustic_archive), "on_bad_file": policy,
-        "test_fraction": 0.5, "n_jobs": 1, "max_uncompressed_mb": hostile.MAX_UNCOMPRESSED_MB,
-        "max_member_mb": hostile.MAX_MEMBER_MB, "max_image_pixels": hostile.MAX_IMAGE_PIXELS,
-        "max_source_samples": hostile.MAX_SOURCE_SAMPLES})
+    params["ingest"].update({"vision_archive": str(vision_archive), "acoustic_archive": str(acoustic_archive),
+                             "on_bad_file": policy, "test_fraction": 0.5, "n_jobs": 1})
+    if not shipped_limits:
+        params["audio"]["clip_seconds"] = hostile.CLIP_SECONDS
+        params["ingest"].update({
+            "max_uncompressed_mb": hostile.MAX_UNCOMPRESSED_MB, "max_member_mb": hostile.MAX_MEMBER_MB,
+            "max_image_pixels": hostile.MAX_IMAGE_PIXELS, "max_source_samples": hostile.MAX_SOURCE_SAMPLES})
     return params
 
 
@@ -74,7 +78,7 @@ def benign_archives(tmp_path_factory) -> dict[str, Path]:
 
 
 def runs_for(cases: list[hostile.Case], folder: Path, benign: dict[str, Path],
-             policies: tuple[str, ...] = ("fail", "skip")) -> list[dict[str, Any]]:
+             policies: tuple[str, ...] = ("fail", "skip"), shipped_limits: bool = False) -> list[dict[str, Any]]:
     """Each case under each policy; the `fail` run twice in the same folder, to compare the reports."""
     (folder / "archives").mkdir(exist_ok=True)
     runs = []
@@ -82,24 +86,25 @@ def runs_for(cases: list[hostile.Case], folder: Path, benign: dict[str, Path],
         archive = hostile.write_case(case, folder / "archives")
         archives = {**benign, case.dataset: archive}
         for policy in policies:
-            params = params_for(archives["vision"], archives["acoustic"], policy)
+            params = params_for(archives["vision"], archives["acoustic"], policy, shipped_limits)
             workdir = folder / "runs" / case.name / policy
             repeats = 2 if policy == "fail" else 1
             runs += [{"case": case.name, "policy": policy, "workdir": str(workdir), "params": params}] * repeats
     return runs
 
 
-def baseline_peak(benign: dict[str, Path], folder: Path) -> int:
+def baseline_peak(benign: dict[str, Path], folder: Path, shipped_limits: bool = False) -> int:
     """Peak RSS of the same worker ingesting only well-formed archives: imports, pandas, sklearn, pyarrow."""
-    params = params_for(benign["vision"], benign["acoustic"], "fail")
+    params = params_for(benign["vision"], benign["acoustic"], "fail", shipped_limits)
     runs = [{"case": "benign", "policy": "fail", "workdir": str(folder / "runs" / "benign"), "params": params}]
     results, peak = run_worker(runs, folder)
     assert results[0]["code"] == 0, results[0]["stderr"]
     return peak
 
 
-def memory_bound(baseline: int, members: int) -> int:
-    return baseline + member_work_bound(LIMITS, hostile.CLIP_SAMPLES) + BOUND_BYTES_PER_MEMBER * members
+def memory_bound(baseline: int, members: int, limits: IngestLimits = LIMITS,
+                 clip_samples: int = hostile.CLIP_SAMPLES) -> int:
+    return baseline + member_work_bound(limits, clip_samples) + BOUND_BYTES_PER_MEMBER * members
 
 
 # ---- checking one run ----
@@ -153,7 +158,7 @@ def _output_problems(entry: dict[str, Any], interim: Path, data_file: str, datas
         problems.append(f"manifest has {len(manifest)} rows, report says {entry['kept']['total']}")
     if dataset == "vision" and data.size != int((manifest.height * manifest.width).sum()):
         problems.append("pixels.npy does not hold the manifest's images")
-    if dataset == "acoustic" and data.shape != (len(manifest), hostile.CLIP_SAMPLES):
+    if dataset == "acoustic" and (data.ndim != 2 or data.shape[0] != len(manifest)):
         problems.append(f"clips.npy has shape {data.shape}")
     if data.dtype == np.float32 and not np.all(np.isfinite(data)):
         problems.append("clips.npy holds non-finite values")
@@ -269,3 +274,33 @@ def test_soak_many_seeded_random_mutations(tmp_path, benign_archives, baseline):
     problems, peak, members = random_batch(RANDOM_SEEDS_SOAK, tmp_path, benign_archives)
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:40])
     assert peak <= memory_bound(baseline, members)
+
+
+@pytest.mark.soak
+def test_soak_worst_cases_at_the_shipped_limits_stay_under_the_stated_bound(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    limits = limits_from_params(params)
+    clip_samples = round(hostile.TARGET_RATE * params["audio"]["clip_seconds"])
+    benign = {"vision": tmp_path / "vision.zip", "acoustic": tmp_path / "acoustic.zip"}
+    hostile.write_zip(benign["vision"], hostile.good_members("vision"))
+    hostile.write_zip(benign["acoustic"], hostile.good_members("acoustic", clip_samples))
+    (tmp_path / "base").mkdir()
+    base = baseline_peak(benign, tmp_path / "base", shipped_limits=True)
+    cases = hostile.worst_cases_at(limits.max_image_pixels, limits.max_source_samples, limits.max_member_bytes,
+                                   params["audio"]["clip_seconds"])
+    runs = runs_for(cases, tmp_path, benign, policies=("skip",), shipped_limits=True)
+
+    results, peak = run_worker(runs, tmp_path)
+
+    problems = check_batch(cases, runs, results)
+    assert not problems, "\n".join(problems)
+    bound = memory_bound(base, 16, limits, clip_samples)
+    print(f"\nshipped limits: baseline {base / 2**20:.0f} MiB, worst-case peak {peak / 2**20:.0f} MiB, "
+          f"bound {bound / 2**20:.0f} MiB; per case CPU s: {[result['cpu_seconds'] for result in results]}")
+    assert peak <= bound
+
+
+def test_docs_reliability_table_lists_every_catalogued_case():
+    text = (REPO_ROOT / "docs" / "reliability.md").read_text().split("## Cases tried")[1]
+    listed = set(re.findall(r"^\| `([^`]+)` \|", text, flags=re.MULTILINE))
+    assert listed == {case.name for case in hostile.catalogue()}

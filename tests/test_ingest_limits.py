@@ -296,3 +296,22 @@ def test_bad_limit_params_name_their_key(key, value, message):
 def test_a_missing_limit_param_names_its_key():
     with pytest.raises(ConfigError, match="params.yaml has no 'ingest.max_image_pixels'"):
         limits_from_params({"ingest": {"max_member_mb": 1, "max_source_samples": 10}})
+
+
+def test_worker_processes_give_the_same_report_on_hostile_members(tmp_path, monkeypatch):
+    import vapm.ingest.dataset as dataset
+
+    members = {**hostile.good_members("acoustic"), "AirCompressor_Data/LIV/huge.wav": hostile.png(1),
+               "AirCompressor_Data/LIV/1e39.dat": b"1e39\n" * 1000, "AirCompressor_Data/LIV/x\x1b.dat": b"0,5\n" * 1000}
+    archive = tmp_path / "mixed.zip"
+    hostile.write_zip(archive, [*members.items(), ("AirCompressor_Data/LIV/twin.dat", hostile.dat(1)),
+                                ("AirCompressor_Data/LIV/twin.dat", hostile.dat(2))])
+    serial = ingest_acoustic(archive, AUDIO, tmp_path / "serial", settings(), TARGET)
+    monkeypatch.setattr(dataset, "PARALLEL_MIN_BYTES", 0)  # so this small archive is worth two workers
+
+    parallel = ingest_acoustic(archive, AUDIO, tmp_path / "parallel", settings(n_jobs=2), TARGET)
+
+    assert parallel == serial
+    assert len(serial["bad"]) == 4
+    for name in ("clips.npy", "manifest.parquet"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes()
