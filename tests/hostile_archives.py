@@ -543,6 +543,8 @@ _ODD_NAMES = ["x.png", "ünï cødé.png", "x\x1b[31m.png", "x\ny.png", "\u202ex
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
     """One random corruption: truncation, flipped bytes, inserted or deleted junk, or a spliced copy."""
+    if not data:  # an earlier truncation left nothing: start again from a few random bytes
+        return bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
     data = bytearray(data)
     kind = rng.choice(["truncate", "flip", "insert", "delete", "splice", "header"])
     if kind == "truncate":
