@@ -286,7 +286,8 @@ def catalogue() -> list[Case]:
     for number, evil in enumerate(["../evil.png", "NEU/train/Crazing/../../../evil.png", "/etc/evil.png",
                                    "C:/Windows/evil.png", "..\\evil.png", "NEU\\train\\..\\..\\..\\evil.png",
                                    "./../evil.png"]):
-        refused(f"zip_slip_{number}", "vision", f"zip-slip member name `{evil}`", r"unsafe member .*(\.\.|absolute|drive)",
+        refused(f"zip_slip_{number}", "vision", f"zip-slip member name `{evil}`",
+                r"unsafe member .*(\.\.|absolute|drive)",
                 {**vision, evil: png(9)})
     refused("symlink", "vision", "member stored as a symbolic link to /etc/passwd", "symbolic link",
             build=symlink_builder(vision, VISION_DIR + "link.png", "/etc/passwd"))
@@ -347,7 +348,7 @@ def catalogue() -> list[Case]:
         image_bytes(np.zeros((9000, 9000), np.uint8), "PNG"),
         rf"image is 9000x9000 = 81000000 pixels, more than ingest\.max_image_pixels \({MAX_IMAGE_PIXELS}\)")
     bad("png_header_65535", "vision", "PNG header claiming 65535 x 65535", "claims.png", png_header_only(65535, 65535),
-        rf"image has 4294836225 pixels, more than ingest\.max_image_pixels")
+        r"image has 4294836225 pixels, more than ingest\.max_image_pixels")
     bad("png_one_over_pixel_limit", "vision", "PNG of 1 x (max_image_pixels + 1)", "line.png",
         png_header_only(MAX_IMAGE_PIXELS + 1, 1), rf"image is {MAX_IMAGE_PIXELS + 1}x1 = .* more than")
     bad("jpeg_header_65500", "vision", "JPEG header claiming 65500 x 65500", "claims.jpg", jpeg_with_size(65500, 65500),
@@ -390,7 +391,8 @@ def catalogue() -> list[Case]:
             ("png_bad_crc", "crc.png", good_png[:29] + b"\x00\x00\x00\x00" + good_png[33:], "cannot decode image"),
             ("png_corrupt_idat", "idat.png", good_png[:41] + bytes(20) + good_png[61:], "cannot decode image"),
             ("bmp_truncated", "t.bmp", good_bmp[:len(good_bmp) // 2], "cannot decode image"),
-            ("bmp_bad_header_size", "h.bmp", good_bmp[:14] + b"\xff\xff\xff\x7f" + good_bmp[18:], "cannot decode image"),
+            ("bmp_bad_header_size", "h.bmp", good_bmp[:14] + b"\xff\xff\xff\x7f" + good_bmp[18:],
+             "cannot decode image"),
             ("empty_image", "empty.png", b"", "empty file"),
             ("text_named_png", "text.png", b"hello, I am text", "content is not JPEG, PNG or BMP")]:
         bad(name, "vision", f"damaged image: {name.replace('_', ' ')}", member, data, reason)
@@ -461,7 +463,8 @@ def catalogue() -> list[Case]:
             ("dat_bom_only", b"\xef\xbb\xbf", "empty file"),
             ("dat_long_line", b"1" * (3 * 2**20) + b"\n", r"line 1 holds a value longer than"),
             ("dat_wrong_length", b"0.5\n" * 700, r"wrong length: 700 samples"),
-            ("dat_ansi_in_value", b"0.1\n\x1b[31m0.2\n" + b"0.0\n" * 998, r"non-numeric value '\\x1b\[31m0\.2' at line 2")]:
+            ("dat_ansi_in_value", b"0.1\n\x1b[31m0.2\n" + b"0.0\n" * 998,
+             r"non-numeric value '\\x1b\[31m0\.2' at line 2")]:
         bad(name, "acoustic", f"`.dat`: {name.removeprefix('dat_').replace('_', ' ')}", "bad_" + name + ".dat", text,
             reason)
     cases.append(Case("dat_crlf_trailing_commas_bom", "acoustic", "`.dat` with BOM, CRLF, trailing commas: accepted",
@@ -524,7 +527,8 @@ def worst_cases_at(max_image_pixels: int, max_source_samples: int, max_member_by
              members={**vision, VISION_DIR + "cmyk.jpg": image_bytes(_gradient(side, 4), "JPEG", "CMYK",
                                                                       progressive=True, quality=95)}),
         Case("worst_dat", "acoustic", f".dat of {max_source_samples} values (wrong length once parsed)", "bad",
-             AUDIO_DIR + "long.dat", "wrong length", {**acoustic, AUDIO_DIR + "long.dat": b"0.5\n" * max_source_samples}),
+             AUDIO_DIR + "long.dat", "wrong length",
+             {**acoustic, AUDIO_DIR + "long.dat": b"0.5\n" * max_source_samples}),
         Case("worst_wav", "acoustic", f"float64 WAV of {max_source_samples} frames at {fast_rate} Hz", "ok",
              members={**acoustic, AUDIO_DIR + "fast.wav": sound(clip_values(70, max_source_samples), fast_rate,
                                                                 "WAV", "DOUBLE")}),
@@ -563,7 +567,8 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
         data[at:at] = data[:rng.randrange(1, 64)]
     else:  # overwrite a header field with an extreme value
         at = rng.randrange(min(len(data), 64))
-        data[at:at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\xff\x7f", b"\x00\x00\x00\x80"])
+        data[at:at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\xff\x7f",
+                                      b"\x00\x00\x00\x80"])
     return bytes(data)
 
 

@@ -40,7 +40,7 @@ def main() -> None:
     problems = check_batch(cases, runs, results)
     if problems:
         sys.exit("\n".join(problems))
-    fail_reports = {run["case"]: json.loads(result["report"]) for run, result in zip(runs, results)
+    fail_reports = {run["case"]: json.loads(result["report"]) for run, result in zip(runs, results, strict=True)
                     if run["policy"] == "fail"}
     print("| case | input | `on_bad_file: fail` | `skip` | reason, as reported |")
     print("|---|---|---|---|---|")

@@ -15,7 +15,7 @@ import pytest
 
 from tests import hostile_archives as hostile
 from vapm.config import ConfigError
-from vapm.ingest import (AudioTarget, DecodeError, IngestError, IngestLimits, IngestSettings, decode_audio,
+from vapm.ingest import (AudioTarget, DecodeError, IngestLimits, IngestSettings, decode_audio,
                          decode_image, ingest_acoustic, ingest_vision, limits_from_params, parse_text_values)
 from vapm.ingest.limits import PILLOW_MAX_IMAGE_PIXELS
 
@@ -123,7 +123,8 @@ def test_twenty_9000_pixel_square_pngs_are_refused_not_written(tmp_path, ingest_
 
 
 @pytest.mark.parametrize("name, data, reason", [
-    ("x.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "content is PostScript (EPS), not JPEG, PNG or BMP"),
+    ("x.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+     "content is PostScript (EPS), not JPEG, PNG or BMP"),
     ("x.jpg", hostile.png(1), "content is PNG, but the name ends in .jpg (JPEG expected)"),
     ("x.png", hostile.jpeg(2), "content is JPEG, but the name ends in .png (PNG expected)"),
     ("x.png", hostile.image_bytes(np.zeros((4, 4), np.uint8), "GIF"), "content is GIF, not JPEG, PNG or BMP"),
