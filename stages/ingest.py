@@ -1,28 +1,45 @@
 """Stage ingest: the raw zip archives -> data/interim/{vision,acoustic}/ and metrics/ingest_report.json.
 
-Archives are read in memory and never extracted; the formats are in docs/architecture.md and the knobs
-are params.yaml's `ingest`, `vision.classes` and `audio`.
+Archives are read in memory and never extracted; the formats are in docs/architecture.md, the limits and
+what each hostile input gets in docs/reliability.md, and the knobs are params.yaml's `ingest`,
+`vision.classes` and `audio`. The report is rewritten on every run, with "status": "failed" and the
+reason whenever a dataset did not finish, so it never shows an earlier run's "ok".
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vapm.config import ConfigError, load_params, section
 from vapm.ingest import (IngestError, audio_target_from_params, classes_from_params, ingest_acoustic,
-                         ingest_vision, settings_from_params)
+                         ingest_vision, n_jobs_from_params, settings_from_params)
 from vapm.seeding import set_global_seed
 
 INTERIM = Path("data/interim")
 REPORT = Path("metrics/ingest_report.json")
+DATASETS = ("vision", "acoustic")
+OUTPUTS = {"vision": ("manifest.parquet", "pixels.npy"), "acoustic": ("manifest.parquet", "clips.npy")}
+# `dvc repro` removes a stage's outputs before it runs the command (and before it checks that the
+# dependencies exist), so after a failure the previous outputs are gone from the workspace, not lost.
+RECOVERY = ("dvc removed the earlier ingest outputs before this run; fix the cause and run dvc repro again, "
+            "or restore the last committed ones: dvc checkout ingest && git checkout -- metrics/ingest_report.json")
 
 
 def write_report(reports: dict[str, Any]) -> None:
+    """Write the report atomically, so an interrupted write never leaves half a file."""
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps(reports, sort_keys=True, indent=2) + "\n")
+    partial = REPORT.with_name(REPORT.name + ".partial")
+    partial.write_text(json.dumps(reports, sort_keys=True, indent=2) + "\n")
+    partial.replace(REPORT)
+
+
+def failed(reports: dict[str, Any], error: str) -> dict[str, Any]:
+    """The report with every dataset that has none yet marked failed with `error`."""
+    return {name: reports.get(name) or {"status": "failed", "error": error} for name in DATASETS}
 
 
 def summary(name: str, report: dict[str, Any], seconds: float) -> str:
@@ -32,24 +49,34 @@ def summary(name: str, report: dict[str, Any], seconds: float) -> str:
             f"{len(report['bad'])} bad file(s) skipped, {len(report['ignored'])} ignored; {seconds:.1f} s")
 
 
-def main() -> None:
-    try:
-        params = load_params()
-        set_global_seed(section(params, "seed"), tensorflow=False)
-        settings = settings_from_params(params, n_jobs=int(section(params, "ingest.n_jobs")))
-        jobs = {
-            "vision": lambda: ingest_vision(section(params, "ingest.vision_archive"),
-                                            classes_from_params(params, "vision.classes"),
-                                            INTERIM / "vision", settings),
-            "acoustic": lambda: ingest_acoustic(section(params, "ingest.acoustic_archive"),
-                                                classes_from_params(params, "audio.classes"),
-                                                INTERIM / "acoustic", settings, audio_target_from_params(params)),
-        }
-    except ConfigError as err:
-        print(f"ingest: {err}", file=sys.stderr)
-        sys.exit(1)
+def remove_outputs() -> None:
+    """A run that fails before a dataset starts must not leave an earlier run's outputs looking current."""
+    for name, files in OUTPUTS.items():
+        for file in files:
+            (INTERIM / name / file).unlink(missing_ok=True)
 
-    reports: dict[str, Any] = {}
+
+def dataset_jobs(params: dict[str, Any]) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Every param is read and validated here, before any work starts."""
+    settings = settings_from_params(params, n_jobs=n_jobs_from_params(params))
+    set_global_seed(settings.seed, tensorflow=False)
+    archives = {name: section(params, f"ingest.{name}_archive") for name in DATASETS}
+    for name, archive in archives.items():
+        if not isinstance(archive, str) or not archive:
+            raise ConfigError(f"ingest.{name}_archive must be the path of a zip archive, got {archive!r}")
+    vision_classes = classes_from_params(params, "vision.classes")
+    audio_classes = classes_from_params(params, "audio.classes")
+    target = audio_target_from_params(params)
+    return {
+        "vision": lambda: ingest_vision(archives["vision"], vision_classes, INTERIM / "vision", settings),
+        "acoustic": lambda: ingest_acoustic(archives["acoustic"], audio_classes, INTERIM / "acoustic", settings,
+                                            target),
+    }
+
+
+def ingest_all(reports: dict[str, Any]) -> list[str]:
+    """Run both datasets, filling `reports`; the one-line errors of those that failed."""
+    jobs = dataset_jobs(load_params())
     errors: list[str] = []
     for name, job in jobs.items():
         started = time.perf_counter()
@@ -62,11 +89,38 @@ def main() -> None:
         except (ConfigError, OSError) as err:
             reports[name] = {"status": "failed", "error": str(err)}
             errors.append(f"{name}: {err}")
-    write_report(reports)
-    if errors:
-        print("\n".join(f"ingest: {error}" for error in errors) + f"\n(details in {REPORT})", file=sys.stderr)
-        sys.exit(1)
+    return errors
+
+
+def main() -> int:
+    reports: dict[str, Any] = {}
+    details = [f"(details in {REPORT})"]
+    try:
+        errors = ingest_all(reports)
+    except ConfigError as err:
+        remove_outputs()
+        errors, details = [str(err)], []
+    except KeyboardInterrupt:
+        write_report(failed(reports, "interrupted"))
+        print(f"ingest: interrupted; {REPORT} says which datasets did not finish", file=sys.stderr)
+        return 130
+    except MemoryError:
+        write_report(failed(reports, "out of memory"))
+        print("ingest: out of memory; lower ingest.max_member_mb, ingest.max_image_pixels or "
+              "ingest.max_source_samples (docs/reliability.md gives the bound they set)", file=sys.stderr)
+        return 1
+    except BaseException as err:  # a bug: say so in the report, and keep the traceback for the fix
+        write_report(failed(reports, f"internal error: {type(err).__name__}: {err}"))
+        raise
+    write_report(failed(reports, errors[0] if errors else "not run"))
+    if not errors:
+        return 0
+    lines = [f"ingest: {error}" for error in errors] + details
+    if os.environ.get("DVC_STAGE"):
+        lines.append(f"ingest: {RECOVERY}")
+    print("\n".join(lines), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,16 @@ import soundfile as sf
 from PIL import Image
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run only when asked for by marker (-m soak), never in the default or fast suites."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with -m soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def ingest_make_zip(tmp_path: Path) -> Callable[..., Path]:
     """make(name, {member: bytes}, symlinks={member: target}) -> path of a zip written in tmp_path/archives."""

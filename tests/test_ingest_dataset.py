@@ -380,7 +380,8 @@ def test_worker_processes_give_the_same_outputs(tmp_path, ingest_make_zip, monke
     ("ingest.max_uncompressed_mb", None, "max_uncompressed_mb must be a number"),
 ])
 def test_bad_settings_are_config_errors(key, value, message):
-    params = {"seed": 1, "ingest": {"on_bad_file": "fail", "test_fraction": 0.2, "max_uncompressed_mb": 10}}
+    params = {"seed": 1, "ingest": {"on_bad_file": "fail", "test_fraction": 0.2, "max_uncompressed_mb": 10,
+                                    "max_member_mb": 1, "max_image_pixels": 100, "max_source_samples": 100}}
     if "." in key:
         params["ingest"][key.split(".")[1]] = value
     else:

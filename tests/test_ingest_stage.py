@@ -90,3 +90,83 @@ def test_stage_rejects_a_bad_param_in_one_line(ingest_workdir):
 
     assert result.returncode == 1
     assert result.stderr.strip() == "ingest: ingest.on_bad_file must be one of ('fail', 'skip'), got 'ignore'"
+
+
+def set_params(workdir: Path, changes: dict[str, object]) -> None:
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def read_report(workdir: Path) -> dict:
+    return json.loads((workdir / "metrics" / "ingest_report.json").read_text())
+
+
+def earlier_successful_run(workdir: Path) -> None:
+    """What an earlier run left: an "ok" report and outputs (their content does not matter here)."""
+    (workdir / "metrics").mkdir()
+    (workdir / "metrics" / "ingest_report.json").write_text(json.dumps({"vision": {"status": "ok"},
+                                                                        "acoustic": {"status": "ok"}}))
+    for name, data in (("vision", "pixels.npy"), ("acoustic", "clips.npy")):
+        (workdir / "data" / "interim" / name).mkdir(parents=True)
+        for file in ("manifest.parquet", data):
+            (workdir / "data" / "interim" / name / file).write_text("earlier output")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"ingest.max_member_mb": "lots"}, "ingest: ingest.max_member_mb must be a positive number, got 'lots'"),
+    ({"ingest.n_jobs": "two"}, "ingest: ingest.n_jobs must be an integer, got 'two'"),
+    ({"ingest.vision_archive": None}, "ingest: ingest.vision_archive must be the path of a zip archive, got None"),
+])
+def test_a_params_error_rewrites_the_report_as_failed_and_removes_stale_outputs(ingest_workdir, changes, message):
+    earlier_successful_run(ingest_workdir)
+    set_params(ingest_workdir, changes)
+
+    result = run_stage(ingest_workdir)
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == message
+    error = message.removeprefix("ingest: ")
+    assert read_report(ingest_workdir) == {name: {"status": "failed", "error": error}
+                                           for name in ("vision", "acoustic")}
+    assert not [path for path in (ingest_workdir / "data" / "interim").rglob("*") if path.is_file()]
+
+
+def test_an_unexpected_crash_still_rewrites_the_report_as_failed(ingest_workdir):
+    # audio.clip_seconds is not yet validated by type here (the typed settings will); whatever fails, the
+    # report must not keep saying "ok".
+    earlier_successful_run(ingest_workdir)
+    set_params(ingest_workdir, {"audio.clip_seconds": "three"})
+
+    result = run_stage(ingest_workdir)
+
+    assert result.returncode != 0
+    report = read_report(ingest_workdir)
+    assert {report[name]["status"] for name in ("vision", "acoustic")} == {"failed"}
+
+
+def test_hostile_member_names_are_escaped_and_the_report_is_reproducible(ingest_workdir):
+    params = yaml.safe_load((ingest_workdir / "params.yaml").read_text())
+    archive = Path(params["ingest"]["acoustic_archive"])
+    forged = "AirCompressor_Data/LIV/\x1b[2K\rFAKE: all files ok\nx.wav"
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr(forged, b"this is not a sound file")  # libsndfile's error named the buffer's address
+        zf.writestr("AirCompressor_Data/LIV/\u202egnp.wav", b"RIFF" + bytes(40))
+
+    first = run_stage(ingest_workdir)
+    first_report = (ingest_workdir / "metrics" / "ingest_report.json").read_bytes()
+    second = run_stage(ingest_workdir)
+
+    assert first.returncode == second.returncode == 1
+    assert "\x1b" not in first.stderr and "\r" not in first.stderr and "\u202e" not in first.stderr
+    assert not any(line.startswith("FAKE") for line in first.stderr.splitlines())
+    assert ("\n  'AirCompressor_Data/LIV/\\x1b[2K\\rFAKE: all files ok\\nx.wav': cannot decode audio: "
+            "Format not recognised.\n") in first.stderr
+    assert first.stderr == second.stderr
+    assert (ingest_workdir / "metrics" / "ingest_report.json").read_bytes() == first_report
+    report = read_report(ingest_workdir)
+    assert [entry["file"] for entry in report["acoustic"]["bad"]] == [
+        "'AirCompressor_Data/LIV/\\u202egnp.wav'", "'AirCompressor_Data/LIV/\\x1b[2K\\rFAKE: all files ok\\nx.wav'"]
+    assert "0x" not in first_report.decode()

@@ -1,8 +1,7 @@
 """Turning one archive into data/interim/<dataset>/: manifest, decoded data, and a report."""
 from __future__ import annotations
 
-from vapm.errors import VapmError
-
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +11,15 @@ import numpy as np
 import pandas as pd
 
 from vapm.config import ConfigError, audio_sample_rate, clip_samples, section
-from vapm.ingest.archive import ArchiveError, safe_members
+from vapm.errors import VapmError
+from vapm.ingest.archive import ArchiveError, check_members, clean_reason, display_name, open_archive
 from vapm.ingest.decode import AudioTarget, Clip
 from vapm.ingest.labels import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, UnknownClass, class_from_path,
                                 ignore_reason, split_from_path)
+from vapm.ingest.limits import IngestLimits, limits_from_params
 from vapm.ingest.npy_stream import NpyAppender
-from vapm.ingest.parallel import Workers, chunked, decode_chunk, hash_chunk
+from vapm.ingest.parallel import (MemberTask, Workers, chunked, decode_chunk, decode_chunk_items, forget_archives,
+                                  hash_chunk, remember_archive)
 from vapm.progress import progress
 
 VISION_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "height", "width", "offset", "source_archive"]
@@ -45,6 +47,7 @@ class IngestSettings:
     seed: int
     max_uncompressed_bytes: int
     n_jobs: int
+    limits: IngestLimits = IngestLimits()
 
     def __post_init__(self) -> None:
         if self.on_bad_file not in BAD_FILE_POLICIES:
@@ -71,7 +74,15 @@ def settings_from_params(params: dict[str, Any], n_jobs: int) -> IngestSettings:
         seed=_number(params, "seed", int),
         max_uncompressed_bytes=int(_number(params, "ingest.max_uncompressed_mb", float) * 2**20),
         n_jobs=n_jobs,
+        limits=limits_from_params(params),
     )
+
+
+def n_jobs_from_params(params: dict[str, Any]) -> int:
+    n_jobs = _number(params, "ingest.n_jobs", int)
+    if n_jobs < 1:
+        raise ConfigError(f"ingest.n_jobs must be at least 1, got {n_jobs}")
+    return n_jobs
 
 
 def classes_from_params(params: dict[str, Any], dotted: str) -> list[str]:
@@ -92,10 +103,14 @@ def audio_target_from_params(params: dict[str, Any]) -> AudioTarget:
 
 @dataclass
 class _Candidate:
-    file: str
+    info: zipfile.ZipInfo
     class_name: str
     archive_split: str | None
     sha256: str = ""
+
+    @property
+    def file(self) -> str:
+        return self.info.filename
 
 
 @dataclass
@@ -110,12 +125,25 @@ class _Report:
     kept: dict[str, Any] = field(default_factory=dict)
     decoded: dict[str, dict[str, int]] = field(default_factory=dict)  # sizes or sample rates seen
 
+    def add_bad(self, member_name: str, reason: str) -> None:
+        """Record a bad file; names and reasons are made printable and reproducible here, once for all."""
+        self.bad.append({"file": display_name(member_name), "reason": clean_reason(reason)})
+
+    def add_ignored(self, member_name: str, reason: str) -> None:
+        self.ignored.append({"file": display_name(member_name), "reason": reason})
+
+    def add_duplicate(self, member_name: str, first_name: str) -> None:
+        self.duplicates.append({"file": display_name(member_name), "duplicate_of": display_name(first_name)})
+
     def as_dict(self, error: str | None = None) -> dict[str, Any]:
+        def ordered(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+            return sorted(entries, key=lambda entry: tuple(entry.values()))
+
         report = {
             "archive": self.archive, "kind": self.kind, "members_seen": self.members_seen,
-            "ignored": sorted(self.ignored, key=lambda entry: entry["file"]),
-            "bad": sorted(self.bad, key=lambda entry: entry["file"]),
-            "duplicates": sorted(self.duplicates, key=lambda entry: entry["file"]),
+            "ignored": ordered(self.ignored),
+            "bad": ordered(self.bad),
+            "duplicates": ordered(self.duplicates),
             "split_source": self.split_source, "kept": self.kept, "decoded": self.decoded,
             "status": "failed" if error else "ok",
         }
@@ -147,16 +175,34 @@ def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, setting
         return IngestError(f"{kind} archive {archive}: {message}", report.as_dict(error=message))
 
     try:
-        members = safe_members(archive, settings.max_uncompressed_bytes)
+        zf = open_archive(archive)
     except ArchiveError as err:
         raise IngestError(f"{kind}: {err}", report.as_dict(error=str(err))) from err
+    with zf:
+        members = zf.infolist()
+        try:
+            check_members(archive, members, settings.max_uncompressed_bytes)
+        except ArchiveError as err:
+            raise IngestError(f"{kind}: {err}", report.as_dict(error=str(err))) from err
+        remember_archive(archive, zf)  # the serial path reuses this one parse of the directory
+        try:
+            return _ingest_members(members, archive, kind, classes, out_dir, data_name, settings,
+                                   audio_target, report, fail)
+        finally:
+            forget_archives()
+
+
+def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
+                    classes: list[str], out_dir: Path, data_name: str, settings: IngestSettings,
+                    audio_target: AudioTarget | None, report: _Report,
+                    fail: Callable[[str], IngestError]) -> dict[str, Any]:
     report.members_seen = len(members)
     candidates = _find_candidates(members, kind, classes, report)
     if not candidates and not report.bad:
         extensions = IMAGE_EXTENSIONS if audio_target is None else AUDIO_EXTENSIONS
         raise fail(f"no data files ({', '.join(extensions)}) among its {len(members)} members")
-    sizes = {info.filename: info.file_size for info in members}
-    work_bytes = sum(sizes[candidate.file] for candidate in candidates)
+    # Members over the size limit are refused unread, so they do not count as work.
+    work_bytes = sum(min(candidate.info.file_size, settings.limits.max_member_bytes) for candidate in candidates)
     n_jobs = settings.n_jobs if work_bytes >= PARALLEL_MIN_BYTES else 1
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,8 +213,9 @@ def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, setting
     manifest_partial = out_dir / "manifest.parquet.partial"
     try:
         with Workers(n_jobs) as workers:
-            candidates = _drop_duplicates(_hash(workers, archive, candidates, report), report)
-            kept, details = _decode_into(writer, workers, archive, candidates, audio_target, report)
+            candidates = _drop_duplicates(_hash(workers, archive, candidates, settings.limits, report), report)
+            kept, details = _decode_into(writer, workers, archive, candidates, settings.limits, audio_target,
+                                         report)
         if report.bad and settings.on_bad_file == "fail":
             raise fail(_bad_files_message(report.bad))
         splits = _assign_splits(kept, classes, settings, report, fail)
@@ -185,40 +232,51 @@ def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, setting
     return report.as_dict()
 
 
-def _find_candidates(members: list, kind: str, classes: list[str], report: _Report) -> list[_Candidate]:
+def _find_candidates(members: list[zipfile.ZipInfo], kind: str, classes: list[str],
+                     report: _Report) -> list[_Candidate]:
     extensions = IMAGE_EXTENSIONS if kind == "vision" else AUDIO_EXTENSIONS
+    name_counts = Counter(info.filename for info in members)
     candidates: list[_Candidate] = []
+    refused_names: set[str] = set()
     for info in sorted(members, key=lambda info: info.filename):
         name = info.filename
         reason = "directory" if info.is_dir() else ignore_reason(name, extensions)
         if reason:
-            report.ignored.append({"file": name, "reason": reason})
+            report.add_ignored(name, reason)
+            continue
+        if name_counts[name] > 1:
+            # zipfile (like most readers) would return only the last of them, whichever entry is meant.
+            if name not in refused_names:
+                refused_names.add(name)
+                report.add_bad(name, f"{name_counts[name]} members of the archive have this name; none is read "
+                                     "(re-create the archive with unique names)")
             continue
         try:
-            candidates.append(_Candidate(name, class_from_path(name, classes), split_from_path(name)))
+            candidates.append(_Candidate(info, class_from_path(name, classes), split_from_path(name)))
         except UnknownClass as err:
-            report.bad.append({"file": name, "reason": str(err)})
+            report.add_bad(name, str(err))
     if any(candidate.archive_split for candidate in candidates):
         report.split_source = "archive"
         for candidate in candidates:
             if candidate.archive_split is None:
-                report.bad.append({"file": candidate.file, "reason": "not inside a train/ or test/ folder, "
-                                   "though the archive splits its other files so"})
+                report.add_bad(candidate.file, "not inside a train/ or test/ folder, "
+                                               "though the archive splits its other files so")
         candidates = [candidate for candidate in candidates if candidate.archive_split]
     else:
         report.split_source = "stratified"
     return candidates
 
 
-def _hash(workers: Workers, archive: Path, candidates: list[_Candidate], report: _Report) -> list[_Candidate]:
-    """The candidates whose bytes can be read and are not empty, with their sha256 filled in."""
-    tasks = [(archive, [candidate.file for candidate in chunk]) for chunk in chunked(candidates)]
+def _hash(workers: Workers, archive: Path, candidates: list[_Candidate], limits: IngestLimits,
+          report: _Report) -> list[_Candidate]:
+    """The candidates whose bytes can be read within the limits and are not empty, with their sha256."""
+    tasks = [MemberTask(archive, [candidate.info for candidate in chunk], limits) for chunk in chunked(candidates)]
     results = (item for chunk in workers.map(hash_chunk, tasks) for item in chunk)
     readable = []
     for candidate, (digest, reason) in zip(candidates, progress(results, f"{report.kind}: hashing", len(candidates)),
                                            strict=True):
         if reason:
-            report.bad.append({"file": candidate.file, "reason": reason})
+            report.add_bad(candidate.file, reason)
         else:
             candidate.sha256 = digest
             readable.append(candidate)
@@ -227,31 +285,36 @@ def _hash(workers: Workers, archive: Path, candidates: list[_Candidate], report:
 
 def _drop_duplicates(candidates: list[_Candidate], report: _Report) -> list[_Candidate]:
     """The first of each content, in sorted member order. Identical files of different classes are all bad:
-    no one can tell which label is right."""
+    no one can tell which label is right. One pass to group, one to decide: linear in the candidates."""
     copies_of: dict[str, list[_Candidate]] = {}
     for candidate in candidates:
         copies_of.setdefault(candidate.sha256, []).append(candidate)
+    # For each content, the first copy of another class than the first copy's, if any.
+    other_class: dict[str, _Candidate | None] = {
+        sha256: next((copy for copy in copies if copy.class_name != copies[0].class_name), None)
+        for sha256, copies in copies_of.items()}
     unique = []
     for candidate in candidates:
-        copies = copies_of[candidate.sha256]
-        first = copies[0]
-        conflicting = [copy for copy in copies if copy.class_name != candidate.class_name]
-        if conflicting:
-            other = conflicting[0]
-            report.bad.append({"file": candidate.file, "reason": (
-                f"identical content in different classes: {candidate.file} ({candidate.class_name}) "
-                f"and {other.file} ({other.class_name})")})
+        first = copies_of[candidate.sha256][0]
+        conflict = other_class[candidate.sha256]
+        if conflict is not None:
+            other = first if candidate.class_name != first.class_name else conflict
+            report.add_bad(candidate.file, (
+                f"identical content in different classes: {display_name(candidate.file)} ({candidate.class_name}) "
+                f"and {display_name(other.file)} ({other.class_name})"))
         elif candidate is first:
             unique.append(candidate)
         else:
-            report.duplicates.append({"file": candidate.file, "duplicate_of": first.file})
+            report.add_duplicate(candidate.file, first.file)
     return unique
 
 
 def _decode_into(writer: NpyAppender, workers: Workers, archive: Path, candidates: list[_Candidate],
-                 audio_target: AudioTarget | None, report: _Report) -> tuple[list[_Candidate], list[dict[str, Any]]]:
+                 limits: IngestLimits, audio_target: AudioTarget | None,
+                 report: _Report) -> tuple[list[_Candidate], list[dict[str, Any]]]:
     """Decode the candidates, append the good ones to `writer`; return them with their manifest details."""
-    tasks = [(archive, [candidate.file for candidate in chunk], audio_target) for chunk in chunked(candidates)]
+    tasks = [MemberTask(archive, [candidate.info for candidate in chunk], limits, audio_target)
+             for chunk in chunked(candidates, decode_chunk_items(limits, audio_target))]
     results = (item for chunk in workers.map(decode_chunk, tasks) for item in chunk)
     kept: list[_Candidate] = []
     details: list[dict[str, Any]] = []
@@ -259,7 +322,7 @@ def _decode_into(writer: NpyAppender, workers: Workers, archive: Path, candidate
     for candidate, (decoded, reason) in zip(candidates, progress(results, f"{report.kind}: decoding", len(candidates)),
                                             strict=True):
         if reason:
-            report.bad.append({"file": candidate.file, "reason": reason})
+            report.add_bad(candidate.file, reason)
             continue
         if isinstance(decoded, Clip):
             writer.append(decoded.samples[np.newaxis, :])
