@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vapm.config import ConfigError, load_params, section
-from vapm.ingest import (IngestError, audio_target_from_params, classes_from_params, ingest_acoustic,
-                         ingest_vision, n_jobs_from_params, settings_from_params)
+from vapm.errors import VapmError, one_line
+from vapm.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
 from vapm.seeding import set_global_seed
+from vapm.settings import load_settings
 
 INTERIM = Path("data/interim")
 REPORT = Path("metrics/ingest_report.json")
@@ -56,27 +56,22 @@ def remove_outputs() -> None:
             (INTERIM / name / file).unlink(missing_ok=True)
 
 
-def dataset_jobs(params: dict[str, Any]) -> dict[str, Callable[[], dict[str, Any]]]:
-    """Every param is read and validated here, before any work starts."""
-    settings = settings_from_params(params, n_jobs=n_jobs_from_params(params))
-    set_global_seed(settings.seed, tensorflow=False)
-    archives = {name: section(params, f"ingest.{name}_archive") for name in DATASETS}
-    for name, archive in archives.items():
-        if not isinstance(archive, str) or not archive:
-            raise ConfigError(f"ingest.{name}_archive must be the path of a zip archive, got {archive!r}")
-    vision_classes = classes_from_params(params, "vision.classes")
-    audio_classes = classes_from_params(params, "audio.classes")
-    target = audio_target_from_params(params)
+def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The two datasets' work, from params validated before any work starts (vapm.settings)."""
+    ingest = ingest_settings(settings)
+    set_global_seed(ingest.seed, tensorflow=False)
+    target = audio_target(settings)
     return {
-        "vision": lambda: ingest_vision(archives["vision"], vision_classes, INTERIM / "vision", settings),
-        "acoustic": lambda: ingest_acoustic(archives["acoustic"], audio_classes, INTERIM / "acoustic", settings,
-                                            target),
+        "vision": lambda: ingest_vision(settings.ingest.vision_archive, settings.vision.classes, INTERIM / "vision",
+                                        ingest),
+        "acoustic": lambda: ingest_acoustic(settings.ingest.acoustic_archive, settings.audio.classes,
+                                            INTERIM / "acoustic", ingest, target),
     }
 
 
 def ingest_all(reports: dict[str, Any]) -> list[str]:
     """Run both datasets, filling `reports`; the one-line errors of those that failed."""
-    jobs = dataset_jobs(load_params())
+    jobs = dataset_jobs(load_settings(models=()))
     errors: list[str] = []
     for name, job in jobs.items():
         started = time.perf_counter()
@@ -86,9 +81,9 @@ def ingest_all(reports: dict[str, Any]) -> list[str]:
         except IngestError as err:
             reports[name] = err.report
             errors.append(str(err))
-        except (ConfigError, OSError) as err:
-            reports[name] = {"status": "failed", "error": str(err)}
-            errors.append(f"{name}: {err}")
+        except (VapmError, OSError) as err:
+            reports[name] = {"status": "failed", "error": one_line(str(err))}
+            errors.append(f"{name}: {one_line(str(err))}")
     return errors
 
 
@@ -97,9 +92,9 @@ def main() -> int:
     details = [f"(details in {REPORT})"]
     try:
         errors = ingest_all(reports)
-    except ConfigError as err:
+    except VapmError as err:  # params or registry: nothing was read yet
         remove_outputs()
-        errors, details = [str(err)], []
+        errors, details = [one_line(str(err))], []
     except KeyboardInterrupt:
         write_report(failed(reports, "interrupted"))
         print(f"ingest: interrupted; {REPORT} says which datasets did not finish", file=sys.stderr)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vapm.ingest import ArchiveError, IngestError, IngestSettings, ingest_vision
+from vapm.ingest.archive import ArchiveError
+from vapm.ingest.dataset import IngestError, IngestSettings, ingest_vision
 from vapm.ingest.archive import safe_members
 
 CLASSES = ["Crazing", "Inclusion"]

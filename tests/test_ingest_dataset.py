@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import vapm.ingest.dataset as dataset
-from vapm.config import ConfigError
-from vapm.ingest import (ACOUSTIC_COLUMNS, VISION_COLUMNS, AudioTarget, IngestError, IngestSettings,
-                         ingest_acoustic, ingest_vision)
+from vapm.settings import ParamsError
+from vapm.ingest.dataset import ACOUSTIC_COLUMNS, IngestError, IngestSettings, VISION_COLUMNS, ingest_acoustic, ingest_vision
+from vapm.ingest.decode import AudioTarget
 
 NEU = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]
 DET_PREFIX = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
@@ -374,17 +374,11 @@ def test_worker_processes_give_the_same_outputs(tmp_path, ingest_make_zip, monke
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("seed", "x", "seed must be an integer"),
-    ("ingest.test_fraction", 1.5, "test_fraction must lie between 0 and 1"),
-    ("ingest.on_bad_file", "ignore", "on_bad_file must be one of"),
-    ("ingest.max_uncompressed_mb", None, "max_uncompressed_mb must be a number"),
+    ("on_bad_file", "ignore", "ingest.on_bad_file must be one of"),
+    ("test_fraction", 1.5, "ingest.test_fraction must lie between 0 and 1"),
+    ("max_uncompressed_bytes", 0, "ingest.max_uncompressed_mb must be positive"),
 ])
-def test_bad_settings_are_config_errors(key, value, message):
-    params = {"seed": 1, "ingest": {"on_bad_file": "fail", "test_fraction": 0.2, "max_uncompressed_mb": 10,
-                                    "max_member_mb": 1, "max_image_pixels": 100, "max_source_samples": 100}}
-    if "." in key:
-        params["ingest"][key.split(".")[1]] = value
-    else:
-        params[key] = value
-    with pytest.raises(ConfigError, match=message):
-        dataset.settings_from_params(params, n_jobs=1)
+def test_bad_settings_are_params_errors(key, value, message):
+    good = dict(on_bad_file="fail", test_fraction=0.2, seed=1, max_uncompressed_bytes=10, n_jobs=1)
+    with pytest.raises(ParamsError, match=message):
+        IngestSettings(**{**good, key: value})

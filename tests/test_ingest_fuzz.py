@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from tests import hostile_archives as hostile
-from vapm.ingest import IngestLimits, display_name, limits_from_params
+from vapm.ingest.archive import display_name
+from vapm.ingest.limits import IngestLimits
 from vapm.ingest.limits import BOUND_BYTES_PER_MEMBER, member_work_bound
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -279,7 +280,9 @@ def test_soak_many_seeded_random_mutations(tmp_path, benign_archives, baseline):
 @pytest.mark.soak
 def test_soak_worst_cases_at_the_shipped_limits_stay_under_the_stated_bound(tmp_path):
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    limits = limits_from_params(params)
+    limits = IngestLimits(max_member_bytes=int(params["ingest"]["max_member_mb"] * 2**20),
+                          max_image_pixels=params["ingest"]["max_image_pixels"],
+                          max_source_samples=params["ingest"]["max_source_samples"])
     clip_samples = round(hostile.TARGET_RATE * params["audio"]["clip_seconds"])
     benign = {"vision": tmp_path / "vision.zip", "acoustic": tmp_path / "acoustic.zip"}
     hostile.write_zip(benign["vision"], hostile.good_members("vision"))

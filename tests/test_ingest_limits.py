@@ -8,16 +8,21 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests import hostile_archives as hostile
-from vapm.config import ConfigError
-from vapm.ingest import (AudioTarget, DecodeError, IngestLimits, IngestSettings, decode_audio,
-                         decode_image, ingest_acoustic, ingest_vision, limits_from_params, parse_text_values)
-from vapm.ingest.limits import PILLOW_MAX_IMAGE_PIXELS
+from vapm.ingest.dataset import IngestSettings, ingest_acoustic, ingest_vision
+from vapm.ingest.decode import AudioTarget, decode_audio, decode_image
+from vapm.ingest.errors import DecodeError
+from vapm.ingest.limits import PILLOW_MAX_IMAGE_PIXELS, IngestLimits
+from vapm.ingest.text_values import parse_text_values
+from vapm.settings import ParamsError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TARGET = AudioTarget(sample_rate=50000 / 3, samples=1000, length_tolerance=0.02)
 VISION, AUDIO = hostile.VISION_CLASSES, hostile.AUDIO_CLASSES
@@ -270,33 +275,40 @@ def test_each_member_is_opened_twice_and_the_directory_parsed_once(tmp_path, mon
 
 # ---- the limits' own params ----
 
-def test_limits_come_from_params_with_their_dotted_keys():
-    params = {"ingest": {"max_member_mb": 0.5, "max_image_pixels": 1000, "max_source_samples": 2000}}
-    assert limits_from_params(params) == IngestLimits(2**19, 1000, 2000)
+def test_limits_come_from_the_validated_params(monkeypatch):
+    from vapm.ingest.dataset import ingest_settings
+    from vapm.settings import load_settings
+
+    monkeypatch.chdir(REPO_ROOT)
+    limits = ingest_settings(load_settings(models=())).limits
+    assert limits == IngestLimits(64 * 2**20, 4096 * 4096, 4_194_304)
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("max_member_mb", "big", "ingest.max_member_mb must be a positive number, got 'big'"),
-    ("max_member_mb", 0, "ingest.max_member_mb must be a positive number, got 0"),
-    ("max_member_mb", None, "ingest.max_member_mb must be a positive number, got None"),
-    ("max_image_pixels", 1.5, "ingest.max_image_pixels must be a whole number between 1 and"),
-    ("max_image_pixels", -1, "ingest.max_image_pixels must be a whole number between 1 and"),
-    ("max_image_pixels", PILLOW_MAX_IMAGE_PIXELS + 1, "ingest.max_image_pixels must be a whole number between"),
-    ("max_image_pixels", True, "ingest.max_image_pixels must be a whole number"),
-    ("max_source_samples", "many", "ingest.max_source_samples must be a whole number at least 1, got 'many'"),
-    ("max_source_samples", 0, "ingest.max_source_samples must be a whole number at least 1, got 0"),
+    ("max_member_mb", "big", "ingest.max_member_mb: input should be a valid number"),
+    ("max_member_mb", 0, "ingest.max_member_mb: input should be greater than 0"),
+    ("max_member_mb", None, "ingest.max_member_mb: input should be a valid number"),
+    ("max_image_pixels", 1.5, "ingest.max_image_pixels: input should be a valid integer"),
+    ("max_image_pixels", -1, "ingest.max_image_pixels: input should be greater than or equal to 1"),
+    ("max_image_pixels", PILLOW_MAX_IMAGE_PIXELS + 1, "ingest.max_image_pixels: input should be less than or equal"),
+    ("max_image_pixels", True, "ingest.max_image_pixels: input should be a valid integer"),
+    ("max_source_samples", "many", "ingest.max_source_samples: input should be a valid integer"),
+    ("max_source_samples", 0, "ingest.max_source_samples: input should be greater than or equal to 1"),
 ])
 def test_bad_limit_params_name_their_key(key, value, message):
-    params = {"ingest": {"max_member_mb": 1, "max_image_pixels": 1000, "max_source_samples": 2000}}
+    from vapm.registry import load_registry
+    from vapm.settings import parse_settings, read_params
+
+    params = read_params(REPO_ROOT / "params.yaml")
     params["ingest"][key] = value
-    with pytest.raises(ConfigError) as caught:
-        limits_from_params(params)
-    assert str(caught.value).startswith(message)
+    with pytest.raises(ParamsError) as caught:
+        parse_settings(params, {name: None for name in load_registry(REPO_ROOT / "models.yaml")})
+    assert message in str(caught.value)
 
 
-def test_a_missing_limit_param_names_its_key():
-    with pytest.raises(ConfigError, match="params.yaml has no 'ingest.max_image_pixels'"):
-        limits_from_params({"ingest": {"max_member_mb": 1, "max_source_samples": 10}})
+def test_limits_check_themselves_when_built_directly():
+    with pytest.raises(ParamsError, match="ingest.max_source_samples must be a whole number at least 1, got 0"):
+        IngestLimits(max_source_samples=0)
 
 
 def test_worker_processes_give_the_same_report_on_hostile_members(tmp_path, monkeypatch):

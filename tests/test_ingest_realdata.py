@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vapm.config import load_params
-from vapm.ingest import (IngestSettings, audio_target_from_params, decode_audio, ingest_acoustic, ingest_vision,
-                         settings_from_params)
+from vapm.ingest.dataset import IngestSettings, audio_target, ingest_acoustic, ingest_settings, ingest_vision
+from vapm.ingest.decode import decode_audio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -28,20 +27,23 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def params() -> dict:
-    return load_params(REPO_ROOT / "params.yaml")
+def params():
+    """The repository's validated settings (vapm.settings.Settings)."""
+    from vapm.settings import load_settings
+
+    return load_settings(REPO_ROOT / "params.yaml", models=(), registry_path=REPO_ROOT / "models.yaml")
 
 
 @pytest.fixture(scope="module")
 def real_settings(params) -> IngestSettings:
-    return settings_from_params(params, n_jobs=2)
+    return ingest_settings(params)
 
 
 @pytest.fixture(scope="module")
 def neu(tmp_path_factory, params, real_settings):
     out_dir = tmp_path_factory.mktemp("real") / "vision"
     started = time.perf_counter()
-    report = ingest_vision(NEU_ZIP, params["vision"]["classes"], out_dir, real_settings)
+    report = ingest_vision(NEU_ZIP, params.vision.classes, out_dir, real_settings)
     seconds = time.perf_counter() - started
     print(f"\nreal NEU ingest: {seconds:.1f} s")
     return report, out_dir, seconds
@@ -51,8 +53,8 @@ def neu(tmp_path_factory, params, real_settings):
 def compressor(tmp_path_factory, params, real_settings):
     out_dir = tmp_path_factory.mktemp("real") / "acoustic"
     started = time.perf_counter()
-    report = ingest_acoustic(WAV_ZIP, params["audio"]["classes"], out_dir, real_settings,
-                             audio_target_from_params(params))
+    report = ingest_acoustic(WAV_ZIP, params.audio.classes, out_dir, real_settings,
+                             audio_target(params))
     seconds = time.perf_counter() - started
     print(f"\nreal air-compressor WAV ingest: {seconds:.1f} s")
     return report, out_dir, seconds
@@ -66,7 +68,7 @@ def test_real_neu_archive(neu, params):
     assert report["bad"] == [] and report["ignored"] == []
     assert report["split_source"] == "archive"
     assert report["kept"]["total"] == 1799
-    expected = {name: {"train": 288, "test": 12} for name in params["vision"]["classes"]}
+    expected = {name: {"train": 288, "test": 12} for name in params.vision.classes}
     expected["Patches"]["train"] = 287
     assert report["kept"]["per_class"] == expected
     assert report["decoded"] == {"image_sizes": {"200x200": 1799}}
@@ -87,7 +89,7 @@ def test_real_compressor_wav_archive(compressor, params):
     assert [entry["file"] for entry in report["ignored"]] == ["AirCompressor_Data/license.txt"]
     assert report["bad"] == [] and report["duplicates"] == []
     assert report["split_source"] == "stratified"
-    assert report["kept"]["per_class"] == {name: {"train": 32, "test": 8} for name in params["audio"]["classes"]}
+    assert report["kept"]["per_class"] == {name: {"train": 32, "test": 8} for name in params.audio.classes}
     assert report["decoded"] == {"source_sample_rates": {"44100": 320}}
     clips = np.load(out_dir / "clips.npy", mmap_mode="r")
     assert clips.shape == (320, 50000) and clips.dtype == np.float32
@@ -109,7 +111,7 @@ def test_original_dat_samples_decode_as_documented(params, state, low, high, mea
     digest = hashlib.sha256(data).hexdigest()
     assert digest.startswith(digest_start) and digest.endswith(digest_end)
 
-    clip = decode_audio(f"AirCompressor_Data/{state}/preprocess_Reading1.dat", data, audio_target_from_params(params))
+    clip = decode_audio(f"AirCompressor_Data/{state}/preprocess_Reading1.dat", data, audio_target(params))
 
     assert clip.source_samples == 50000 and clip.samples.shape == (50000,)
     assert clip.source_sample_rate == pytest.approx(50000 / 3)

@@ -98,10 +98,16 @@ class SampleDataSettings(Section):
     clips_per_class: PositiveInt
 
 
-class IngestSettings(Section):
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # Pillow refuses more itself, before our check could name the limit
+
+
+class IngestConfig(Section):
     vision_archive: str = Field(min_length=1)
     acoustic_archive: str = Field(min_length=1)
-    max_uncompressed_mb: float = Field(gt=0)
+    max_uncompressed_mb: float = Field(gt=0, allow_inf_nan=False)
+    max_member_mb: float = Field(gt=0, allow_inf_nan=False)
+    max_image_pixels: int = Field(ge=1, le=PILLOW_MAX_IMAGE_PIXELS)
+    max_source_samples: int = Field(ge=1)
     on_bad_file: Literal["fail", "skip"]
     test_fraction: Fraction01
     n_jobs: int = Field(ge=1, le=64)
@@ -196,7 +202,7 @@ class Settings(Section):
     vision: VisionSettings
     audio: AudioSettings
     sample_data: SampleDataSettings
-    ingest: IngestSettings
+    ingest: IngestConfig
     featurize: FeaturizeSettings
     mlflow: MlflowSettings
     train: TrainSettings

@@ -72,7 +72,7 @@ class ImageRecord(_Record):
     def prepare(self, name: str, data: bytes) -> np.ndarray:
         from vapm.ingest.decode import decode_image
 
-        return self.from_grey(decode_image(data))
+        return self.from_grey(decode_image(data, member_name=name))
 
 
 class AcousticImageRecord(_Record):

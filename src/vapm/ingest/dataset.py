@@ -10,13 +10,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from vapm.config import ConfigError, audio_sample_rate, clip_samples, section
+from vapm.settings import ParamsError
 from vapm.errors import VapmError
 from vapm.ingest.archive import ArchiveError, check_members, clean_reason, display_name, open_archive
 from vapm.ingest.decode import AudioTarget, Clip
 from vapm.ingest.labels import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, UnknownClass, class_from_path,
                                 ignore_reason, split_from_path)
-from vapm.ingest.limits import IngestLimits, limits_from_params
+from vapm.ingest.limits import IngestLimits
 from vapm.ingest.npy_stream import NpyAppender
 from vapm.ingest.parallel import (MemberTask, Workers, chunked, decode_chunk, decode_chunk_items, forget_archives,
                                   hash_chunk, remember_archive)
@@ -51,54 +51,29 @@ class IngestSettings:
 
     def __post_init__(self) -> None:
         if self.on_bad_file not in BAD_FILE_POLICIES:
-            raise ConfigError(f"ingest.on_bad_file must be one of {BAD_FILE_POLICIES}, got {self.on_bad_file!r}")
+            raise ParamsError(f"ingest.on_bad_file must be one of {BAD_FILE_POLICIES}, got {self.on_bad_file!r}")
         if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"ingest.test_fraction must lie between 0 and 1, got {self.test_fraction!r}")
+            raise ParamsError(f"ingest.test_fraction must lie between 0 and 1, got {self.test_fraction!r}")
         if self.max_uncompressed_bytes <= 0:
-            raise ConfigError("ingest.max_uncompressed_mb must be positive")
+            raise ParamsError("ingest.max_uncompressed_mb must be positive")
         if self.n_jobs < 1:
-            raise ConfigError(f"the number of worker processes must be at least 1, got {self.n_jobs}")
+            raise ParamsError(f"the number of worker processes must be at least 1, got {self.n_jobs}")
 
 
-def _number(params: dict[str, Any], dotted: str, kind: type) -> Any:
-    value = section(params, dotted)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise ConfigError(f"{dotted} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
-    return kind(value)
-
-
-def settings_from_params(params: dict[str, Any], n_jobs: int) -> IngestSettings:
+def ingest_settings(settings: Any) -> IngestSettings:
+    """The ingest knobs from the validated params (vapm.settings.Settings)."""
+    config = settings.ingest
     return IngestSettings(
-        on_bad_file=str(section(params, "ingest.on_bad_file")),
-        test_fraction=_number(params, "ingest.test_fraction", float),
-        seed=_number(params, "seed", int),
-        max_uncompressed_bytes=int(_number(params, "ingest.max_uncompressed_mb", float) * 2**20),
-        n_jobs=n_jobs,
-        limits=limits_from_params(params),
-    )
+        on_bad_file=config.on_bad_file, test_fraction=config.test_fraction, seed=settings.seed,
+        max_uncompressed_bytes=int(config.max_uncompressed_mb * 2**20), n_jobs=config.n_jobs,
+        limits=IngestLimits(max_member_bytes=max(1, int(config.max_member_mb * 2**20)),
+                            max_image_pixels=config.max_image_pixels, max_source_samples=config.max_source_samples))
 
 
-def n_jobs_from_params(params: dict[str, Any]) -> int:
-    n_jobs = _number(params, "ingest.n_jobs", int)
-    if n_jobs < 1:
-        raise ConfigError(f"ingest.n_jobs must be at least 1, got {n_jobs}")
-    return n_jobs
-
-
-def classes_from_params(params: dict[str, Any], dotted: str) -> list[str]:
-    value = section(params, dotted)
-    if not isinstance(value, list) or not value or not all(isinstance(name, str) and name for name in value):
-        raise ConfigError(f"{dotted} must be a non-empty list of class names, got {value!r}")
-    if len({name.lower() for name in value}) != len(value):
-        raise ConfigError(f"{dotted} names a class twice (class folders match regardless of case): {value}")
-    return value
-
-
-def audio_target_from_params(params: dict[str, Any]) -> AudioTarget:
-    tolerance = _number(params, "audio.length_tolerance", float)
-    if not 0 <= tolerance < 1:
-        raise ConfigError(f"audio.length_tolerance must lie in [0, 1), got {tolerance}")
-    return AudioTarget(sample_rate=audio_sample_rate(params), samples=clip_samples(params), length_tolerance=tolerance)
+def audio_target(settings: Any) -> AudioTarget:
+    """What every clip becomes, from the validated params' `audio` section."""
+    return AudioTarget(sample_rate=settings.audio.sample_rate, samples=settings.audio.clip_samples,
+                       length_tolerance=settings.audio.length_tolerance)
 
 
 @dataclass

@@ -8,15 +8,14 @@ is a bad file with a reason naming the limit's key. docs/reliability.md derives 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image
 
-from vapm.config import ConfigError, section
+from vapm.settings import PILLOW_MAX_IMAGE_PIXELS as _PILLOW_LIMIT, ParamsError
 
 # Pillow refuses images of more than twice this many pixels itself (DecompressionBombError), before
 # our own check could name the limit; so our limit may not exceed it.
-PILLOW_MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+PILLOW_MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or _PILLOW_LIMIT)
 
 DEFAULT_MAX_MEMBER_BYTES = 64 * 2**20
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
@@ -36,33 +35,7 @@ class IngestLimits:
                 ("ingest.max_source_samples", self.max_source_samples, 1, None)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 allowed = f"between {low} and {high:,}" if high else f"at least {low}"
-                raise ConfigError(f"{key} must be a whole number {allowed}, got {value!r}")
-
-
-def _positive(params: dict[str, Any], dotted: str) -> float:
-    value = section(params, dotted)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise ConfigError(f"{dotted} must be a positive number, got {value!r}")
-    return value
-
-
-def _whole(params: dict[str, Any], dotted: str, high: int | None = None) -> int:
-    value = section(params, dotted)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            float("inf"), float("-inf")) or value != int(value) or value < 1 or (high and value > high):
-        allowed = f"between 1 and {high:,}" if high else "at least 1"
-        raise ConfigError(f"{dotted} must be a whole number {allowed}, got {value!r}")
-    return int(value)
-
-
-def limits_from_params(params: dict[str, Any]) -> IngestLimits:
-    """The limits from params.yaml's `ingest` section; errors name the dotted key and the allowed range."""
-    member_mb = _positive(params, "ingest.max_member_mb")
-    return IngestLimits(
-        max_member_bytes=max(1, int(member_mb * 2**20)),
-        max_image_pixels=_whole(params, "ingest.max_image_pixels", PILLOW_MAX_IMAGE_PIXELS),
-        max_source_samples=_whole(params, "ingest.max_source_samples"),
-    )
+                raise ParamsError(f"{key} must be a whole number {allowed}, got {value!r}")
 
 
 # The memory one member's work may take beyond the process's base (imports, the archive's directory),
