@@ -112,15 +112,19 @@ def test_every_registered_trainer_provides_params_and_train():
 
 
 def test_params_yaml_is_written_the_way_dvc_writes_it_back(tmp_path):
-    """`dvc exp run -S key=value` rewrites params.yaml with its round-trip writer: a file already in that style
-    changes in exactly the line of the value."""
-    from dvc.utils.serialize import modify_yaml
+    """`dvc exp run -S key=value` rewrites all of params.yaml (Hydra overrides, then its round-trip writer, which
+    turns lists into block style and nulls into empty values): a file already in that style changes in exactly
+    the line of the value."""
+    from dvc.utils.hydra import apply_overrides
 
     copy_path = tmp_path / "params.yaml"
     copy_path.write_text((REPO_ROOT / "params.yaml").read_text())
-    with modify_yaml(copy_path):
-        pass
+    apply_overrides(copy_path, ["seed=42"])  # what `-S seed=42` does: the same value, DVC's style
     assert copy_path.read_text() == (REPO_ROOT / "params.yaml").read_text()
+    apply_overrides(copy_path, ["train.epochs=3"])
+    changed = [(a, b) for a, b in zip((REPO_ROOT / "params.yaml").read_text().splitlines(),
+                                      copy_path.read_text().splitlines()) if a != b]
+    assert changed == [("  epochs: 20", "  epochs: 3")]
 
 
 def test_a_stage_reports_bad_params_in_one_line_before_any_work(tmp_path):
