@@ -1,6 +1,7 @@
 """EfficientNet-Lite0 in Keras with the packaged ImageNet weights: padding, loading, real photographs, features."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import sys
 
@@ -14,6 +15,7 @@ from PIL import Image
 from vapm.errors import VapmError
 from vapm.models.vision_transfer.efficientnet_lite import (
     PACKAGED,
+    WEIGHTS_MEMBER,
     WEIGHTS_SHA256,
     EfficientNetWeightsError,
     build_efficientnet_lite0,
@@ -21,6 +23,7 @@ from vapm.models.vision_transfer.efficientnet_lite import (
     load_torch_weights,
     packaged_weights,
     same_padding,
+    split_at_block,
 )
 from vapm.models.vision_transfer.torch_pickle import read_state_dict
 
@@ -87,7 +90,8 @@ def test_architecture_takes_every_packaged_weight_once(classifier, state_dict):
 def test_packaged_weights_come_from_the_installed_package_without_torch():
     found = packaged_weights()
     assert found.sha256 == WEIGHTS_SHA256 and found.path.is_file()
-    assert found.path.name == "efficientnet-lite0-57934424.pth" and "site-packages" in found.path.parts
+    recorded = {str(f) for f in importlib.metadata.files(found.distribution)}
+    assert WEIGHTS_MEMBER in recorded and found.path.as_posix().endswith(WEIGHTS_MEMBER)
     build_efficientnet_lite0(weights=PACKAGED)
     assert importlib.util.find_spec("torch") is None and "torch" not in sys.modules
 
@@ -140,6 +144,17 @@ def test_cached_features_equal_the_full_models_own_features(classifier, state_di
     from_cache /= from_cache.sum(axis=1, keepdims=True)
     bound = 2 * np.abs(kernel).sum(axis=0).max() * 4 * rounding
     np.testing.assert_allclose(from_cache, classifier.predict(photos, verbose=0), rtol=0, atol=bound + 1e-6)
+
+
+def test_split_at_block_gives_a_cacheable_bottom_and_a_top_that_shares_the_layers(state_dict, photos):
+    base = build_efficientnet_lite0(include_top=False, pooling="avg", weights=state_dict)
+    bottom, top = split_at_block(base, 13)
+    assert bottom.output_shape == (None, 7, 7, 192) and top.output_shape == (None, 1280)
+    assert {id(w) for w in top.weights} <= {id(w) for w in base.weights}  # the same variables, not copies
+    cached = bottom(photos[:2], training=False)
+    np.testing.assert_array_equal(top(cached, training=False), base(photos[:2], training=False))
+    with pytest.raises(EfficientNetWeightsError, match="1..15"):
+        split_at_block(base, 16)
 
 
 def test_every_weight_must_be_used_exactly_once(state_dict):

@@ -1,6 +1,7 @@
 """The torch-free, restricted reader of PyTorch checkpoints: real file, both formats, hostile and broken files."""
 from __future__ import annotations
 
+import copyreg
 import io
 import os
 import pickle
@@ -228,6 +229,19 @@ def test_hand_written_globals_inst_and_persistent_ids_are_refused(tmp_path):
         with pytest.raises(ForbiddenPickleGlobal, match=refused):
             read_state_dict(write(tmp_path / f"{label}.pth", legacy_bytes({}, {}, object_pickle=content)))
         assert not marker.exists(), label
+
+
+def test_extension_codes_are_refused_even_when_copyreg_has_them_cached(tmp_path):
+    code = 241  # copyreg's private-use range
+    copyreg.add_extension("os", "system", code)
+    try:
+        pushes_os_system = b"\x80\x02\x82" + bytes([code]) + b"."
+        assert pickle.loads(pushes_os_system) is os.system  # now in the process-wide cache
+        path = write(tmp_path / "ext.pth", legacy_bytes({}, {}, object_pickle=pushes_os_system))
+        with pytest.raises(ForbiddenPickleGlobal, match=f"copyreg extension code {code}"):
+            read_state_dict(path)
+    finally:
+        copyreg.remove_extension("os", "system", code)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -288,6 +288,24 @@ def build_efficientnet_lite0(input_shape: tuple[int, int, int] = (DEFAULT_INPUT_
     return model
 
 
+def split_at_block(model: keras.Model, first_block: int) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) sharing `model`'s layers, cut just before block `first_block` (1..15): top(bottom(x)) == model(x).
+
+    Fine-tuning only the top blocks leaves the bottom frozen in inference mode, so its output can be
+    computed once per image and cached, like the pooled features of a frozen base.
+    """
+    blocks = lite0_blocks()
+    if not 1 <= first_block < len(blocks):
+        raise EfficientNetWeightsError(f"the first fine-tuned block must lie in 1..{len(blocks) - 1}, got {first_block}")
+    names = [layer.name for layer in model.layers]
+    first = f"blocks_{first_block}_expand_conv"  # every block after the first expands
+    if first not in names:
+        raise EfficientNetWeightsError(f"{model.name} has no layer {first}: not a model of build_efficientnet_lite0")
+    boundary = model.layers[names.index(first) - 1].output
+    return keras.Model(model.input, boundary, name=f"{model.name}_below_block_{first_block}"), \
+        keras.Model(boundary, model.output, name=f"{model.name}_from_block_{first_block}")
+
+
 def _state_dict_from(weights: str | os.PathLike | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     if isinstance(weights, Mapping):
         return weights

@@ -23,6 +23,7 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 import tarfile
 import zipfile
@@ -176,8 +177,23 @@ _PICKLE_FAILURES = (pickle.UnpicklingError, EOFError, ValueError, TypeError, Key
                     MemoryError)
 
 
+# The extension-registry opcodes push objects from copyreg's process-wide cache without asking find_class
+# when another unpickler has looked the code up before; a state dict never uses them.
+_EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
+
+
+def _refuse_extension_codes(stream: io.BytesIO) -> None:
+    start = stream.tell()
+    for opcode, arg, _ in pickletools.genops(stream):
+        if opcode.name in _EXTENSION_OPCODES:
+            raise ForbiddenPickleGlobal(f"the pickle asks for copyreg extension code {arg}, which a PyTorch state "
+                                        "dict never needs, so it was refused and nothing was run")
+    stream.seek(start)
+
+
 def _unpickle(stream: io.BytesIO, storages: dict[str, _StorageRef], what: str) -> Any:
     try:
+        _refuse_extension_codes(stream)
         return _RestrictedUnpickler(stream, storages).load()
     except TorchCheckpointError:
         raise
