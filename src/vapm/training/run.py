@@ -26,7 +26,8 @@ from vapm import paths
 from vapm.registry import ModelEntry, get_entry
 from vapm.settings import Settings, load_settings
 from vapm.training.artefacts import artefact
-from vapm.training.data import TrainingError, file_sha256, load_features
+from vapm.hashing import file_sha256
+from vapm.training.data import TrainingError, load_features
 from vapm.training.job import Trained, TrainingJob
 
 RECORD_FILE = "record.json"

