@@ -292,7 +292,10 @@ class AutoencoderDetector(Detector):
         windows = self._windows(normal)
         x = windows.reshape(-1, windows.shape[2])
         self.model = build_autoencoder(x.shape[1], self.settings)
-        self.model.compile(optimizer=keras.optimizers.Adam(self.settings.learning_rate), loss="mse")
+        # No XLA: Keras 3's jit_compile="auto" compiles with XLA, which cost ~5 s more per model on 2 busy CPU
+        # cores than it saves on this small network (and cross-validation fits several models).
+        self.model.compile(optimizer=keras.optimizers.Adam(self.settings.learning_rate), loss="mse",
+                           jit_compile=False)
         history = self.model.fit(x, x, epochs=self.settings.epochs, batch_size=self.settings.batch_size,
                                  shuffle=True, verbose=0)
         self.final_loss = float(history.history["loss"][-1])
