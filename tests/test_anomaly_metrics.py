@@ -31,6 +31,7 @@ def test_auc_matches_a_hand_worked_case():
 def test_auc_and_roc_points_match_scikit_learn(seed, ties):
     labels, scores = random_case(37, 23, seed, ties)
     assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert partial_auc(labels, scores, 1.0) == pytest.approx(roc_auc(labels, scores), abs=1e-12)  # area = ranks
     fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     curve = roc_curve_points(labels, scores)
     np.testing.assert_allclose(curve.fpr, fpr, atol=1e-15)

@@ -2,7 +2,7 @@
 
 Normal clips are the negatives, abnormal (fault) clips the positives, and a higher score means more
 abnormal. AUC is the probability that a random abnormal clip scores above a random normal one (ties
-count half): the trapezoidal area under the ROC curve, which equals the Mann-Whitney statistic.
+count half): the Mann-Whitney statistic, equal to the trapezoidal area under the ROC curve.
 
 Partial AUC (pAUC) follows the DCASE task description: the area under the ROC curve over false-positive
 rates 0..p, divided by p, so a perfect detector scores 1 and a random one p/2:
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 from vapm.evaluation import wilson_interval
 
@@ -83,7 +84,16 @@ def partial_auc(is_abnormal: Any, scores: Any, max_fpr: float = 1.0) -> float:
 
 
 def roc_auc(is_abnormal: Any, scores: Any) -> float:
-    return partial_auc(is_abnormal, scores, 1.0)
+    """The Mann-Whitney statistic from average ranks (ties count half).
+
+    Equal to `partial_auc(..., 1.0)`, the trapezoidal area, but computed from rank sums, which are
+    whole or half numbers: a perfect separation gives exactly 1.0 rather than a sum of fractions
+    that rounds to 0.9999999999999999.
+    """
+    labels, values = _checked(is_abnormal, scores)
+    n_abnormal, n_normal = int(labels.sum()), int((~labels).sum())
+    rank_sum = float(rankdata(values)[labels].sum())
+    return (rank_sum - n_abnormal * (n_abnormal + 1) / 2) / (n_abnormal * n_normal)
 
 
 def mcclish_standardised(pauc: float, max_fpr: float) -> float:
@@ -115,7 +125,9 @@ def bootstrap_intervals(is_abnormal: Any, scores: Any, statistics: dict[str, Cal
         for name, statistic in statistics.items():
             results[name][r] = statistic(labels[rows], values[rows])
     tail = (1 - confidence) / 2
-    return {name: (float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail)))
+    # Clipped to the resampled values: numpy's interpolation can land a rounding error outside them
+    # (0.9999999999999999 when every resample gives 1).
+    return {name: tuple(float(np.clip(np.quantile(samples, q), samples.min(), samples.max())) for q in (tail, 1 - tail))
             for name, samples in results.items()}
 
 
