@@ -115,6 +115,8 @@ def test_autoencoder_is_seeded_healthy_only_and_round_trips(anomaly_data, tmp_pa
     first = AutoencoderDetector(TINY_AUTOENCODER, seed=5).fit(images[train], labels[train], CLASSES, "Healthy")
     second = AutoencoderDetector(TINY_AUTOENCODER, seed=5).fit(images[train], labels[train], CLASSES, "Healthy")
     assert np.isfinite(first.final_loss)  # a NaN fault window in the fit would make the loss NaN
+    # The second fit reuses the first's compiled trainer, reset to its initial state: it must end with
+    # exactly the weights of the first, freshly built one.
     for a, b in zip(first.model.get_weights(), second.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     scores = first.score(log_mel[test])
