@@ -20,7 +20,6 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +63,8 @@ def fmt_ci(value, interval):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", default=str(REPO_ROOT.parent / "shared" / "data" / "AirCompressor_Data_wav_subset.zip"))
+    parser.add_argument("--archive", default=str(REPO_ROOT.parent / "shared" / "data"
+                                                 / "AirCompressor_Data_wav_subset.zip"))
     parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--json", help="also write every number to this JSON file")
@@ -101,7 +101,8 @@ def main() -> None:
         evaluation = evaluate_anomaly_model(model, clips[test], labels[test], class_names,
                                             settings=settings.evaluation, seed=seed)
         total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
-        result = {"settings": settings.as_dict(), "metrics": evaluation.metrics, "n_bands": int(len(model.detector.bands)),
+        result = {"settings": settings.as_dict(), "metrics": evaluation.metrics,
+                  "n_bands": int(len(model.detector.bands)),
                   "seconds": {"fit_wall": fit_wall, "fit_cpu": fit_cpu, "fit_and_evaluate_wall": total_wall,
                               "fit_and_evaluate_cpu": total_cpu},
                   "normal_scores": model.normal_scores.tolist(),
@@ -122,14 +123,17 @@ def report(name, result):
     print(f"\n== {name}: {result['n_bands']} mel bands watched; threshold {threshold['value']:.4g} by "
           f"{threshold['method']} on {threshold['n_normal_scores']} healthy scores")
     overall = clean["overall"]
-    print(f"overall AUC {fmt_ci(overall['auc'], overall['auc_ci'])}  pAUC(0.1) {fmt_ci(overall['pauc'], overall['pauc_ci'])}"
-          f"  (McClish {overall['pauc_mcclish']:.3f})  detection {overall['detection']['rate']:.3f}")
+    print(f"overall AUC {fmt_ci(overall['auc'], overall['auc_ci'])}  "
+          f"pAUC(0.1) {fmt_ci(overall['pauc'], overall['pauc_ci'])}  (McClish {overall['pauc_mcclish']:.3f})  "
+          f"detection {overall['detection']['rate']:.3f}")
     for fault, values in clean["per_fault"].items():
-        print(f"  {fault:9s} AUC {fmt_ci(values['auc'], values['auc_ci'])}  pAUC {fmt_ci(values['pauc'], values['pauc_ci'])}"
-              f"  detection {values['detection']['count']}/{values['detection']['n']}")
+        print(f"  {fault:9s} AUC {fmt_ci(values['auc'], values['auc_ci'])}  "
+              f"pAUC {fmt_ci(values['pauc'], values['pauc_ci'])}  "
+              f"detection {values['detection']['count']}/{values['detection']['n']}")
     far = clean["false_alarm"]
     print(f"false alarms on healthy test clips: {far['count']}/{far['n']} = {far['rate']:.3f} "
-          f"(Wilson 95 % [{far['wilson_ci'][0]:.3f}, {far['wilson_ci'][1]:.3f}]), target {clean['target_false_alarm_rate']}")
+          f"(Wilson 95 % [{far['wilson_ci'][0]:.3f}, {far['wilson_ci'][1]:.3f}]), "
+          f"target {clean['target_false_alarm_rate']}")
     if "nested_cv_false_alarm" in result:
         nested = result["nested_cv_false_alarm"]
         print(f"nested-CV false alarms on healthy train clips: {nested['count']}/{nested['n']} = {nested['rate']:.3f} "

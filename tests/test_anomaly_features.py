@@ -7,7 +7,8 @@ import pytest
 from tests.anomaly_synth import SPECTROGRAM, machine_clip
 from vapm.config import ConfigError
 from vapm.features.acoustic import mfcc_logmel_image
-from vapm.models.acoustic_anomaly import AnomalySettings, anomaly_settings, frame_statistics, frame_windows, log_mel_images
+from vapm.models.acoustic_anomaly import (AnomalySettings, anomaly_settings, frame_statistics, frame_windows,
+                                          log_mel_images)
 from vapm.models.acoustic_anomaly.features import active_bands
 
 

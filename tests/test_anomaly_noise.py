@@ -43,8 +43,9 @@ def test_signal_power_ignores_the_dc_offset(noise_clips):
 
 
 def test_noise_is_seeded_and_independent_per_clip(noise_clips):
-    np.testing.assert_array_equal(add_noise(noise_clips, "pink", 5.0, seed=3), add_noise(noise_clips, "pink", 5.0, seed=3))
-    assert not np.array_equal(add_noise(noise_clips, "pink", 5.0, seed=3), add_noise(noise_clips, "pink", 5.0, seed=4))
+    first = add_noise(noise_clips, "pink", 5.0, seed=3)
+    np.testing.assert_array_equal(first, add_noise(noise_clips, "pink", 5.0, seed=3))
+    assert not np.array_equal(first, add_noise(noise_clips, "pink", 5.0, seed=4))
     noise = noise_for_clips("white", 3, 1000, seed=3)
     assert abs(np.corrcoef(noise[0], noise[1])[0, 1]) < 5 / np.sqrt(1000)  # 5 standard errors of a zero correlation
     assert not np.array_equal(noise_for_clips("white", 1, 1000, 3), noise_for_clips("pink", 1, 1000, 3))

@@ -104,7 +104,8 @@ def mcclish_standardised(pauc: float, max_fpr: float) -> float:
 
 
 def bootstrap_intervals(is_abnormal: Any, scores: Any, statistics: dict[str, Callable[[np.ndarray, np.ndarray], float]],
-                        *, n_resamples: int, confidence: float, seed: int | Sequence[int]) -> dict[str, tuple[float, float]]:
+                        *, n_resamples: int, confidence: float,
+                        seed: int | Sequence[int]) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals over clips, resampling normal and abnormal clips separately.
 
     Stratifying keeps every resample's class sizes those of the data (each resample has both classes,
@@ -127,7 +128,8 @@ def bootstrap_intervals(is_abnormal: Any, scores: Any, statistics: dict[str, Cal
     tail = (1 - confidence) / 2
     # Clipped to the resampled values: numpy's interpolation can land a rounding error outside them
     # (0.9999999999999999 when every resample gives 1).
-    return {name: tuple(float(np.clip(np.quantile(samples, q), samples.min(), samples.max())) for q in (tail, 1 - tail))
+    return {name: tuple(float(np.clip(np.quantile(samples, q), samples.min(), samples.max()))
+                        for q in (tail, 1 - tail))
             for name, samples in results.items()}
 
 

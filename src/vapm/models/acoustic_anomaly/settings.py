@@ -141,7 +141,8 @@ def evaluation_settings(values: Mapping[str, Any]) -> EvaluationSettings:
     get = lambda key: values.get(key, getattr(default, key))  # noqa: E731
     snrs = get("snr_db")
     if (not isinstance(snrs, (list, tuple))
-            or any(isinstance(snr, bool) or not isinstance(snr, (int, float)) or not math.isfinite(snr) for snr in snrs)):
+            or any(isinstance(snr, bool) or not isinstance(snr, (int, float)) or not math.isfinite(snr)
+                   for snr in snrs)):
         raise _fail("evaluation.snr_db", "a list of signal-to-noise ratios in dB (may be empty)", snrs)
     return EvaluationSettings(
         max_fpr=_float(get("max_fpr"), "evaluation.max_fpr", 0.0, 1.0, high_open=False),

@@ -42,7 +42,8 @@ class Threshold:
     folds: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "quantile_rule": f"numpy.quantile(method={QUANTILE_METHOD!r}), alarm when score > value"}
+        rule = f"numpy.quantile(method={QUANTILE_METHOD!r}), alarm when score > value"
+        return {**asdict(self), "quantile_rule": rule}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Threshold":
