@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vapm.errors import VapmError, one_line
+from vapm.features.records import clip_record, write_record
 from vapm.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
 from vapm.seeding import set_global_seed
 from vapm.settings import load_settings
@@ -22,7 +23,7 @@ from vapm.settings import load_settings
 INTERIM = Path("data/interim")
 REPORT = Path("metrics/ingest_report.json")
 DATASETS = ("vision", "acoustic")
-OUTPUTS = {"vision": ("manifest.parquet", "pixels.npy"), "acoustic": ("manifest.parquet", "clips.npy")}
+OUTPUTS = {"vision": ("manifest.parquet", "pixels.npy"), "acoustic": ("manifest.parquet", "clips.npy", "record.json")}
 # `dvc repro` removes a stage's outputs before it runs the command (and before it checks that the
 # dependencies exist), so after a failure the previous outputs are gone from the workspace, not lost.
 RECOVERY = ("dvc removed the earlier ingest outputs before this run; fix the cause and run dvc repro again, "
@@ -61,11 +62,18 @@ def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
     ingest = ingest_settings(settings)
     set_global_seed(ingest.seed, tensorflow=False)
     target = audio_target(settings)
+
+    def acoustic() -> dict[str, Any]:
+        report = ingest_acoustic(settings.ingest.acoustic_archive, settings.audio.classes, INTERIM / "acoustic",
+                                 ingest, target)
+        # What the clips are, for models that read them (and predict, which prepares new files alike).
+        write_record(INTERIM / "acoustic", clip_record(settings))
+        return report
+
     return {
         "vision": lambda: ingest_vision(settings.ingest.vision_archive, settings.vision.classes, INTERIM / "vision",
                                         ingest),
-        "acoustic": lambda: ingest_acoustic(settings.ingest.acoustic_archive, settings.audio.classes,
-                                            INTERIM / "acoustic", ingest, target),
+        "acoustic": acoustic,
     }
 
 

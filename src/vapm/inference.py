@@ -61,8 +61,18 @@ class LoadedModel:
         return self._artefact.scores(self.model, x)
 
     def result(self, name: str, scores: np.ndarray) -> dict[str, Any]:
-        """One file's answer: its class and, by what the model gives, probabilities or decision scores."""
+        """One file's answer: its class and, by what the model gives, probabilities or decision scores; for a
+        detector, normal or abnormal with its score and threshold."""
         kind = self.record.get("score_kind", "probability")
+        if kind == "anomaly":
+            score = float(np.asarray(scores).reshape(-1)[0])
+            threshold = float(self.model.threshold.value)
+            answer: dict[str, Any] = {"file": name, "model": self.name,
+                                      "status": "abnormal" if bool(self.model.is_abnormal([score])[0]) else "normal",
+                                      "score": round(score, 6), "threshold": round(threshold, 6)}
+            if self.version is not None:
+                answer["version"] = self.version
+            return answer
         best = int(np.argmax(scores))
         result: dict[str, Any] = {"file": name, "model": self.name, "class": self.classes[best]}
         if self.version is not None:
@@ -87,7 +97,8 @@ class LoadedModel:
             except InferenceError as err:
                 results[i] = {"file": name, "model": self.name, "error": str(err)}
         if prepared:
-            for i, row in zip(where, self.scores(np.stack(prepared))):
+            scores = self.scores(np.stack(prepared))
+            for i, row in zip(where, np.asarray(scores).reshape(len(prepared), -1)):
                 results[i] = self.result(files[i][0], row)
         return results  # type: ignore[return-value]
 

@@ -22,6 +22,8 @@ from vapm.errors import VapmError, one_line
 def describe(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{result['error']}"
+    if "status" in result:
+        return f"{result['file']}: {result['status']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
     if "probability" in result:
         return f"{result['file']}: {result['class']} ({result['probability']:.1%})"
     if "decision_scores" in result:

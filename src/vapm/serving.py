@@ -137,7 +137,8 @@ def register_and_promote(model_info, model: str, accuracy: float, manifest_sha25
     """Register the logged model as `vapm-<model>` and move `champion` to it, or mark it `challenger`.
 
     The champion moves when the new version is scored on the same test set (same data manifest) and its test
-    accuracy is not below the champion's by more than `tolerance`. Returns (version, alias, why).
+    score (accuracy for a classifier, AUC for a detector) is not below the champion's by more than
+    `tolerance`. Returns (version, alias, why).
     """
     import mlflow
     from mlflow.exceptions import MlflowException

@@ -247,6 +247,11 @@ def _dotted(location: tuple[Any, ...], prefix: str) -> str:
     return ".".join([prefix, *parts] if prefix else parts) or "params.yaml"
 
 
+def one_line_problems(err: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line naming every bad value by its dotted key."""
+    return _one_line(err, prefix)
+
+
 def _one_line(err: ValidationError, prefix: str = "") -> str:
     problems = []
     for issue in err.errors(include_url=False):

@@ -9,6 +9,8 @@
       custom/accuracy/<model>.json
       images/confusion/<model>.png, images/curves/<model>.png
       images/gallery/<model>.png       image models: test images with actual and predicted class, mistakes in red
+    Detectors: scores auc (with its interval), pauc, far (false alarms on healthy test clips), n; plots
+      sklearn/roc/<model>.json, custom/noise_auc/<model>.json, custom/noise_far/<model>.json and their PNGs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vapm.evaluation.figures import save_confusion_png, save_curves_png, save_gallery_png
+from vapm.evaluation.figures import (save_confusion_png, save_curves_png, save_gallery_png, save_noise_png,
+                                     save_roc_png)
 from vapm.evaluation.metrics import EvaluationError, classification_summary, rounded, write_metrics_json
 
 PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
@@ -144,3 +147,63 @@ def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], 
                           y=["train", "validation"], x_label="epoch", y_label=label)
         save_curves_png(history, plots / "images" / "curves" / f"{name}.png", title=f"{name}: training curves")
     return summary
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found: run the model's training stage first")
+    return json.loads(path.read_text())
+
+
+def noise_points(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One point per SNR with a column per kind of noise (what DVC's linear template draws as lines)."""
+    points: dict[float, dict[str, Any]] = {}
+    for row in rows:
+        points.setdefault(row["snr_db"], {"snr_db": row["snr_db"]})[row["noise"]] = rounded(row[metric])
+    return [points[snr] for snr in sorted(points, reverse=True)]
+
+
+def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], metrics_dir: Path, live) -> dict[str, Any]:
+    """Write a detector's scores, details and plots from what its training stage saved; returns its scores."""
+    model_dir, metrics_dir = Path(model_dir), Path(metrics_dir)
+    record = read_record(model_dir)
+    evaluation = read_json(model_dir / "evaluation.json")
+    roc, noise = read_json(model_dir / "roc.json"), read_json(model_dir / "noise.json")
+    predictions = pd.read_parquet(model_dir / "predictions.parquet")
+    overall, false_alarm = evaluation["clean"]["overall"], evaluation["clean"]["false_alarm"]
+    scores = {"auc": round(overall["auc"], SCORE_DECIMALS), "auc_lo": round(overall["auc_ci"][0], SCORE_DECIMALS),
+              "auc_hi": round(overall["auc_ci"][1], SCORE_DECIMALS), "pauc": round(overall["pauc"], SCORE_DECIMALS),
+              "far": round(false_alarm["rate"], SCORE_DECIMALS), "n": int(len(predictions))}
+    write_metrics_json(metrics_dir / "scores" / f"{name}.json", scores)
+    write_metrics_json(metrics_dir / "details" / f"{name}.json", {
+        "model": name, "task": record.get("task"), "input": record.get("input", {}).get("kind"),
+        "n_fit": record.get("details", {}).get("n_fit_clips"), "n_test": int(len(predictions)),
+        "training": record.get("details", {}), "evaluation": evaluation,
+        "data_manifest_sha256": record.get("data_manifest_sha256")})
+    outcome = np.where(predictions["abnormal"], "abnormal", "normal")
+    actual = np.where(predictions["normal"], "normal", "abnormal")
+    (metrics_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"file": predictions["file"].astype(str), "actual": actual, "predicted": outcome}).sort_values(
+        "file", kind="stable").to_csv(metrics_dir / "predictions" / f"{name}.csv", index=False)
+    live.log_sklearn_plot("confusion_matrix", actual.tolist(), outcome.tolist(), name=f"confusion/{name}.json")
+    live.log_sklearn_plot("roc", (~predictions["normal"]).astype(int).tolist(), predictions["score"].tolist(),
+                          name=f"roc/{name}.json")
+    for metric, label in (("auc", "AUC"), ("false_alarm_rate", "false-alarm rate")):
+        short = "auc" if metric == "auc" else "far"
+        live.log_plot(f"noise_{short}/{name}", noise_points(noise, metric), x="snr_db",
+                      y=sorted({row["noise"] for row in noise}), x_label="signal-to-noise ratio (dB)", y_label=label)
+    plots = Path(live.plots_dir)
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for row in roc:
+        fpr, tpr = curves.setdefault(row["curve"], ([], []))
+        fpr.append(row["fpr"])
+        tpr.append(row["tpr"])
+    save_roc_png(curves, plots / "images" / "roc" / f"{name}.png", f"{name}: ROC on test clips (AUC "
+                 f"{overall['auc']:.3f})", max_fpr=evaluation["clean"].get("max_fpr"))
+    save_noise_png(noise, plots / "images" / "noise" / f"{name}.png", f"{name}: added noise, threshold fixed "
+                   "on clean healthy clips", target_rate=evaluation["clean"].get("target_false_alarm_rate") or 0)
+    names = ["normal", "abnormal"]
+    save_confusion_png([names.index(a) for a in actual], [names.index(p) for p in outcome], names,
+                       plots / "images" / "confusion" / f"{name}.png",
+                       title=f"{name}: at the threshold (n={len(predictions)})")
+    return scores

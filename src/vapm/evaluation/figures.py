@@ -96,3 +96,59 @@ def save_gallery_png(images: Any, actual: Sequence[str], predicted: Sequence[str
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})
     return path
+
+
+def save_roc_png(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,
+                 max_fpr: float | None = None) -> Path:
+    """ROC curves (one per fault type and overall), with the partial-AUC region shaded."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for name, (fpr, tpr) in curves.items():
+        axes.step(fpr, tpr, where="post", linewidth=2.5 if name == "overall" else 1.2, label=name)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    if max_fpr:
+        axes.axvspan(0, max_fpr, color="grey", alpha=0.12, label=f"partial AUC region (FPR <= {max_fpr:g})")
+    axes.set_xlabel("false-alarm rate (healthy clips flagged)")
+    axes.set_ylabel("detection rate (fault clips flagged)")
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.01)
+    axes.set_title(title)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def save_noise_png(rows: Sequence[dict[str, Any]], path: str | Path, title: str, target_rate: float) -> Path:
+    """AUC and false-alarm rate against signal-to-noise ratio, one line per kind of noise."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 3.8), dpi=100)
+    FigureCanvasAgg(figure)
+    kinds = list(dict.fromkeys(row["noise"] for row in rows))
+    for position, (metric, label) in enumerate([("auc", "AUC"), ("false_alarm_rate", "false-alarm rate")], start=1):
+        axes = figure.add_subplot(1, 2, position)
+        for kind in kinds:
+            points = sorted((row["snr_db"], row[metric]) for row in rows if row["noise"] == kind)
+            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{kind} noise")
+        if metric == "false_alarm_rate":
+            axes.axhline(target_rate, color="grey", linestyle=":", label=f"target {target_rate:.0%}")
+        axes.invert_xaxis()  # left to right: more and more noise
+        axes.set_xlabel("signal-to-noise ratio (dB)")
+        axes.set_ylabel(label)
+        axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path

@@ -55,6 +55,19 @@ class AudioInput(BaseModel):
         return decode_audio(name, data, target).samples
 
 
+class ClipRecord(_Record):
+    """The ingested clip itself: decoded, mono, resampled, padded/trimmed (models that make their own features)."""
+    kind: Literal["clip"] = "clip"
+    audio: AudioInput
+
+    @property
+    def modality(self) -> str:
+        return "audio"
+
+    def prepare(self, name: str, data: bytes) -> np.ndarray:
+        return self.audio.clip(name, data)
+
+
 class ImageRecord(_Record):
     """Grey (luminance), resized to `image_size` square with Lanczos, uint8; the models scale pixels themselves."""
     kind: Literal["image"] = "image"
@@ -152,7 +165,7 @@ class ExternalFeaturesRecord(_Record):
                           "(acoustic_svm.features_csv: null) to classify recordings")
 
 
-InputRecord = Annotated[Union[ImageRecord, AcousticImageRecord, WaveletRecord, ExternalFeaturesRecord],
+InputRecord = Annotated[Union[ClipRecord, ImageRecord, AcousticImageRecord, WaveletRecord, ExternalFeaturesRecord],
                         Field(discriminator="kind")]
 _RECORD_ADAPTER = TypeAdapter(InputRecord)
 
@@ -170,6 +183,10 @@ def record_from_dict(data: Any, source: str = "record") -> InputRecord:
 def audio_input(settings) -> AudioInput:
     return AudioInput(sample_rate=settings.audio.sample_rate, clip_samples=settings.audio.clip_samples,
                       length_tolerance=settings.audio.length_tolerance)
+
+
+def clip_record(settings) -> ClipRecord:
+    return ClipRecord(audio=audio_input(settings))
 
 
 def image_record(settings) -> ImageRecord:

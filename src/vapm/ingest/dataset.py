@@ -143,7 +143,7 @@ def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, setting
             audio_target: AudioTarget | None) -> dict[str, Any]:
     report = _Report(archive=str(archive), kind=kind)
     data_name = "pixels.npy" if audio_target is None else "clips.npy"
-    for stale in (out_dir / "manifest.parquet", out_dir / data_name):
+    for stale in (out_dir / "manifest.parquet", out_dir / data_name, out_dir / "record.json"):
         stale.unlink(missing_ok=True)  # a failed run must not leave an earlier run's outputs looking current
 
     def fail(message: str) -> IngestError:

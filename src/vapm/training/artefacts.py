@@ -172,10 +172,21 @@ class SklearnArtefact:
 
 
 
-ARTEFACTS: dict[str, Artefact] = {"keras": KerasArtefact(), "sklearn": SklearnArtefact()}
+ARTEFACTS: dict[str, Artefact | str] = {
+    "keras": KerasArtefact(),
+    "sklearn": SklearnArtefact(),
+    # A model's own kind of artefact lives with its code (imported only where such a model is used).
+    "anomaly": "vapm.models.acoustic_anomaly.artefact:AnomalyArtefact",
+}
 
 
 def artefact(kind: str) -> Artefact:
     if kind not in ARTEFACTS:
         raise ArtefactError(f"unknown artefact kind {kind!r}; known: {', '.join(ARTEFACTS)}")
-    return ARTEFACTS[kind]
+    adapter = ARTEFACTS[kind]
+    if isinstance(adapter, str):
+        import importlib
+
+        module, _, name = adapter.partition(":")
+        adapter = ARTEFACTS[kind] = getattr(importlib.import_module(module), name)()
+    return adapter

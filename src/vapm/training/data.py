@@ -12,6 +12,7 @@ from vapm.errors import VapmError
 
 FEATURES_NPZ = "features.npz"          # image and acoustic_image: images, labels, splits, files
 FEATURES_PARQUET = "features.parquet"  # wavelet: one column per feature, then class, label, split, file
+CLIPS_NPY = "clips.npy"                # data/interim/acoustic: the ingested clips, with manifest.parquet
 RECORD_FILE = "record.json"
 NPZ_KEYS = ("images", "labels", "splits", "files")
 TABLE_COLUMNS = ("class", "label", "split", "file")
@@ -63,7 +64,7 @@ def check_feature_arrays(x: np.ndarray, labels: np.ndarray, splits: np.ndarray, 
 def _read_record(folder: Path) -> dict[str, Any]:
     path = folder / RECORD_FILE
     if not path.is_file():
-        raise TrainingError(f"{path} not found: run the featurize stage first (dvc repro featurize)")
+        raise TrainingError(f"{path} not found: run the stage that makes {folder} first (dvc repro)")
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -79,8 +80,13 @@ def load_features(folder: str | Path, n_classes: int) -> FeatureSet:
 
     folder = Path(folder)
     record = _read_record(folder)
-    npz, table = folder / FEATURES_NPZ, folder / FEATURES_PARQUET
-    if npz.is_file():
+    npz, table, clips = folder / FEATURES_NPZ, folder / FEATURES_PARQUET, folder / CLIPS_NPY
+    if clips.is_file():
+        manifest = pd.read_parquet(folder / "manifest.parquet").sort_values("item", kind="stable")
+        features = FeatureSet(np.load(clips, mmap_mode="r"), manifest["label"].to_numpy(np.int64),
+                              manifest["split"].astype(str).to_numpy(), manifest["file"].astype(str).to_numpy(),
+                              record)
+    elif npz.is_file():
         with np.load(npz, allow_pickle=False) as data:
             missing = [key for key in NPZ_KEYS if key not in data.files]
             if missing:

@@ -31,11 +31,12 @@ class Trained:
     """A fitted model and everything the stage saves and logs about it."""
     model: Any                            # saved with the registry entry's artefact kind
     split: DataSplit
-    test_scores: np.ndarray               # (n_test, n_classes) class scores; (n_test,) for a detector
+    test_scores: np.ndarray               # (n_test, n_classes) class scores; (n_test,) anomaly scores
     score_kind: ScoreKind                 # probabilities, decision-function values, or anomaly scores
     history: pd.DataFrame | None = None   # one row per epoch (epoch, phase, loss, accuracy, val_loss, val_accuracy)
     details: dict[str, Any] = field(default_factory=dict)   # saved in the model's record: deterministic only
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra CSV files saved with the model
+    documents: dict[str, Any] = field(default_factory=dict)  # extra JSON files saved with the model
     metrics: dict[str, float] = field(default_factory=dict)  # extra MLflow metrics
     seconds: dict[str, float] = field(default_factory=dict)  # timings: MLflow and the console, never DVC outputs
     features: FeatureSet | None = None    # the data really used, when the trainer read other data than the job's

@@ -35,6 +35,7 @@ PREDICTIONS_FILE = "predictions.parquet"
 HISTORY_FILE = "history.csv"
 LIVE_DIR = "live"
 SCORE_PREFIX = {"probability": "prob_", "decision": "decision_"}
+DETECTOR_CLASSES = ("normal", "abnormal")
 
 
 def used_features(job: TrainingJob, trained: Trained):
@@ -61,10 +62,27 @@ def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[
     }
 
 
+def test_outcome(job: TrainingJob, trained: Trained) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(actual, predicted, their names) on the test split: classes, or normal/abnormal for a detector."""
+    labels = used_features(job, trained).labels[trained.split.test]
+    if trained.score_kind != "anomaly":
+        return labels, trained.test_predictions, list(job.class_names)
+    normal = job.class_names.index(trained.details["normal_class"])
+    abnormal = np.asarray(trained.model.is_abnormal(trained.test_scores), dtype=bool)
+    return (labels != normal).astype(np.int64), abnormal.astype(np.int64), list(DETECTOR_CLASSES)
+
+
 def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained: Trained,
                       class_names: list[str]) -> None:
     import pandas as pd
 
+    if trained.score_kind == "anomaly":  # class label, anomaly score, and the verdict at the threshold
+        normal = class_names.index(trained.details["normal_class"])
+        pd.DataFrame({"file": files.astype(str), "y_true": y_true.astype(np.int64), "normal": y_true == normal,
+                      "score": np.asarray(trained.test_scores, dtype=np.float64),
+                      "abnormal": np.asarray(trained.model.is_abnormal(trained.test_scores), dtype=bool)},
+                     ).to_parquet(path, index=False)
+        return
     table = pd.DataFrame({"file": files.astype(str), "y_true": y_true.astype(np.int64),
                           "y_pred": trained.test_predictions})
     scores = np.asarray(trained.test_scores, dtype=np.float64)
@@ -88,6 +106,8 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
             trained.history.to_csv(staging / HISTORY_FILE, index=False)
         for name, table in trained.tables.items():
             table.to_csv(staging / f"{name}.csv", index=False)
+        for name, document in trained.documents.items():
+            (staging / f"{name}.json").write_text(json.dumps(document, indent=2, sort_keys=True, default=_plain) + "\n")
         record = model_record(entry, job, trained)
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_plain) + "\n")
         if job.live_dir is not None and Path(job.live_dir).is_dir():
@@ -138,22 +158,24 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
     run_params["input"] = {k: v for k, v in features.record.items() if k != "feature_names"}
     if trained.details:
         run_params["details"] = {k: v for k, v in trained.details.items() if not isinstance(v, (dict, list))}
-    y_true = features.labels[trained.split.test]
+    y_true, y_pred, outcome_names = test_outcome(job, trained)
     with tracking.tracked_run(settings.mlflow.experiment, f"train@{entry.name}", entry.name, run_params,
                               [data_fingerprint(entry, features)]):
         if trained.history is not None:
             tracking.log_history(trained.history)
         tracking.log_metrics({**{f"{name}_seconds": value for name, value in trained.seconds.items()},
                               **trained.metrics})
-        summary = classification_summary(y_true, trained.test_predictions, job.class_names)
+        summary = classification_summary(y_true, y_pred, outcome_names)
         with tempfile.TemporaryDirectory() as scratch:
-            png = save_confusion_png(y_true, trained.test_predictions, job.class_names,
-                                     Path(scratch) / "confusion_test.png",
+            png = save_confusion_png(y_true, y_pred, outcome_names, Path(scratch) / "confusion_test.png",
                                      title=f"{entry.name}: test accuracy {summary['accuracy']:.3f}")
             tracking.log_test_results(summary, png)
-        tracking.log_artifact(paths.model_dir(entry.name) / RECORD_FILE)
+        for document in sorted(paths.model_dir(entry.name).glob("*.json")):
+            tracking.log_artifact(document)
         logged = serving.log_raw_file_model(paths.model_dir(entry.name))
-        promotion = serving.register_and_promote(logged, entry.name, summary["accuracy"],
+        # Classifiers compete on test accuracy; a detector on its threshold-free AUC.
+        score = trained.metrics["test_auc"] if trained.score_kind == "anomaly" else summary["accuracy"]
+        promotion = serving.register_and_promote(logged, entry.name, score,
                                                  data_sha256(job, trained) or "unknown",
                                                  settings.mlflow.champion_tolerance)
     print(serving.describe_promotion(entry.name, *promotion), flush=True)
@@ -170,7 +192,8 @@ def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) ->
 
 
 def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
-    accuracy = float((trained.test_predictions == used_features(job, trained).labels[trained.split.test]).mean())
+    y_true, y_pred, _ = test_outcome(job, trained)
+    accuracy = float((y_true == y_pred).mean())
     epochs = f"{len(trained.history)} epochs, " if trained.history is not None else ""
     seconds = trained.seconds.get("training")
     took = f" in {seconds:.1f} s" if seconds is not None else ""
@@ -190,10 +213,11 @@ def run_training(name: str) -> Trained:
         started = time.perf_counter()
         trained = trainer.train(job)
         trained.seconds.setdefault("training", time.perf_counter() - started)
-        if trained.score_kind != "anomaly" and np.shape(trained.test_scores) != (len(trained.split.test),
-                                                                                  len(job.class_names)):
+        expected = (len(trained.split.test),) if trained.score_kind == "anomaly" else \
+            (len(trained.split.test), len(job.class_names))
+        if np.shape(trained.test_scores) != expected:
             raise TrainingError(f"{entry.trainer} returned test scores of shape {np.shape(trained.test_scores)}, "
-                                f"expected ({len(trained.split.test)}, {len(job.class_names)})")
+                                f"expected {expected}")
         save_outputs(paths.model_dir(name), entry, job, trained)
     print(summary_line(name, job, trained), flush=True)
     log_run(entry, job, trained, settings)

@@ -1,5 +1,7 @@
 """Acoustic anomaly detection: learn a machine's normal sound from healthy clips only, flag the rest.
 
+Registered as `acoustic_anomaly` (models.yaml): `trainer.train(job)` runs the steps below on the ingested clips.
+
 Pipeline (what a train/evaluate stage calls):
 
     spectrogram = SpectrogramSettings(sample_rate, n_mels, n_fft, hop_length, fmax, remove_dc)  # featurize's
@@ -44,7 +46,11 @@ from vapm.models.acoustic_anomaly.settings import (AnomalySettings, AutoencoderS
                                                    anomaly_settings)
 from vapm.models.acoustic_anomaly.threshold import Threshold, quantile_threshold
 
+from vapm.models.acoustic_anomaly.artefact import AnomalyArtefact  # saving, loading, scoring (artefact: anomaly)
+from vapm.models.acoustic_anomaly.trainer import Params, train  # the registry's interface (models.yaml)
+
 __all__ = [
+    "AnomalyArtefact", "Params", "train",
     "AnomalyEvaluation", "AnomalyModel", "AnomalyModelError", "AnomalySettings", "AutoencoderDetector",
     "AutoencoderSettings", "Detector", "EvaluationSettings", "KnnDetector", "MahalanobisDetector",
     "SpectrogramSettings", "Threshold", "add_noise", "anomaly_metrics", "anomaly_settings", "evaluate_anomaly_model",

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from vapm.evaluation import wilson_interval
+from vapm.evaluation.metrics import wilson_interval
 
 
 @dataclass(frozen=True)
