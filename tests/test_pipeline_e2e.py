@@ -119,6 +119,7 @@ def test_plots_and_metrics_work_in_a_fresh_clone_without_a_pull(pipeline: Path, 
     for model in MODELS:
         assert f"metrics/plots/sklearn/confusion/{model}.json" in page
     assert "loss (cross-entropy)" in page and "Failed" not in shown.stderr
+    assert "cdn.jsdelivr" not in page and "vega-embed" in page  # the chart library is inside: renders offline
     run(["dvc", "plots", "diff", "HEAD~1", "-o", str(tmp_path / "diff")], clone)
     assert (tmp_path / "diff" / "index.html").is_file()
     diff = run(["dvc", "metrics", "diff", "HEAD~1", "--all"], clone).stdout

@@ -193,11 +193,14 @@ def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) ->
 
 def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
     y_true, y_pred, _ = test_outcome(job, trained)
-    accuracy = float((y_true == y_pred).mean())
+    if trained.score_kind == "anomaly":
+        score = f"test AUC {trained.metrics['test_auc']:.3f}, {float((y_true == y_pred).mean()):.3f} right at the threshold"
+    else:
+        score = f"test accuracy {float((y_true == y_pred).mean()):.3f}"
     epochs = f"{len(trained.history)} epochs, " if trained.history is not None else ""
     seconds = trained.seconds.get("training")
     took = f" in {seconds:.1f} s" if seconds is not None else ""
-    return f"{name}: {epochs}test accuracy {accuracy:.3f} on {len(trained.split.test)} items{took}"
+    return f"{name}: {epochs}{score} on {len(trained.split.test)} items{took}"
 
 
 def run_training(name: str) -> Trained:
