@@ -194,7 +194,30 @@ def _evaluate_workspace(tmp_path: Path, vision_classes: list[str] = VISION) -> P
                     {"weights": {"used": "none (random init)", "reason": "weights: none in params"}})
     _fake_model_dir(tmp_path, "acoustic_svm", AUDIO, 3, False, "decision", {"best_C": 0.1})
     _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, True, "probability")
+    _fake_detector_dir(tmp_path / "models" / "acoustic_anomaly")
     return tmp_path
+
+
+def _fake_detector_dir(model_dir: Path) -> None:
+    """What train@acoustic_anomaly leaves: the verdicts, and its evaluation, ROC points and noise sweep."""
+    model_dir.mkdir(parents=True)
+    scores = [0.1, 0.3, 0.2, 0.9, 0.8, 0.25, 0.7, 0.95]
+    normal = [True, True, True, False, False, False, False, False]
+    pd.DataFrame({"file": [f"AirCompressor_Data/x/{i}.dat" for i in range(8)], "y_true": [2, 2, 2, 0, 1, 3, 4, 5],
+                  "normal": normal, "score": scores, "abnormal": [s > 0.5 for s in scores]}).to_parquet(
+        model_dir / "predictions.parquet")
+    overall = {"auc": 0.9333, "auc_ci": [0.7, 1.0], "pauc": 0.8, "pauc_ci": [0.5, 1.0]}
+    (model_dir / "evaluation.json").write_text(json.dumps({"method": "mahalanobis", "clean": {
+        "overall": overall, "false_alarm": {"rate": 0.0, "count": 0, "n": 3}, "per_fault": {},
+        "max_fpr": 0.1, "target_false_alarm_rate": 0.05}, "noise": {}}))
+    (model_dir / "roc.json").write_text(json.dumps([{"curve": "overall", "fpr": f, "tpr": t}
+                                                    for f, t in [(0, 0), (0, 0.8), (1 / 3, 0.8), (1, 1)]]))
+    (model_dir / "noise.json").write_text(json.dumps(
+        [{"noise": kind, "snr_db": snr, "auc": auc, "false_alarm_rate": far}
+         for kind in ("white", "pink") for snr, auc, far in ((20, 0.9, 0.33), (0, 0.6, 1.0))]))
+    (model_dir / "record.json").write_text(json.dumps({"model": "acoustic_anomaly", "task": "detector",
+                                                       "score_kind": "anomaly", "input": {"kind": "clip"},
+                                                       "details": {"n_fit_clips": 20}}))
 
 
 def _run_evaluate(cwd: Path) -> subprocess.CompletedProcess:
@@ -234,6 +257,16 @@ def test_evaluate_stage_writes_scores_details_and_plots(tmp_path):
     assert (metrics / "plots" / "images" / "curves" / "acoustic_cnn.png").is_file()
     assert not (metrics / "plots" / "custom" / "loss" / "acoustic_svm.json").exists()  # no epochs, no curves
     assert not (metrics / "metrics.json").exists()  # DVCLive writes plot data only; DVC's metrics are ours
+    detector = json.loads((metrics / "scores" / "acoustic_anomaly.json").read_text())
+    assert detector == {"auc": 0.9333, "auc_lo": 0.7, "auc_hi": 1.0, "pauc": 0.8, "far": 0.0, "n": 8}
+    roc = json.loads((metrics / "plots" / "sklearn" / "roc" / "acoustic_anomaly.json").read_text())["roc"]
+    assert roc[0]["fpr"] == 0.0 and roc[-1]["tpr"] == 1.0  # from the saved scores of the test clips
+    noise = json.loads((metrics / "plots" / "custom" / "noise_far" / "acoustic_anomaly.json").read_text())
+    assert noise == [{"snr_db": 20, "pink": 0.33, "white": 0.33}, {"snr_db": 0, "pink": 1.0, "white": 1.0}]
+    assert (metrics / "predictions" / "acoustic_anomaly.csv").read_text().splitlines()[4] == \
+        "AirCompressor_Data/x/3.dat,abnormal,abnormal"
+    for picture in ("roc", "noise", "confusion"):
+        assert (metrics / "plots" / "images" / picture / "acoustic_anomaly.png").is_file()
 
     # A second run gives byte-identical files, so `dvc metrics diff` and `dvc status` stay clean.
     before = {p: p.read_bytes() for p in metrics.rglob("*") if p.is_file()}

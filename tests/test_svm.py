@@ -207,7 +207,13 @@ def test_stage_writes_model_outputs_and_mlflow_run(tmp_path):
     assert run["metrics.test_accuracy"] == pytest.approx((predictions["y_true"] == predictions["y_pred"]).mean())
     assert "metrics.cv_accuracy/C_0.1" in runs.columns
     assert run["artifact_uri"].startswith(str(workspace.resolve() / "mlruns"))
-    logged = mlflow.sklearn.load_model(f"runs:/{run['run_id']}/model")
+    # The logged model is the raw-file pyfunc around the whole model folder, registered as the champion.
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("vapm-acoustic_svm", "champion")
+    assert champion.run_id == run["run_id"] and float(champion.tags["test_accuracy"]) == pytest.approx(
+        run["metrics.test_accuracy"], abs=1e-6)
+    folder = Path(mlflow.artifacts.download_artifacts("models:/vapm-acoustic_svm@champion")) / "artifacts"
+    logged = SklearnArtefact().load(folder / "acoustic_svm")
     np.testing.assert_array_equal(logged.predict(test[FEATURE_NAMES]), predictions["y_pred"].to_numpy())
 
 

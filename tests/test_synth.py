@@ -265,17 +265,19 @@ def test_acoustic_names_and_format_follow_the_real_data(tmp_path):
 # --- the stage -------------------------------------------------------------------------------
 
 def _tiny_params(**sample_data) -> dict:
-    return {
-        "seed": 11,
-        "vision": {"classes": ["Crazing", "Scratches"], "image_size": 16},
-        "audio": {"classes": ["Healthy", "NRV"], "sample_rate": "50000/3", "clip_seconds": 0.06},
-        "sample_data": {"out_dir": "out/sample", "image_size": 24, "train_per_class": 2,
-                        "test_per_class": 1, "clips_per_class": 2, **sample_data},
-    }
+    """The repository's params.yaml with two classes each and tiny sample data."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = 11
+    params["vision"].update(classes=["Crazing", "Scratches"], image_size=16)
+    params["audio"].update(classes=["Healthy", "NRV"], clip_seconds=0.06)
+    params["sample_data"] = {"out_dir": "out/sample", "image_size": 24, "train_per_class": 2, "test_per_class": 1,
+                             "clips_per_class": 2, **sample_data}
+    return params
 
 
 def _run_stage(cwd: Path, params: dict) -> subprocess.CompletedProcess:
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    (cwd / "models.yaml").write_text((REPO / "models.yaml").read_text())
     env = {**os.environ, "VAPM_NO_PROGRESS": "1"}
     return subprocess.run([sys.executable, str(REPO / "stages" / "sample_data.py")], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -299,7 +301,8 @@ def test_stage_writes_both_archives_reproducibly(tmp_path):
 def test_stage_reports_a_bad_parameter_in_one_line(tmp_path):
     result = _run_stage(tmp_path, _tiny_params(train_per_class=0))
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["sample_data: sample_data.train_per_class must be an integer >= 1, got 0"]
+    assert result.stderr.strip().splitlines() == [
+        "sample_data: params.yaml: sample_data.train_per_class: input should be greater than or equal to 1 (got 0)"]
     assert not (tmp_path / "out").exists()
 
 
