@@ -1,6 +1,8 @@
 """Shared pytest fixtures. Name new fixtures after their area (ingest_*, features_*, ...)."""
 from __future__ import annotations
 
+import vapm  # noqa: F401  (first: pins CPU dispatch before NumPy and TensorFlow load, as in the stages)
+
 import io
 import stat
 import zipfile

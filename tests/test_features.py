@@ -14,6 +14,7 @@ import pywt
 import yaml
 
 from vapm.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wavelet_feature_names, wavelet_packet_energies
+from vapm.features.reproducible import log10_float32
 from vapm.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
 from vapm.features.records import (AcousticImageRecord, AudioInput, ImageRecord, WaveletRecord,
                                    acoustic_image_record, read_record, wavelet_record)
@@ -160,7 +161,10 @@ def test_log_energy_is_log10_of_the_linear_mean_square():
     clip = noise_clips(1, 8_000)[0]
     linear = wavelet_packet_energies(clip, **{**WAVELET_DEFAULTS, "energy": "linear"})
     logged = wavelet_packet_energies(clip, **WAVELET_DEFAULTS)
-    np.testing.assert_allclose(logged, np.log10(linear + LOG_ENERGY_FLOOR), rtol=1e-12)
+    assert np.array_equal(logged, log10_float32(linear + LOG_ENERGY_FLOOR))
+    # Correctly rounded to float32: within half a float32 ulp (2**-24 relative) of the exact log10, and
+    # NumPy's float64 log10 within a few float64 ulps (< 2**-50 relative) of it.
+    np.testing.assert_allclose(logged, np.log10(linear + LOG_ENERGY_FLOOR), rtol=2**-24 + 2**-50, atol=0)
     # Parseval (orthogonal wavelet): the two half-length level-1 nodes share the centred clip's energy,
     # so their mean squares average to about the clip's mean square (boundary coefficients add a little).
     centred = clip - clip.mean()
@@ -171,8 +175,10 @@ def test_log_energy_is_log10_of_the_linear_mean_square():
 def test_remove_dc_makes_both_feature_kinds_blind_to_an_offset():
     clip = noise_clips(1, 20_000)[0]
     shifted = clip + 5.0
+    # Log energies are rounded to float32: float64 values that differ in their last bits (the offset is
+    # removed up to rounding) may round to neighbouring float32s, one float32 ulp (2**-23 relative) apart.
     np.testing.assert_allclose(wavelet_packet_energies(shifted, **WAVELET_DEFAULTS),
-                               wavelet_packet_energies(clip, **WAVELET_DEFAULTS), atol=1e-9)
+                               wavelet_packet_energies(clip, **WAVELET_DEFAULTS), rtol=2**-23, atol=0)
     np.testing.assert_allclose(mfcc_logmel_image(shifted, **DEFAULTS), mfcc_logmel_image(clip, **DEFAULTS),
                                atol=1e-2)
     kept_dc = {"remove_dc": False}

@@ -1,14 +1,27 @@
-"""One seed for Python, NumPy and TensorFlow, so a commit and its params give the same metrics."""
+"""One seed for Python, NumPy and TensorFlow, so a commit and its params give the same metrics on any machine."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 
 import numpy as np
 
+from vapm.compute import DEFAULT_THREADS, ComputeReport, configure_compute, describe
 
-def set_global_seed(seed: int, *, tensorflow: bool = True, threads: int | None = None) -> None:
-    """Seed everything; with `threads`, also fix TensorFlow's thread pools (call before any TF work)."""
+log = logging.getLogger(__name__)
+
+
+def set_global_seed(seed: int, *, tensorflow: bool = True, threads: int = DEFAULT_THREADS) -> ComputeReport:
+    """Seed every generator and fix the compute configuration (thread pools, CPU dispatch checks).
+
+    Call it first in a stage, before TensorFlow runs anything: its thread pools can only be sized before
+    that. Returns the compute report; when the CPU-dispatch pins did not take effect (e.g. NumPy was
+    imported before vapm) it warns, because the results may then differ from other machines'.
+    """
+    report = configure_compute(threads, tensorflow=True if tensorflow else None)
+    if not report.pinned:
+        log.warning(describe(report))
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -16,14 +29,9 @@ def set_global_seed(seed: int, *, tensorflow: bool = True, threads: int | None =
         import keras
         import tensorflow as tf
 
-        if threads is not None:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(threads)
-            except RuntimeError:
-                pass  # TensorFlow already started in this process (tests): its pools stay as they are
         keras.utils.set_random_seed(seed)
         try:
             tf.config.experimental.enable_op_determinism()
         except RuntimeError:
             pass  # already enabled in this process
+    return report

@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 import pywt
-from librosa import power_to_db, stft
+from librosa import stft
 from librosa.feature import mfcc as mfcc_from_log_mel
 from librosa.filters import mel as mel_filters
-from threadpoolctl import ThreadpoolController
 
 from vapm.features.errors import InterimDataError
+from vapm.features.reproducible import SparseRows, log10_float32, sparse_row_product
 
-# power_to_db uses a fixed reference of 1.0 (amplitude 1 = 0 dB) rather than each clip's maximum:
+# Decibels use a fixed reference of 1.0 (amplitude 1 = 0 dB) rather than each clip's maximum:
 # the clips share one amplitude scale, so a louder machine state stays louder in the image (and in
 # MFCC 0) instead of every clip being normalised to a 0 dB peak. Values below AMIN (-100 dB) and
-# more than TOP_DB under the clip's own peak are floored, as librosa does by default.
+# more than TOP_DB under the clip's own peak are floored, as librosa's power_to_db does by default.
 DB_REFERENCE = 1.0
 DB_AMIN = 1e-10
 DB_TOP_DB = 80.0
@@ -53,31 +53,41 @@ def _centred(clip: np.ndarray, remove_dc: bool) -> np.ndarray:
     return clip - clip.mean() if remove_dc else clip
 
 
-@lru_cache(maxsize=1)
-def _thread_pools() -> ThreadpoolController:
-    # Finding the loaded BLAS libraries takes milliseconds; do it once per process, not per chunk.
-    return ThreadpoolController()
-
-
 @lru_cache(maxsize=8)
-def _mel_basis(sample_rate: float, n_fft: int, n_mels: int, fmax: float) -> np.ndarray:
+def _mel_basis(sample_rate: float, n_fft: int, n_mels: int, fmax: float) -> SparseRows:
     # Built once per process instead of once per clip (librosa.feature.melspectrogram rebuilds it).
+    # librosa returns float32 weights: the float64 rounding of its mel-scale log/exp cannot show in them.
     basis = mel_filters(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax).astype(np.float64)
-    basis.setflags(write=False)
-    return basis
+    return SparseRows.from_dense(basis)
+
+
+def power_to_decibels(power: np.ndarray, reference: float = DB_REFERENCE, amin: float = DB_AMIN,
+                      top_db: float = DB_TOP_DB) -> np.ndarray:
+    """librosa.power_to_db's formula, with log10 correctly rounded to float32 so the bits are machine-independent.
+
+    10 * log10 is then exact (a 24-bit significand times 10 fits in float64's 53 bits); the result
+    differs from librosa's by at most 10 * 2**-24 * |log10(power)| (< 1e-5 dB here).
+    """
+    decibels = 10.0 * log10_float32(np.maximum(amin, power))
+    decibels -= 10.0 * log10_float32(np.maximum(amin, reference))
+    return np.maximum(decibels, decibels.max() - top_db)
 
 
 def mfcc_logmel_image(clip: np.ndarray, sample_rate: float, n_mfcc: int, n_mels: int, n_fft: int,
                       hop_length: int, fmax: float | None, remove_dc: bool) -> np.ndarray:
     """float32 (n_mfcc + n_mels, frames): MFCC rows on top of the log-mel (dB) rows they are computed from.
 
-    One centred STFT per clip; the mel power spectrogram equals librosa.feature.melspectrogram's.
+    One centred STFT per clip; the mel power spectrogram is librosa.feature.melspectrogram's, computed so
+    that its bits do not depend on the CPU: |X|**2 as re**2 + im**2 (elementwise IEEE arithmetic rather
+    than a SIMD-dispatched complex abs), the mel projection summed in a fixed order rather than by BLAS,
+    and decibels from a correctly rounded log10 (docs/determinism.md).
     """
     signal = _centred(clip, remove_dc)
     fmax = sample_rate / 2 if fmax is None else fmax
-    power = np.abs(stft(signal, n_fft=n_fft, hop_length=hop_length, center=True)) ** 2
-    mel_power = _mel_basis(float(sample_rate), n_fft, n_mels, float(fmax)) @ power
-    log_mel = power_to_db(mel_power, ref=DB_REFERENCE, amin=DB_AMIN, top_db=DB_TOP_DB)
+    spectrum = stft(signal, n_fft=n_fft, hop_length=hop_length, center=True)
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    mel_power = sparse_row_product(_mel_basis(float(sample_rate), n_fft, n_mels, float(fmax)), power)
+    log_mel = power_to_decibels(mel_power)
     mfcc = mfcc_from_log_mel(S=log_mel, n_mfcc=n_mfcc)
     return np.vstack([mfcc, log_mel]).astype(np.float32)
 
@@ -93,7 +103,9 @@ def wavelet_packet_energies(clip: np.ndarray, wavelet: str, level: int, mode: st
 
     Each level is split from the one above it, all nodes of a level in one batched DWT. Within a level
     the nodes are in frequency order: the high-pass branch of a node mirrors its spectrum, so the
-    children of every odd (frequency-ordered) node come out detail-first.
+    children of every odd (frequency-ordered) node come out detail-first. Sums of squares use NumPy's
+    fixed pairwise order (not a SIMD-width-dependent dot product); log energies are log10 correctly
+    rounded to float32, so both are the same bits on every machine.
     """
     if energy not in WAVELET_ENERGIES:
         raise ValueError(f"energy must be one of {WAVELET_ENERGIES}, got {energy!r}")
@@ -105,9 +117,9 @@ def wavelet_packet_energies(clip: np.ndarray, wavelet: str, level: int, mode: st
         children[0::4], children[1::4] = approx[0::2], detail[0::2]  # even parents: low band first
         children[2::4], children[3::4] = detail[1::2], approx[1::2]  # odd parents: mirrored
         nodes = children
-        energies.append(np.einsum("ij,ij->i", nodes, nodes) / nodes.shape[-1])
+        energies.append(np.add.reduce(nodes * nodes, axis=-1) / nodes.shape[-1])
     mean_square = np.concatenate(energies)
-    return np.log10(mean_square + LOG_ENERGY_FLOOR) if energy == "log" else mean_square
+    return log10_float32(mean_square + LOG_ENERGY_FLOOR) if energy == "log" else mean_square
 
 
 def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence[str], image_record: Any,
@@ -117,8 +129,6 @@ def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence
     The worker task of the featurize stage: it opens its own memory map, so only paths cross processes,
     and lives here rather than in `build` so that worker processes do not import pandas. The records
     (vapm.features.records) compute the features, exactly as predict does for a new file.
-    BLAS is held to one thread: the matrices are tiny, and a two-thread BLAS contending for busy cores
-    made the mel projection 5-20x slower.
     """
     clips = np.asarray(np.load(clips_path, mmap_mode="r")[start:stop])
     broken = ~np.isfinite(clips).all(axis=1)
@@ -128,12 +138,11 @@ def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence
                                "holds NaN or infinite samples")
     images, energies = [], []
     image_seconds = wavelet_seconds = 0.0
-    with _thread_pools().limit(limits=1, user_api="blas"):
-        for clip in clips:
-            tick = time.thread_time()
-            images.append(image_record.from_clip(clip))
-            tock = time.thread_time()
-            energies.append(wavelet_record.from_clip(clip))
-            image_seconds += tock - tick
-            wavelet_seconds += time.thread_time() - tock
+    for clip in clips:
+        tick = time.thread_time()
+        images.append(image_record.from_clip(clip))
+        tock = time.thread_time()
+        energies.append(wavelet_record.from_clip(clip))
+        image_seconds += tock - tick
+        wavelet_seconds += time.thread_time() - tock
     return np.stack(images), np.stack(energies), image_seconds, wavelet_seconds
