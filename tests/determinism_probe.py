@@ -21,7 +21,6 @@ PIECES = ("synth", "features", "svm", "train")
 AUDIO_CLASSES = ["Bearing", "Flywheel", "Healthy", "LIV", "LOV", "NRV", "Piston", "Riderbelt"]
 VISION_CLASSES = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]
 RATE = 50000 / 3
-AUG_OFF = {"enabled": False, "flip": True, "shift": 0.05, "rotation": 0.03, "brightness": 0.1}
 SETTINGS = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "validation_fraction": 0.2,
             "early_stopping_patience": 0, "reduce_lr_patience": 0, "reduce_lr_factor": 0.5}
 
@@ -72,7 +71,7 @@ def probe_features(out: dict) -> None:
 
 
 def probe_svm(out: dict) -> None:
-    from vapm.svm import build_svm_pipeline
+    from vapm.models.acoustic_svm import build_pipeline as build_svm_pipeline
 
     rng = np.random.default_rng(1)
     labels = np.arange(240) % 8
@@ -83,10 +82,21 @@ def probe_svm(out: dict) -> None:
         out[f"svm_C{C}"] = digest(pipeline[-1].coef_, pipeline.decision_function(features))
 
 
+def job(x: np.ndarray, labels: np.ndarray, splits: np.ndarray, params, n_classes: int, **train):
+    from vapm.settings import TrainSettings
+    from vapm.training import FeatureSet, TrainingJob
+
+    features = FeatureSet(x, labels.astype(np.int64), splits, np.array([f"item_{i}" for i in range(len(x))]),
+                          {"kind": "probe"})
+    return TrainingJob(name="probe", params=params, train=TrainSettings(**{**SETTINGS, **train}), features=features,
+                       class_names=[f"c{i}" for i in range(n_classes)], seed=0)
+
+
 def probe_train(out: dict) -> None:
-    from vapm.models import BaseWeights
+    from vapm.models import acoustic_cnn, vision_scratch
+    from vapm.models.vision_transfer import trainer as vision_transfer
+    from vapm.models.vision_transfer.bases import BaseWeights, resolve_weights
     from vapm.seeding import set_global_seed
-    from vapm.training import train_acoustic_cnn, train_vision_scratch, train_vision_transfer
 
     rng = np.random.default_rng(0)
     splits = np.where(np.arange(60) % 5 == 0, "test", "train")
@@ -94,25 +104,24 @@ def probe_train(out: dict) -> None:
     def record(name: str, result) -> None:
         weights = [np.asarray(w) for w in result.model.get_weights()]
         out[f"{name}_weights"] = digest(*weights)
-        out[f"{name}_test_probabilities"] = digest(result.test_probabilities)
+        out[f"{name}_test_probabilities"] = digest(result.test_scores)
 
     set_global_seed(0)  # also configures compute (threads), as every stage does
     images, labels = rng.integers(0, 256, (60, 64, 64), dtype=np.uint8), np.arange(60) % 6
-    record("vision_scratch", train_vision_scratch(
-        images, labels, splits, n_classes=6, model_params={"filters": [32, 64, 128], "kernel_size": 3,
-                                                           "dense_units": 256, "dropout": 0.2},
-        augmentation=AUG_OFF, settings=SETTINGS, seed=0))
+    record("vision_scratch", vision_scratch.train(job(images, labels, splits, vision_scratch.Params(
+        filters=[32, 64, 128], kernel_size=3, dense_units=256, dropout=0.2), 6)))
     features = (rng.normal(size=(60, 104, 98)) * 10 - 40).astype(np.float32)
-    record("acoustic_cnn", train_acoustic_cnn(
-        features, np.arange(60) % 8, splits, n_classes=8,
-        model_params={"filters": 32, "kernel_size": 4, "strides": 2, "pool_size": 2, "dense_units": [512, 64],
-                      "dropout": 0.5}, settings=SETTINGS, seed=0))
-    record("vision_transfer", train_vision_transfer(
-        images, labels, splits, n_classes=6,
-        model_params={"input_size": 96, "alpha": 0.35, "dense_units": 64, "dropout": 0.5, "fine_tune_layers": 10,
-                      "fine_tune_epochs": 1, "fine_tune_learning_rate": 1e-4},
-        augmentation=AUG_OFF, settings={**SETTINGS, "epochs": 1}, seed=0,
-        weights=BaseWeights("none", "none (random init)", None, None, "probe")))
+    record("acoustic_cnn", acoustic_cnn.train(job(features, np.arange(60) % 8, splits, acoustic_cnn.Params(
+        filters=32, kernel_size=4, strides=2, pool_size=2, dense_units=[512, 64], dropout=0.5), 8)))
+    transfer = dict(input_size=96, alpha=0.35, dense_units=64, dropout=0.5, fine_tune_layers=10, fine_tune_epochs=1,
+                    fine_tune_learning_rate=1e-4)
+    record("vision_transfer", vision_transfer.train_transfer(
+        job(images, labels, splits, vision_transfer.Params(base="mobilenet_v2", **transfer), 6, epochs=1),
+        BaseWeights("none", "none (random init)", None, None, "probe")))
+    efficientnet = resolve_weights("efficientnet_lite0", "imagenet", "fail", alpha=1.0, input_size=96)
+    record("vision_transfer_efficientnet", vision_transfer.train_transfer(
+        job(images, labels, splits, vision_transfer.Params(base="efficientnet_lite0", **transfer), 6, epochs=1),
+        efficientnet))
 
 
 def main(pieces: list[str]) -> dict:

@@ -367,3 +367,22 @@ def test_real_compressor_clip_gives_both_feature_kinds():
     # The recording's DC offset (mean 0.089) is removed: the lowest node is not dominated by it.
     with_dc = wavelet_packet_energies(clip, **{**WAVELET_DEFAULTS, "remove_dc": False})
     assert with_dc[0] > energies[0]
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_CLIP.is_file(), reason="../shared/data is absent")
+def test_the_image_equals_the_books_own_librosa_calls_on_a_real_clip():
+    """The book: librosa.feature.mfcc(y=y, sr=sr, n_mfcc=40) (librosa's default 128 mel bands) on top of
+    librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_mels=64)), no DC removal."""
+    y = np.loadtxt(REAL_CLIP)
+    book_mfcc = librosa.feature.mfcc(y=y, sr=RATE, n_mfcc=40)
+    book_log_mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=RATE, n_mels=64))
+    ours = mfcc_logmel_image(y, RATE, 40, 64, 2048, 512, None, remove_dc=False, mfcc_mel_bands=128)
+    # Our decibels take log10 correctly rounded to float32 (machine-independent bits): at most
+    # 10 * 2**-24 * |log10(power)| <= 10 * 6e-8 * 10 = 6e-6 dB off librosa's float64 log10. An MFCC is an
+    # orthonormal DCT row (weights <= sqrt(2/128)) over 128 bands: at most 128 * 0.125 * 6e-6 ~ 1e-4 off. The
+    # image is float32: values up to ~900 (MFCC 0) round by up to 3e-5.
+    np.testing.assert_allclose(ours[40:], book_log_mel, rtol=0, atol=6e-6 + 1e-5)
+    np.testing.assert_allclose(ours[:40], book_mfcc, rtol=0, atol=1e-4 + 6e-5)
+    from_64_bands = mfcc_logmel_image(y, RATE, 40, 64, 2048, 512, None, remove_dc=False)
+    assert np.abs(from_64_bands[:40] - book_mfcc).max() > 10  # the difference the issue measured (up to 72)

@@ -116,6 +116,7 @@ class IngestConfig(Section):
 class FeaturizeSettings(Section):
     n_mfcc: PositiveInt
     n_mels: PositiveInt
+    mfcc_mel_bands: PositiveInt | None = None   # None: the MFCCs come from the n_mels log-mel rows
     n_fft: int = Field(ge=16)
     hop_length: PositiveInt
     fmax: float | None = Field(gt=0)
@@ -128,9 +129,10 @@ class FeaturizeSettings(Section):
 
     @model_validator(mode="after")
     def _mfcc_from_mels(self) -> "FeaturizeSettings":
-        if self.n_mfcc > self.n_mels:
-            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels}): the MFCCs are "
-                             "the DCT of the mel bands")
+        bands = self.mfcc_mel_bands or self.n_mels
+        if self.n_mfcc > bands:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed the {bands} mel bands they are computed from "
+                             "(mfcc_mel_bands, or n_mels): the MFCCs are the DCT of the mel bands")
         return self
 
     @field_validator("wavelet")

@@ -74,10 +74,13 @@ def power_to_decibels(power: np.ndarray, reference: float = DB_REFERENCE, amin: 
 
 
 def mfcc_logmel_image(clip: np.ndarray, sample_rate: float, n_mfcc: int, n_mels: int, n_fft: int,
-                      hop_length: int, fmax: float | None, remove_dc: bool) -> np.ndarray:
-    """float32 (n_mfcc + n_mels, frames): MFCC rows on top of the log-mel (dB) rows they are computed from.
+                      hop_length: int, fmax: float | None, remove_dc: bool,
+                      mfcc_mel_bands: int | None = None) -> np.ndarray:
+    """float32 (n_mfcc + n_mels, frames): MFCC rows on top of log-mel (dB) rows.
 
-    One centred STFT per clip; the mel power spectrogram is librosa.feature.melspectrogram's, computed so
+    The MFCCs are the DCT of a log-mel spectrogram of `mfcc_mel_bands` bands: librosa.feature.mfcc's default
+    is 128, which is what the book calls; None or n_mels computes them from the image's own log-mel rows.
+    One centred STFT per clip; each mel power spectrogram is librosa.feature.melspectrogram's, computed so
     that its bits do not depend on the CPU: |X|**2 as re**2 + im**2 (elementwise IEEE arithmetic rather
     than a SIMD-dispatched complex abs), the mel projection summed in a fixed order rather than by BLAS,
     and decibels from a correctly rounded log10 (docs/determinism.md).
@@ -88,7 +91,12 @@ def mfcc_logmel_image(clip: np.ndarray, sample_rate: float, n_mfcc: int, n_mels:
     power = spectrum.real ** 2 + spectrum.imag ** 2
     mel_power = sparse_row_product(_mel_basis(float(sample_rate), n_fft, n_mels, float(fmax)), power)
     log_mel = power_to_decibels(mel_power)
-    mfcc = mfcc_from_log_mel(S=log_mel, n_mfcc=n_mfcc)
+    if mfcc_mel_bands is None or mfcc_mel_bands == n_mels:
+        mfcc_source = log_mel
+    else:
+        mfcc_source = power_to_decibels(
+            sparse_row_product(_mel_basis(float(sample_rate), n_fft, mfcc_mel_bands, float(fmax)), power))
+    mfcc = mfcc_from_log_mel(S=mfcc_source, n_mfcc=n_mfcc)
     return np.vstack([mfcc, log_mel]).astype(np.float32)
 
 

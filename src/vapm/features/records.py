@@ -94,6 +94,7 @@ class AcousticImageRecord(_Record):
     audio: AudioInput
     n_mfcc: int
     n_mels: int
+    mfcc_mel_bands: int           # the mel bands the MFCCs are computed from (the book: librosa's 128)
     n_fft: int
     hop_length: int
     fmax: float
@@ -113,7 +114,7 @@ class AcousticImageRecord(_Record):
         from vapm.features.acoustic import mfcc_logmel_image
 
         return mfcc_logmel_image(clip, self.audio.sample_rate, self.n_mfcc, self.n_mels, self.n_fft,
-                                 self.hop_length, self.fmax, self.remove_dc)
+                                 self.hop_length, self.fmax, self.remove_dc, self.mfcc_mel_bands)
 
     def prepare(self, name: str, data: bytes) -> np.ndarray:
         return self.from_clip(self.audio.clip(name, data))
@@ -195,7 +196,8 @@ def image_record(settings) -> ImageRecord:
 
 def acoustic_image_record(settings) -> AcousticImageRecord:
     f = settings.featurize
-    return AcousticImageRecord(audio=audio_input(settings), n_mfcc=f.n_mfcc, n_mels=f.n_mels, n_fft=f.n_fft,
+    return AcousticImageRecord(audio=audio_input(settings), n_mfcc=f.n_mfcc, n_mels=f.n_mels,
+                               mfcc_mel_bands=f.mfcc_mel_bands or f.n_mels, n_fft=f.n_fft,
                                hop_length=f.hop_length, fmax=f.fmax or settings.audio.sample_rate / 2,
                                remove_dc=f.remove_dc)
 
