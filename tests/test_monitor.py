@@ -141,3 +141,23 @@ def test_monitor_command_scores_what_is_there_once(models, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "vapm", "monitor", str(tmp_path / "nowhere"), "--model",
                               str(models / "acoustic_cnn")], capture_output=True, text=True, timeout=300, env=env)
     assert missing.returncode == 1 and "is not a folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_monitor_benchmark_measures_latency_and_bursts(models, tmp_path):
+    import zipfile
+
+    from vapm.monitor import load_models
+    from vapm.monitor_bench import run_benchmark
+
+    archive = tmp_path / "line.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"line/strip_{i}.jpg", jpeg_bytes(10 + i))
+            zf.writestr(f"line/clip_{i}.wav", wav_bytes(20 + i))
+    results = run_benchmark(load_models([str(models / "vision_scratch"), str(models / "acoustic_cnn")]), [archive],
+                            files=3, burst=4, settle=0.2)
+    for kind in ("images", "clips"):
+        measured = results[kind]
+        assert measured["errors"] == [] and measured["burst_files"] == 4 and measured["files_per_second"] > 0
+        # a file is scored only after it stayed unchanged for the settle time
+        assert measured["latency_median_s"] >= 0.2 and measured["latency_p95_s"] >= measured["latency_median_s"]

@@ -21,6 +21,7 @@ COMMANDS = {
     "preset": ("vapm.preset", "turn a preset into dvc exp run -S arguments, or run it"),
     "crossval": ("vapm.crossval", "k-fold evaluation of registered classifiers"),
     "bench": ("vapm.bench", "time the pipeline on given archives"),
+    "bench-monitor": ("vapm.monitor_bench", "latency and throughput of the folder monitor"),
 }
 
 
