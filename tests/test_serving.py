@@ -35,8 +35,8 @@ RATE = 50000 / 3
 AUDIO_CLASSES = ["Bearing", "Healthy", "Piston"]
 VISION_CLASSES = ["Crazing", "Patches", "Scratches"]
 AUDIO = AudioInput(sample_rate=RATE, clip_samples=50_000, length_tolerance=0.02)
-ACOUSTIC_RECORD = AcousticImageRecord(audio=AUDIO, n_mfcc=40, n_mels=64, n_fft=2048, hop_length=512, fmax=RATE / 2,
-                                      remove_dc=True)
+ACOUSTIC_RECORD = AcousticImageRecord(audio=AUDIO, n_mfcc=40, n_mels=64, mfcc_mel_bands=128, n_fft=2048,
+                                      hop_length=512, fmax=RATE / 2, remove_dc=True)
 
 
 def build_acoustic_model(folder: Path) -> None:
