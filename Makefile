@@ -10,13 +10,16 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup repro test test-fast bench ui dag clean-env help
+.PHONY: setup repro test test-fast bench bench-queue ui dag remote mlflow-server clean-env help
 
 help:
 	@echo "make repro   set up .venv (locked) and run the pipeline: dvc repro"
 	@echo "make test    set up .venv (locked) and run the test suite"
 	@echo "make bench   time the pipeline on the real archives (see README)"
 	@echo "make ui      open the MLflow UI on http://127.0.0.1:5000"
+	@echo "make remote URL=ssh://user@host[:port]/path [KEYFILE=~/.ssh/key]   the team's DVC remote (docs/team.md)"
+	@echo "make mlflow-server   MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (docs/team.md)"
+	@echo "make bench-queue     throughput of 4 queued experiments, dvc queue start -j 1 against -j 2"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -43,6 +46,24 @@ bench: setup
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+
+# The team's DVC remote: `dvc remote add --default` (committed in .dvc/config), plus its SSH key file
+# when KEYFILE is given (then in .dvc/config.local: a key path is personal). Needs `make setup` first.
+REMOTE ?= team
+DVC ?= $(if $(wildcard $(VENV)/bin/dvc),$(VENV)/bin/dvc,dvc)
+remote:
+	@test -n "$(URL)" || { echo "usage: make remote URL=ssh://user@host[:port]/path [KEYFILE=~/.ssh/id_ed25519] [REMOTE=team]"; exit 2; }
+	$(DVC) remote add --default --force $(REMOTE) "$(URL)"
+	$(if $(KEYFILE),$(DVC) remote modify --local $(REMOTE) keyfile "$(KEYFILE)")
+	@echo "remote '$(REMOTE)' -> $(URL): commit .dvc/config, then dvc push"
+
+# PostgreSQL (cluster in .mlflow-server/) + mlflow server --serve-artifacts on 127.0.0.1:$(MLFLOW_PORT); Ctrl-C stops both.
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	$(VENV)/bin/python -m vapm.mlflow_server --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
+
+bench-queue: setup
+	$(VENV)/bin/python -m vapm.queue_bench $(QUEUE_BENCH_ARGS)
 
 dag: setup
 	$(VENV)/bin/dvc dag

@@ -11,7 +11,7 @@ from vapm.predict import preprocessing_params
 from vapm.config import ConfigError, audio_sample_rate, clip_samples, load_params, section, train_settings
 from vapm.evaluation import EvaluationError
 from vapm.seeding import set_global_seed
-from vapm.tracking import TrackingError
+from vapm.tracking import TrackingError, preflight
 from vapm.training import (TrainingError, load_feature_arrays, log_training_run, model_info, save_model_outputs,
                            summary_line, train_acoustic_cnn)
 
@@ -37,6 +37,7 @@ def preprocessing(params: dict) -> dict:
 
 
 def main() -> None:
+    preflight()  # a tracking server that does not answer fails the stage now, not after training
     params = load_params()
     seed = int(section(params, "seed"))
     set_global_seed(seed)

@@ -40,6 +40,7 @@ def preprocessing(params: dict, from_csv: bool) -> dict:
 
 
 def main() -> None:
+    tracking.preflight()  # a tracking server that does not answer fails the stage now, not after training
     params = load_params()
     seed = int(section(params, "seed"))
     set_global_seed(seed, tensorflow=False)

@@ -15,7 +15,7 @@ from vapm.config import ConfigError, load_params, section, train_settings
 from vapm.evaluation import EvaluationError
 from vapm.models import resolve_base_weights
 from vapm.seeding import set_global_seed
-from vapm.tracking import TrackingError
+from vapm.tracking import TrackingError, preflight
 from vapm.training import (
     TrainingError,
     load_feature_arrays,
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", choices=VARIANTS)
     variant = parser.parse_args(argv).variant
+    preflight()  # a tracking server that does not answer fails the stage now, not after training
     model_name, model_section, stage = f"vision_{variant}", f"train_vision.{variant}", f"train_vision@{variant}"
 
     params = load_params()
