@@ -9,19 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, run, update_params
+from tests.helpers import git_commit, run
 from tests.servers import closed_port, running_sshd, sshd_binary
+from tests.team_helpers import REPRO_TIMEOUT_S, clone_copy
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sshd_binary() is None, reason="sshd not found: apt-get install openssh-server")]
 
-ARCHIVES = ["NEU-data-TrainTest.zip", "AirCompressor_Data.zip"]
 EXPERIMENT = "svm-c1"
 TRACKED = ["data/raw", "data/interim", "data/features", "models", "metrics"]
 
@@ -47,39 +46,28 @@ def sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, sshd):
-    """First clone: archives tracked, pipeline reproduced and pushed, one experiment pushed; a bare origin."""
+def team(tmp_path_factory, sshd, team_baseline):
+    """First clone: archives tracked, reproduced, remote set up and pushed, one experiment pushed; a bare origin."""
     base = tmp_path_factory.mktemp("team")
     store = base / "dvc-store"
     store.mkdir()
-    first = copy_repo(base / "first")
-    update_params(first, TINY_PIPELINE)
-    # The real archives' place: build stand-ins with the sample_data stage, as a user copies theirs.
-    run(["python", "stages/sample_data.py"], first)
-    (first / "data" / "raw").mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVES:
-        shutil.copy2(first / "data" / "sample" / name, first / "data" / "raw" / name)
-    update_params(first, {"ingest.vision_archive": f"data/raw/{ARCHIVES[0]}",
-                          "ingest.acoustic_archive": f"data/raw/{ARCHIVES[1]}"})
-
-    # docs/team.md, "Set up once"
-    sh("dvc add data/raw/*.zip", first)
+    first = clone_copy(team_baseline, base / "first")
+    # docs/team.md, "A shared DVC remote over SSH"
     sh(f"make remote URL=ssh://{sshd.user}@127.0.0.1{store} KEYFILE={sshd.client_key}", first)
     run(["dvc", "remote", "modify", "team", "port", str(sshd.port)], first)
-    sh("git add data/raw/*.dvc .dvc/config params.yaml", first)
-    reproduced = run(["dvc", "repro"], first)
-    assert {"ingest", "featurize", "train_acoustic_svm", "evaluate"} <= stages_run(reproduced.stdout)
-    git_commit(first, "track the archives, reproduce")
+    run(["git", "add", ".dvc/config"], first)
+    git_commit(first, "DVC remote: team")
     pushed = run(["dvc", "push"], first)
     origin = base / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     run(["git", "remote", "add", "origin", str(origin)], first)
     run(["git", "push", "-q", "origin", "HEAD:main"], first)
     commit = run(["git", "rev-parse", "HEAD"], first).stdout.strip()
     hashes = file_hashes(first)
 
     # docs/team.md, "Share an experiment"
-    run(["dvc", "exp", "run", "-S", "train_acoustic_svm.C_grid=[1.0]", "--name", EXPERIMENT], first)
+    run(["dvc", "exp", "run", "-S", "train_acoustic_svm.C_grid=[1.0]", "--name", EXPERIMENT], first,
+        timeout=REPRO_TIMEOUT_S)
     experiment_metrics = (first / "metrics" / "acoustic_svm.json").read_bytes()
     run(["dvc", "exp", "push", "origin", EXPERIMENT], first)
     return {"first": first, "origin": origin, "store": store, "commit": commit, "hashes": hashes,
@@ -114,7 +102,7 @@ def test_fresh_clone_pulls_everything_and_reproduces_nothing(team, second):
     assert file_hashes(clone) == team["hashes"]
     status = run(["dvc", "status"], clone).stdout
     assert "Data and pipelines are up to date" in status, status
-    reproduced = run(["dvc", "repro"], clone)
+    reproduced = run(["dvc", "repro"], clone, timeout=REPRO_TIMEOUT_S)
     assert stages_run(reproduced.stdout) == set(), reproduced.stdout
     diff = run(["dvc", "metrics", "diff", team["commit"], "--json"], clone).stdout
     assert json.loads(diff or "{}") == {}

@@ -205,6 +205,29 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
+@contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes.
+
+    MLflow creates and migrates the tables on first use; two stages doing that at once (queued
+    experiments with `dvc queue start -j 2` on a fresh clone) race and fail with errors such as
+    "table already exists". An exclusive lock on `<store>.lock` beside the database avoids it.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_tags(stage: str, model_name: str, manifests: Sequence[str | Path]) -> dict[str, str]:
     tags = {"git_commit": git_commit(), "stage": stage, "model": model_name,
             "data_manifest_sha256": manifests_sha256(manifests)}
@@ -229,7 +252,8 @@ def tracked_run(experiment: str, stage: str, model_name: str, run_params: dict[s
     preflight(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        experiment_id = _experiment_id(MlflowClient(uri), experiment)
+        with _first_use_lock(uri):
+            experiment_id = _experiment_id(MlflowClient(uri), experiment)
         with mlflow.start_run(experiment_id=experiment_id, run_name=model_name, tags=tags) as run:
             mlflow.log_params(flatten_params(run_params))
             yield run
