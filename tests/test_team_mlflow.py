@@ -24,7 +24,6 @@ import pytest
 from tests.helpers import pipeline_env, run, update_params
 from tests.servers import closed_port, http_status_server
 from tests.team_helpers import REPRO_TIMEOUT_S, clone_copy
-from vapm import tracking
 from vapm.mlflow_server import ServerError, postgres_bindir, postgres_os_user, start_mlflow, start_postgres
 from vapm.queue_bench import queue_experiment, run_queue
 

@@ -188,14 +188,24 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def _artifact_location(uri: str) -> str | None:
+    """mlruns/ beside a SQLite store; None (the server's choice) for a tracking server.
+
+    MLflow would otherwise resolve ./mlruns against the cwd at creation time, which for a queued
+    DVC experiment is a temporary copy, deleted with the experiment's artifacts when it ends.
+    (Decided by the URI: MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI, so the variable
+    cannot tell the default store from a chosen one.)
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR).as_uri()
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # Pin artifacts beside the default store: MLflow would otherwise resolve ./mlruns against
-    # the cwd at creation time, which for a queued DVC experiment is a temporary copy.
-    default_store = not os.environ.get("MLFLOW_TRACKING_URI")
-    location = (repo_root() / ARTIFACTS_DIR).as_uri() if default_store else None
+    location = _artifact_location(uri)
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:
@@ -253,7 +263,7 @@ def tracked_run(experiment: str, stage: str, model_name: str, run_params: dict[s
     mlflow.set_tracking_uri(uri)
     try:
         with _first_use_lock(uri):
-            experiment_id = _experiment_id(MlflowClient(uri), experiment)
+            experiment_id = _experiment_id(MlflowClient(uri), experiment, uri)
         with mlflow.start_run(experiment_id=experiment_id, run_name=model_name, tags=tags) as run:
             mlflow.log_params(flatten_params(run_params))
             yield run
