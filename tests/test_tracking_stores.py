@@ -62,12 +62,12 @@ def test_parallel_stages_in_temp_copies_share_the_real_repositorys_fresh_store(t
     assert all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         # Beside the real repository's store, where it outlives the temporary copy.
-        assert run.info.artifact_uri.startswith((repo.resolve() / "mlruns").as_uri()), run.info.artifact_uri
-        stored = Path(run.info.artifact_uri.removeprefix("file://")) / f"{run.info.run_name}.txt"
+        assert run.info.artifact_uri.startswith(str(repo.resolve() / "mlruns")), run.info.artifact_uri
+        stored = Path(run.info.artifact_uri) / f"{run.info.run_name}.txt"
         assert stored.read_text() == run.info.run_name
     assert not list((repo / ".dvc").rglob("mlflow.db")) and not list((repo / ".dvc").rglob("mlruns"))
 
 
 def test_artifacts_beside_a_chosen_sqlite_store_and_the_servers_choice_otherwise(tmp_path):
-    assert tracking._artifact_location(f"sqlite:///{tmp_path}/store/x.db") == (tmp_path / "store" / "mlruns").as_uri()
+    assert tracking._artifact_location(f"sqlite:///{tmp_path}/store/x.db") == str(tmp_path.resolve() / "store" / "mlruns")
     assert tracking._artifact_location("http://127.0.0.1:5000") is None

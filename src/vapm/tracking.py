@@ -198,7 +198,7 @@ def _artifact_location(uri: str) -> str | None:
     """
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR).as_uri()
+    return str(Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR)
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
