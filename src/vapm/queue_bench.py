@@ -3,10 +3,11 @@
     python -m vapm.queue_bench                       # = make bench-queue
     python -m vapm.queue_bench --vary train_acoustic_cnn.dropout=0.3,0.4,0.5,0.6 --jobs 1 2
 
-For each `--jobs` value the benchmark copies the working tree into `bench/queue/j<N>/`, reproduces
-a small baseline there (`SMALL_BASELINE`), queues one experiment per `--vary` value and times
-`dvc queue start -j N` until every experiment is done. Every copy starts from the same baseline,
-so DVC's run cache cannot skip work in one and not in another. Writes `bench/queue.json`: wall
+The benchmark copies the working tree into `bench/queue/baseline/` and reproduces a small pipeline
+there (`SMALL_BASELINE`); for each `--jobs` value it copies that baseline to `bench/queue/j<N>/`,
+queues one experiment per `--vary` value and times `dvc queue start -j N` until every experiment is
+done. Every copy starts from the same baseline, so DVC's run cache cannot skip work in one and not
+in another. Writes `bench/queue.json`: wall
 times, experiments per minute and the throughput ratio. A benchmark, not a test: it takes minutes.
 """
 from __future__ import annotations
@@ -186,8 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     key, values = args.vary
     env = bench_env()
     results = []
+    baseline = prepare_baseline(args.work / "baseline", SMALL_BASELINE, env)
     for jobs in args.jobs:
-        repo = prepare_baseline(args.work / f"j{jobs}", SMALL_BASELINE, env)
+        repo = args.work / f"j{jobs}"
+        if repo.exists():
+            shutil.rmtree(repo)
+        shutil.copytree(baseline, repo, symlinks=True)
+        # Its own MLflow store: the copied one records the baseline's folder as the artifact location.
+        (repo / "mlflow.db").unlink(missing_ok=True)
+        shutil.rmtree(repo / "mlruns", ignore_errors=True)
         run_env = dict(env, PYTHONPATH=str(repo / "src"))
         names = [f"q{i}" for i in range(len(values))]
         for name, value in zip(names, values):
