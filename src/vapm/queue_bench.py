@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     key, values = args.vary
     env = bench_env()
+    load_at_start = os.getloadavg()  # the machine may be shared: say how busy it was
     results = []
     baseline = prepare_baseline(args.work / "baseline", SMALL_BASELINE, env)
     for jobs in args.jobs:
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append({"jobs": jobs, "experiments": len(names), "wall_s": round(result.wall_s, 1),
                         "experiments_per_minute": round(per_minute, 3)})
     report = {"vary": {key: values}, "baseline": SMALL_BASELINE, "cpu_count": os.cpu_count(),
-              "load_average_at_end": os.getloadavg(), "platform": platform.platform(), "results": results}
+              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+              "poll_interval_s": POLL_S, "platform": platform.platform(), "results": results}
     if len(results) >= 2:
         report["throughput_ratio"] = round(results[-1]["experiments_per_minute"] / results[0]["experiments_per_minute"], 3)
         print(f"throughput -j {results[-1]['jobs']} / -j {results[0]['jobs']}: {report['throughput_ratio']:.2f}x")
