@@ -38,7 +38,6 @@ class Sshd:
     port: int
     user: str
     client_key: Path        # private key the client logs in with
-    known_hosts: Path       # a known_hosts file holding this server's host key
     process: subprocess.Popen
     log: Path
 
@@ -52,7 +51,11 @@ def _keygen(path: Path) -> None:
 
 @contextmanager
 def running_sshd(folder: Path, timeout: float = 30.0) -> Iterator[Sshd]:
-    """sshd -D on 127.0.0.1:<free port>: key login for this user only, no passwords, no ~/.ssh involved."""
+    """sshd -D on 127.0.0.1:<free port>: key login for this user only, no passwords, no ~/.ssh involved.
+
+    No known_hosts file: DVC's SSH remote does not check host keys (sshfs connects with
+    known_hosts=None; dvc-ssh 4.3 has no option for it), see docs/team.md.
+    """
     binary = sshd_binary()
     if binary is None:
         raise FileNotFoundError("sshd not found: install openssh-server")
@@ -63,8 +66,6 @@ def running_sshd(folder: Path, timeout: float = 30.0) -> Iterator[Sshd]:
     authorized = folder / "authorized_keys"
     authorized.write_text(client_key.with_suffix(".pub").read_text())
     port, user = free_port(), getpass.getuser()
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"[{HOST}]:{port} {host_key.with_suffix('.pub').read_text()}")
     config = folder / "sshd_config"
     config.write_text("\n".join([
         f"ListenAddress {HOST}", f"Port {port}", f"HostKey {host_key}", f"PidFile {folder / 'sshd.pid'}",
@@ -91,7 +92,7 @@ def running_sshd(folder: Path, timeout: float = 30.0) -> Iterator[Sshd]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"sshd did not listen on {HOST}:{port} within {timeout} s") from None
                 time.sleep(0.1)
-        yield Sshd(port, user, client_key, known_hosts, process, log)
+        yield Sshd(port, user, client_key, process, log)
     finally:
         stop_process(process)
 
