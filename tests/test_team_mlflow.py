@@ -43,6 +43,16 @@ def folder_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_left_behind(monkeypatch):
+    """The servers here stop with this module: no later test may inherit a URI pointing at them."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(None)  # MLflow's global, and the variable it exports
+
+
 @pytest.fixture(scope="module")
 def mlflow_server():
     """PostgreSQL + `mlflow server --serve-artifacts` in a temp folder, both on 127.0.0.1."""
@@ -129,8 +139,9 @@ def test_two_stages_logging_at_once_both_land_on_the_server(workspace, mlflow_se
         assert (on_disk / "evaluation" / "confusion_test.png").is_file()
         import mlflow.keras
 
-        mlflow.set_tracking_uri(mlflow_server["uri"])
-        loaded = mlflow.keras.load_model(f"runs:/{run_.info.run_id}/model")
+        downloaded = mlflow.artifacts.download_artifacts(run_id=run_.info.run_id, artifact_path="model",
+                                                         tracking_uri=mlflow_server["uri"])
+        loaded = mlflow.keras.load_model(downloaded)
         data = np.load(workspace / features[model])
         test_images = data["images"][data["splits"] == "test"]
         np.testing.assert_array_equal(loaded.predict(test_images, verbose=0).argmax(axis=1),
