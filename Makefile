@@ -12,14 +12,17 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 BASE ?= main
 
-.PHONY: setup repro test test-fast bench report ui dag clean-env help
+.PHONY: setup repro test test-slow bench bench-queue report ui dag remote mlflow-server clean-env help
 
 help:
 	@echo "make repro   set up .venv (locked) and run the pipeline: dvc repro"
-	@echo "make test    set up .venv (locked) and run the test suite"
+	@echo "make test    set up .venv (locked) and run the fast test suite (make test-slow: the end-to-end tests)"
 	@echo "make bench   time the pipeline on the real archives (see README)"
 	@echo "make report  compare the workspace's models with BASE (default main): reports/report.md and .html"
 	@echo "make ui      open the MLflow UI on http://127.0.0.1:5000"
+	@echo "make remote URL=ssh://user@host[:port]/path [KEYFILE=~/.ssh/key]   the team's DVC remote (docs/team.md)"
+	@echo "make mlflow-server   MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (docs/team.md)"
+	@echo "make bench-queue     throughput of 4 queued experiments, dvc queue start -j 1 against -j 2"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -35,11 +38,12 @@ setup: $(VENV)/.synced
 repro: setup
 	source $(VENV)/bin/activate && dvc repro
 
+# The fast suite (unit and component tests on tiny inputs); CI also runs the slow end-to-end tests.
 test: setup
-	$(VENV)/bin/python -m pytest
-
-test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not slow"
+
+test-slow: setup
+	$(VENV)/bin/python -m pytest -m slow
 
 bench: setup
 	$(VENV)/bin/python -m vapm.bench $(BENCH_ARGS)
@@ -49,6 +53,24 @@ report: setup
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+
+# The team's DVC remote: `dvc remote add --default` (committed in .dvc/config), plus its SSH key file
+# when KEYFILE is given (then in .dvc/config.local: a key path is personal). Needs `make setup` first.
+REMOTE ?= team
+DVC ?= $(if $(wildcard $(VENV)/bin/dvc),$(VENV)/bin/dvc,dvc)
+remote:
+	@test -n "$(URL)" || { echo "usage: make remote URL=ssh://user@host[:port]/path [KEYFILE=~/.ssh/id_ed25519] [REMOTE=team]"; exit 2; }
+	$(DVC) remote add --default --force $(REMOTE) "$(URL)"
+	$(if $(KEYFILE),$(DVC) remote modify --local $(REMOTE) keyfile "$(KEYFILE)")
+	@echo "remote '$(REMOTE)' -> $(URL): commit .dvc/config, then dvc push"
+
+# PostgreSQL (cluster in .mlflow-server/) + mlflow server --serve-artifacts on 127.0.0.1:$(MLFLOW_PORT); Ctrl-C stops both.
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	$(VENV)/bin/python -m vapm.mlflow_server --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
+
+bench-queue: setup
+	$(VENV)/bin/python -m vapm.queue_bench $(QUEUE_BENCH_ARGS)
 
 dag: setup
 	$(VENV)/bin/dvc dag

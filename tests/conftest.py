@@ -68,3 +68,11 @@ def ingest_encode_sound() -> Callable[..., bytes]:
         return buffer.getvalue()
 
     return encode
+
+
+@pytest.fixture(scope="session")
+def team_baseline(tmp_path_factory) -> Path:
+    """docs/team.md's starting point (tiny params, archives in data/raw under `dvc add`, reproduced), built once."""
+    from tests.team_helpers import build_team_baseline
+
+    return build_team_baseline(tmp_path_factory.mktemp("team-baseline") / "repo")

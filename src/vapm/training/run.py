@@ -206,9 +206,11 @@ def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
 def run_training(name: str) -> Trained:
     """`python stages/train.py <name>`: train the registered model and write models/<name>/ and one MLflow run."""
     from vapm.seeding import set_global_seed
+    from vapm.tracking import preflight
 
     settings = load_settings(models=[name])
     entry = get_entry(name)
+    preflight()  # a tracking server that does not answer fails the stage now, not after training
     trainer = entry.load_trainer()
     set_global_seed(settings.seed, tensorflow=entry.artefact == "keras", threads=settings.compute.threads)
     with tempfile.TemporaryDirectory(prefix=f"vapm-{name}-") as scratch:
