@@ -265,17 +265,20 @@ def keras_models(registry: dict[str, Any]) -> list[str]:
 @contextlib.contextmanager
 def as_before() -> Iterator[None]:
     """vapm's fit as it was before docs/performance.md's changes, for before/after timing in one benchmark:
-    Keras's own Adam (a dozen elementwise ops per weight) instead of the fused kernel."""
+    Keras's own Adam (a dozen elementwise ops per weight) instead of the fused kernel, and validation and
+    prediction in batches of 256."""
     import keras
 
     from vapm.training import keras_fit
 
-    fused = keras_fit.fused_adam
+    saved = {name: getattr(keras_fit, name) for name in ("fused_adam", "PREDICT_BATCH_SIZE", "VALIDATION_BATCH_SIZE")}
     keras_fit.fused_adam = lambda learning_rate: keras.optimizers.Adam(learning_rate=float(learning_rate))
+    keras_fit.PREDICT_BATCH_SIZE = keras_fit.VALIDATION_BATCH_SIZE = 256
     try:
         yield
     finally:
-        keras_fit.fused_adam = fused
+        for name, value in saved.items():
+            setattr(keras_fit, name, value)
 
 
 def measure_model(name: str, epochs: int = 3, count_flops: bool = True, before: bool = False) -> dict[str, Any]:
@@ -307,6 +310,9 @@ def measure_model(name: str, epochs: int = 3, count_flops: bool = True, before: 
 
 # --------------------------------------------------------------------------- profiles: where the time goes
 
+KERNEL_EVENT = re.compile(r"^[^:]+:[A-Za-z_]\w*$")
+
+
 def op_times_from_trace(logdir: str) -> dict[str, float]:
     """Seconds per TensorFlow op (name:type) in a `tf.profiler.experimental` trace, summed over its threads."""
     import glob
@@ -327,7 +333,7 @@ def op_times_from_trace(logdir: str) -> dict[str, float]:
                 continue
             for event in line.events:
                 name = names.get(event.metadata_id, "?")
-                if ":" in name:  # "scope/op:OpType" events are the kernels
+                if KERNEL_EVENT.search(name):  # "scope/op:OpType" events are the kernels
                     totals[name] = totals.get(name, 0.0) + event.duration_ps / 1e12
     return totals
 
@@ -342,7 +348,7 @@ def summarise_op_times(totals: dict[str, float], top: int = 25) -> list[tuple[st
         stage = "bwd" if scope.startswith("gradient_tape") else \
             "opt" if re.match(r"^(fused_)?adam|^[a-z_]*optimizer", scope) else "fwd"
         groups[f"{stage} {kind}"] = groups.get(f"{stage} {kind}", 0.0) + seconds
-    rows = [(k, v, v / total) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
+    rows = [(k, v, v / total) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])[:top]]
     rows += [(f"  op {k.removeprefix('StatefulPartitionedCall/')}", v, v / total)
              for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
     return rows
