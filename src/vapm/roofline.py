@@ -354,8 +354,11 @@ def summarise_op_times(totals: dict[str, float], top: int = 25) -> list[tuple[st
     return rows
 
 
-def profile_model(name: str, epochs: int = 2, logdir: str | None = None) -> dict[str, float]:
-    """Seconds per TensorFlow op during the last epoch of each fit of `name` (trainer as in `measure_model`)."""
+def profile_model(name: str, epochs: int = 2, logdir: str | None = None, serial: bool = True) -> dict[str, float]:
+    """Seconds per TensorFlow op during the last epoch of each fit of `name` (trainer as in `measure_model`).
+
+    `serial` runs one op at a time (inter-op pool of 1; each op still uses `compute.threads` threads), so the
+    op times add up to the step and say which op costs what; the stages run independent ops side by side."""
     import shutil
     import tempfile
 
@@ -371,6 +374,8 @@ def profile_model(name: str, epochs: int = 2, logdir: str | None = None) -> dict
     entry = get_entry(name)
     settings = measurement_settings(load_settings(models=[name]), name, epochs)
     set_global_seed(settings.seed, tensorflow=True, threads=settings.compute.threads)
+    if serial:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     logdir = logdir or tempfile.mkdtemp(prefix=f"vapm-profile-{name}-")
     shutil.rmtree(logdir, ignore_errors=True)
     totals: dict[str, float] = {}
@@ -421,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prof.add_argument("name")
     prof.add_argument("--epochs", type=int, default=2)
     prof.add_argument("--top", type=int, default=25)
+    prof.add_argument("--parallel", action="store_true", help="independent ops side by side, as in the stages")
     args = parser.parse_args(argv)
 
     from vapm.errors import run_stage
@@ -438,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "model":
             result = measure_model(args.name, args.epochs, before=args.as_before)
         else:
-            totals = profile_model(args.name, args.epochs)
+            totals = profile_model(args.name, args.epochs, serial=not args.parallel)
             result = {"op_seconds": totals}
             for phase in sorted({k.split(":")[0] for k in totals}):
                 subset = {k.split(": ", 1)[1]: v for k, v in totals.items() if k.startswith(phase + ":")}
