@@ -9,6 +9,10 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Compile every installed module to bytecode once, at set-up: otherwise each stage, test subprocess and
+# benchmark worker recompiles TensorFlow, Keras & co. from source whenever .pyc files cannot be written
+# (PYTHONDONTWRITEBYTECODE, read-only environments): ~15 s of CPU per process (docs/performance.md).
+export UV_COMPILE_BYTECODE := 1
 
 BASE ?= main
 
@@ -28,8 +32,8 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-# Re-sync only when the lock or the project metadata changed.
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+# Re-sync only when the lock, the project metadata or these set-up rules changed.
+$(VENV)/.synced: pyproject.toml uv.lock Makefile | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 

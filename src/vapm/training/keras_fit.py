@@ -2,12 +2,19 @@
 
 Call `vapm.seeding.set_global_seed` first: the data are shuffled with an explicit seed, so the batch
 order does not depend on how many random ops ran before.
+
+Speed (docs/performance.md): Adam updates each weight with TensorFlow's fused `ResourceApplyAdam` kernel
+(one pass over the weight and its two moments instead of a dozen elementwise ops; the scratch CNN's 17 M-weight
+dense layer made Keras's own Adam the second largest cost of a step), and benchmarks watch every fit through
+`observing_fits` without the trainers knowing.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,15 +23,77 @@ from vapm.training.data import DataSplit
 from vapm.training.job import Trained, TrainingJob
 
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
-# Inference batch size: only speed depends on it (large batches amortise per-call overhead).
-PREDICT_BATCH_SIZE = 256
+# Inference and validation batch size: results depend on it only in the last bits (summation order), speed not
+# at all from 32 to 256 (measured, docs/performance.md), memory a lot: at 256 the scratch CNN's first activation
+# alone takes 1.3 GB at 200 px (peak 2.8 GB against 1.5 GB at 64).
+PREDICT_BATCH_SIZE = 64
+VALIDATION_BATCH_SIZE = PREDICT_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What an observer learns about a fit before it starts."""
+    phase: str
+    n_fit: int
+    n_val: int
+    batch_size: int
+    validation_batch_size: int
+    epochs: int
+
+
+class FitObserver(Protocol):
+    """Watches every fit and batched prediction (benchmarks, profilers); trainers never see it."""
+
+    def fit_callback(self, model: Any, info: FitInfo) -> Any: ...   # a keras Callback, or None
+    def predicted(self, model: Any, n_items: int, wall: float, cpu: float) -> None: ...
+
+
+_OBSERVERS: list[FitObserver] = []
+
+
+@contextlib.contextmanager
+def observing_fits(observer: FitObserver) -> Iterator[FitObserver]:
+    """Within the block, `observer` gets a callback into every `fit_classifier` and hears of every
+    `predict_in_batches`."""
+    _OBSERVERS.append(observer)
+    try:
+        yield observer
+    finally:
+        _OBSERVERS.remove(observer)
+
+
+def fused_adam(learning_rate: float):
+    """keras.optimizers.Adam whose update is TensorFlow's fused ResourceApplyAdam kernel.
+
+    The same algorithm and formula as Keras's Adam (m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)), in one elementwise pass, deterministic. Its
+    results differ from Keras's Adam in the last bits (1 - b1 is rounded to float32 before, not after, the
+    subtraction) and are bit-identical run to run. Falls back to Keras's update where the kernel does not
+    apply (AMSGrad, sparse gradients, other backends).
+    """
+    import keras
+
+    class FusedAdam(keras.optimizers.Adam):
+        def update_step(self, gradient, variable, learning_rate):
+            import tensorflow as tf
+
+            if self.amsgrad or keras.backend.backend() != "tensorflow" or isinstance(gradient, tf.IndexedSlices):
+                return super().update_step(gradient, variable, learning_rate)
+            dtype = variable.dtype
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+            index = self._get_variable_index(variable)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+                beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+                lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+                grad=tf.cast(gradient, dtype), use_locking=False)
+
+    return FusedAdam(learning_rate=float(learning_rate), name="adam")
 
 
 def compile_classifier(model, learning_rate: float) -> None:
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=fused_adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
@@ -96,14 +165,21 @@ def fit_classifier(model, fit_data: tuple[np.ndarray, np.ndarray], val_data: tup
         all_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience,
                                                            restore_best_weights=True))
     has_val = val_data is not None and len(val_data[0]) > 0
+    info = FitInfo(phase, len(fit_data[0]), len(val_data[0]) if has_val else 0, batch_size, VALIDATION_BATCH_SIZE,
+                   epochs)
+    all_callbacks += [c for c in (observer.fit_callback(model, info) for observer in _OBSERVERS) if c is not None]
     fitted = model.fit(make_dataset(*fit_data, batch_size, shuffle_seed=seed),
-                       validation_data=make_dataset(*val_data, PREDICT_BATCH_SIZE) if has_val else None,
+                       validation_data=make_dataset(*val_data, VALIDATION_BATCH_SIZE) if has_val else None,
                        epochs=epochs, callbacks=all_callbacks, shuffle=False, verbose=2)
     return history_frame(fitted.history, phase, first_epoch)
 
 
 def predict_in_batches(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH_SIZE, verbose=0), dtype=np.float32)
+    start = (time.perf_counter(), time.process_time())
+    scores = np.asarray(model.predict(x, batch_size=PREDICT_BATCH_SIZE, verbose=0), dtype=np.float32)
+    for observer in _OBSERVERS:
+        observer.predicted(model, len(x), time.perf_counter() - start[0], time.process_time() - start[1])
+    return scores
 
 
 def watchers(train) -> dict[str, Any]:
