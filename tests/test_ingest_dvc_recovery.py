@@ -33,7 +33,9 @@ def ingested_repo(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     run(["dvc", "repro", "ingest"], repo)
     git_commit(repo, "ingested")
     outputs = ingest_outputs(repo)
-    assert len(outputs) == 5
+    assert sorted(outputs) == ["data/interim/acoustic/clips.npy", "data/interim/acoustic/manifest.parquet",
+                               "data/interim/acoustic/record.json", "data/interim/vision/manifest.parquet",
+                               "data/interim/vision/pixels.npy", "metrics/ingest_report.json"]
     return repo, outputs
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, run, update_params
+from tests.readme import link_environment, readme_command, start_readme_command, stop
 from vapm.registry import load_registry
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,8 @@ def pipeline(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("vapm") / "repo")
     update_params(repo, TINY_PIPELINE)
     git_commit(repo, "tiny params for tests")
-    first = run(["dvc", "repro"], repo)
+    link_environment(repo)
+    first = readme_command("make repro", repo)
     assert stages_run(first.stdout) >= {"sample_data", "ingest", "featurize", "evaluate"} | {
         f"train@{model}" for model in MODELS}
     git_commit(repo, "reproduced")
@@ -51,9 +53,12 @@ def test_repro_builds_every_output_and_beats_chance(pipeline: Path):
 
 
 def test_second_repro_does_nothing(pipeline: Path):
-    proc = run(["dvc", "repro"], pipeline)
+    proc = readme_command("dvc repro", pipeline)
     assert stages_run(proc.stdout) == set()
     assert "Data and pipelines are up to date" in proc.stdout
+    dag = readme_command("dvc dag", pipeline).stdout
+    for stage in ["sample_data", "ingest", "featurize", "evaluate"] + [f"train@{model}" for model in MODELS]:
+        assert stage in dag, stage
 
 
 def test_forced_repro_is_bit_identical_and_leaves_git_clean(pipeline: Path):
@@ -77,22 +82,54 @@ def test_featurize_param_change_reruns_featurize_not_ingest(pipeline: Path):
 
 
 def test_exp_run_epochs_retrains_only_the_neural_models_and_changes_one_line(pipeline: Path):
-    proc = run(["dvc", "exp", "run", "-S", "train.epochs=3", "--name", "three-epochs"], pipeline)
-    assert stages_run(proc.stdout) == NEURAL_STAGES | {"evaluate"}
-    # DVC writes params.yaml back in its own style; ours is already in it, so one value changed = one line.
-    numstat = run(["git", "diff", "--numstat", "params.yaml"], pipeline).stdout.split()
-    assert numstat == ["1", "1", "params.yaml"]
-    loss = json.loads((pipeline / "metrics" / "plots" / "custom" / "loss" / "vision_scratch.json").read_text())
-    assert [point["epoch"] for point in loss] == [1, 2, 3]
-    env = {"COLUMNS": "400"}  # wide enough that nothing is squeezed: the table's own width is measured
-    shown = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], pipeline, env=env).stdout
-    assert "three-epochs" in shown and "train.epochs" in shown
-    assert max(len(line) for line in shown.splitlines()) <= 160, shown
-    metrics = run(["dvc", "metrics", "show"], pipeline, env=env).stdout.splitlines()
-    assert len(metrics) <= 1 + len(MODELS) and max(map(len, metrics)) <= 100, "\n".join(metrics)
-    run(["dvc", "exp", "remove", "three-epochs"], pipeline, check=False)
-    run(["git", "checkout", "--", "."], pipeline)
-    run(["dvc", "checkout", "-q", "--force"], pipeline)
+    proc = readme_command("dvc exp run -S train.epochs=9", pipeline)
+    try:
+        assert stages_run(proc.stdout) == NEURAL_STAGES | {"evaluate"}
+        # DVC writes params.yaml back in its own style; ours is already in it, so one value changed = one line.
+        numstat = run(["git", "diff", "--numstat", "params.yaml"], pipeline).stdout.split()
+        assert numstat == ["1", "1", "params.yaml"]
+        loss = json.loads((pipeline / "metrics" / "plots" / "custom" / "loss" / "vision_scratch.json").read_text())
+        assert [point["epoch"] for point in loss][:3] == [1, 2, 3] and len(loss) > 2
+        env = {"COLUMNS": "400"}  # wide enough that nothing is squeezed: the table's own width is measured
+        shown = readme_command("dvc exp show --only-changed", pipeline, env=env).stdout
+        assert "train.epochs" in shown and "9" in shown
+        assert max(len(line) for line in shown.splitlines()) <= 160, shown
+        metrics = readme_command("dvc metrics show", pipeline, env=env).stdout.splitlines()
+        assert len(metrics) <= 1 + len(MODELS) and max(map(len, metrics)) <= 100, "\n".join(metrics)
+        # The workspace holds the experiment: it is compared with main as on a branch.
+        metrics_diff = readme_command("dvc metrics diff main", pipeline, env=env).stdout
+        assert "metrics/scores/vision_scratch.json" in metrics_diff and "acc" in metrics_diff
+        assert "metrics/scores/acoustic_svm.json" not in metrics_diff  # the SVM did not change
+        params_diff = readme_command("dvc params diff main", pipeline, env=env).stdout
+        assert "train.epochs" in params_diff and "9" in params_diff
+        readme_command("dvc plots diff main", pipeline)
+        page = (pipeline / "dvc_plots" / "index.html").read_text()
+        assert "workspace" in page and "main" in page and "cdn.jsdelivr" not in page
+    finally:
+        run(["dvc", "exp", "remove", "--all-commits"], pipeline, check=False)
+        shutil.rmtree(pipeline / "dvc_plots", ignore_errors=True)
+        run(["git", "checkout", "--", "."], pipeline)
+        run(["dvc", "checkout", "-q", "--force"], pipeline)
+
+
+def test_one_model_changed_with_plain_set_kept_and_reported(pipeline: Path):
+    run(["git", "checkout", "-q", "-b", "thirty-epochs"], pipeline)
+    try:
+        proc = readme_command("dvc exp run -S vision_scratch.train.epochs=30 -S vision_scratch.train.batch_size=16",
+                              pipeline)
+        assert stages_run(proc.stdout) == {"train@vision_scratch", "evaluate"}
+        numstat = run(["git", "diff", "--numstat", "params.yaml"], pipeline).stdout.split()
+        assert numstat == ["2", "2", "params.yaml"]  # one line per -S
+        readme_command("git add params.yaml dvc.lock metrics/", pipeline)
+        readme_command('git commit -m "scratch CNN: 30 epochs"', pipeline)
+        assert run(["git", "status", "--porcelain", "--untracked-files=no"], pipeline).stdout == ""
+        readme_command("make report BASE=main", pipeline)
+        report = (pipeline / "reports" / "report.md").read_text()
+        assert "vision_scratch.train.epochs" in report and "McNemar" in report
+        assert (pipeline / "reports" / "report.html").is_file()
+    finally:
+        run(["git", "checkout", "-q", "main"], pipeline)
+        run(["dvc", "checkout", "-q", "--force"], pipeline)
 
 
 def test_metrics_and_params_diff_between_branches(pipeline: Path):
@@ -114,8 +151,8 @@ def test_metrics_and_params_diff_between_branches(pipeline: Path):
 def test_plots_and_metrics_work_in_a_fresh_clone_without_a_pull(pipeline: Path, tmp_path: Path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(pipeline), str(clone)], tmp_path)
-    shown = run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], clone)
-    page = (tmp_path / "plots" / "index.html").read_text()
+    shown = readme_command("dvc plots show", clone)
+    page = (clone / "dvc_plots" / "index.html").read_text()
     for model in MODELS:
         assert f"metrics/plots/sklearn/confusion/{model}.json" in page
     assert "loss (cross-entropy)" in page and "Failed" not in shown.stderr
@@ -143,27 +180,125 @@ def test_every_training_stage_logged_one_mlflow_run(pipeline: Path):
     assert set(first_runs["tags.stage"]) == {f"train@{model}" for model in MODELS}
 
 
-def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, tmp_path: Path):
+README_FILES = ["strip_0412.jpg", "strip_0413.jpg", "compressor.wav", "preprocess_Reading7.dat"]
+
+
+@pytest.fixture
+def readme_files(pipeline: Path):
+    """The new files the README's examples name, in the repository root where its commands run: two test images
+    and one clip (as the dataset's .dat text and as a WAV at the dataset's 50000/3 Hz, stored as 16667 Hz)."""
     import zipfile
 
+    import numpy as np
+    import soundfile as sf
+
     with zipfile.ZipFile(pipeline / "data" / "sample" / "NEU-data-TrainTest.zip") as archive:
-        member = next(n for n in archive.namelist() if "/test/" in n)
-        (tmp_path / "strip.jpg").write_bytes(archive.read(member))
+        images = [n for n in archive.namelist() if "/test/" in n and n.endswith(".jpg")]
+        for name, member in zip(README_FILES[:2], images[:2]):
+            (pipeline / name).write_bytes(archive.read(member))
     with zipfile.ZipFile(pipeline / "data" / "sample" / "AirCompressor_Data.zip") as archive:
         member = next(n for n in archive.namelist() if n.endswith(".dat"))
-        (tmp_path / "clip.dat").write_bytes(archive.read(member))
-    for model, new_file in [("vision_scratch", "strip.jpg"), ("acoustic_cnn", "clip.dat")]:
-        result = json.loads(run(["vapm", "predict", f"models/{model}", str(tmp_path / new_file), "--json"],
-                                pipeline).stdout)
-        classes = json.loads((pipeline / "models" / model / "record.json").read_text())["classes"]
-        assert result[0]["class"] in classes
-        assert sum(result[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    svm = run(["vapm", "predict", "models/acoustic_svm", str(tmp_path / "clip.dat")], pipeline)
+        (pipeline / "preprocess_Reading7.dat").write_bytes(archive.read(member))
+    samples = np.loadtxt(pipeline / "preprocess_Reading7.dat", delimiter=",", ndmin=1).ravel()
+    sf.write(pipeline / "compressor.wav", samples / np.abs(samples).max() * 0.9, 16667, subtype="PCM_16")
+    yield {name: pipeline / name for name in README_FILES}
+    for name in README_FILES:
+        (pipeline / name).unlink(missing_ok=True)
+
+
+def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, readme_files):
+    images = readme_command("vapm predict models/vision_scratch strip_0412.jpg strip_0413.jpg", pipeline).stdout
+    vision_classes = json.loads((pipeline / "models" / "vision_scratch" / "record.json").read_text())["classes"]
+    assert [line.split(":")[0] for line in images.strip().splitlines()] == ["strip_0412.jpg", "strip_0413.jpg"]
+    assert all(any(c in line for c in vision_classes) for line in images.strip().splitlines())
+    (answer,) = json.loads(readme_command("vapm predict models/acoustic_cnn compressor.wav --json", pipeline).stdout)
+    classes = json.loads((pipeline / "models" / "acoustic_cnn" / "record.json").read_text())["classes"]
+    assert answer["class"] in classes
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    svm = readme_command("vapm predict models/acoustic_svm preprocess_Reading7.dat", pipeline)
     assert "decision score" in svm.stdout and "not probabilities" in svm.stdout
-    missing = run(["vapm", "predict", "models/vision_scratch", str(tmp_path / "nope.jpg"), str(tmp_path / "strip.jpg")],
-                  pipeline, check=False)
+    detector = readme_command("vapm predict models/acoustic_anomaly compressor.wav", pipeline).stdout
+    assert "normal" in detector and "threshold" in detector
+    missing = run(["vapm", "predict", "models/vision_scratch", "nope.jpg", "strip_0412.jpg"], pipeline, check=False)
     assert missing.returncode == 1 and "nope.jpg: cannot read it" in missing.stderr
-    assert "strip.jpg: " in missing.stdout and "Traceback" not in missing.stderr  # the other file still classified
+    assert "strip_0412.jpg: " in missing.stdout and "Traceback" not in missing.stderr  # the other file still classified
+
+
+SERVE = "mlflow models serve -m models:/vapm-acoustic_cnn@champion --env-manager local -h 127.0.0.1 -p 5001"
+CURL = (r"""curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d "{\"dataframe_records\": """
+        r"""[{\"file\": \"compressor.wav\", \"data\": \"$(base64 -w0 compressor.wav)\"}]}"""")
+
+
+def wait_for_http(url: str, process, seconds: float = 300) -> None:
+    """Poll `url` until it answers (a hang guard, not a timing); fail early if the process died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {stop(process)[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer: {stop(process)[-3000:]}")
+
+
+def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, readme_files):
+    server = start_readme_command(SERVE, pipeline)
+    try:
+        wait_for_http("http://127.0.0.1:5001/ping", server)
+        answer = json.loads(readme_command(CURL, pipeline).stdout)
+    finally:
+        output = stop(server)
+    (prediction,) = answer["predictions"]
+    assert prediction["file"] == "compressor.wav" and prediction["model"] == "acoustic_cnn", output[-2000:]
+    local = json.loads(run(["vapm", "predict", "models/acoustic_cnn", "compressor.wav", "--json"], pipeline).stdout)
+    assert prediction["class"] == local[0]["class"]
+
+
+def test_the_monitor_scores_a_file_dropped_into_the_folder(pipeline: Path, readme_files):
+    import time
+
+    incoming = pipeline / "incoming"
+    incoming.mkdir()
+    alerts = incoming / "alerts.jsonl"
+    monitor = start_readme_command(
+        "vapm monitor incoming/ --model models/acoustic_cnn --model models/acoustic_anomaly --normal Healthy", pipeline)
+    try:
+        # Moved in whole, as a recorder does; scored whether it lands before or after the watch starts.
+        shutil.copy(readme_files["compressor.wav"], pipeline / "partial.tmp")
+        (pipeline / "partial.tmp").rename(incoming / "compressor.wav")
+        deadline = time.monotonic() + 300  # a hang guard, not a timing
+        while time.monotonic() < deadline and not (alerts.is_file() and alerts.read_text().endswith("\n")):
+            assert monitor.poll() is None, stop(monitor)
+            time.sleep(0.5)
+    finally:
+        output = stop(monitor)
+    try:
+        lines = [json.loads(line) for line in alerts.read_text().splitlines()]
+        assert [Path(line["file"]).name for line in lines] == ["compressor.wav"], output
+        assert {answer["model"] for answer in lines[0]["results"]} == {"acoustic_cnn", "acoustic_anomaly"}
+        assert lines[0]["error"] is None
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
+def test_make_ui_serves_the_runs(pipeline: Path):
+    ui = start_readme_command("make ui", pipeline)
+    try:
+        wait_for_http("http://127.0.0.1:5000/health", ui)
+        import urllib.request
+
+        request = urllib.request.Request("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search",
+                                         data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            names = [e["name"] for e in json.load(response)["experiments"]]
+    finally:
+        stop(ui)
+    assert "vapm" in names
 
 
 def test_toy_model_added_by_one_entry_one_section_and_its_trainer(pipeline: Path, tmp_path: Path):

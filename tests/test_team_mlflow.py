@@ -22,9 +22,10 @@ import pytest
 
 from tests.helpers import pipeline_env, run, update_params
 from tests.servers import closed_port, http_status_server
+from tests.readme import readme_command, start_readme_command, stop
 from tests.team_helpers import REPRO_TIMEOUT_S, clone_copy
 from vapm.mlflow_server import ServerError, postgres_bindir, postgres_os_user, start_mlflow, start_postgres
-from vapm.queue_bench import queue_experiment, run_queue
+from vapm.queue_bench import wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -206,19 +207,23 @@ def test_dvc_repro_against_a_server_failing_midway_keeps_outputs_but_not_the_sta
     assert stages_run(rerun.stdout) == {"train@acoustic_svm"}
 
 
-def queue_three(repo: Path, env: dict[str, str], prefix: str) -> list[str]:
-    names = []
-    for c in (0.2, 2.0, 20.0):
-        name = f"{prefix}-c{c:g}".replace(".", "p")
-        queue_experiment(repo, name, {"acoustic_svm.C_grid": [c]}, env)
-        names.append(name)
-    return names
+QUEUED = {"svm-c0p2": "dvc exp run --queue -S acoustic_svm.C_grid='[0.2]' --name svm-c0p2",
+          "svm-c2": "dvc exp run --queue -S acoustic_svm.C_grid='[2.0]' --name svm-c2",
+          "svm-c20": "dvc exp run --queue -S acoustic_svm.C_grid='[20.0]' --name svm-c20"}
+
+
+def queue_the_readmes_three(repo: Path, env: dict[str, str]) -> list[str]:
+    """The README's queue: three experiments queued, `dvc queue start -j 2`, then wait for them."""
+    readme_command(QUEUED["svm-c0p2"], repo, env=env)
+    readme_command(QUEUED["svm-c2"], repo, env=env)
+    readme_command(QUEUED["svm-c20"], repo, env=env)
+    readme_command("dvc queue start -j 2", repo, env=env)
+    return list(QUEUED)
 
 
 def check_queue(repo: Path, env: dict[str, str], names: list[str], uri: str) -> None:
-    result = run_queue(repo, names, jobs=2, env=env, timeout=REPRO_TIMEOUT_S)
-    assert result.statuses == {n: "Success" for n in names}
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert wait_for_queue(repo, names, env=env, timeout=REPRO_TIMEOUT_S) == {n: "Success" for n in names}
+    shown = readme_command("dvc exp show", repo, env={**env, "COLUMNS": "400"}).stdout
     for name in names:
         assert name in shown, shown
     runs = runs_by_model(uri, filter_string="tags.model = 'acoustic_svm'")["acoustic_svm"]
@@ -235,7 +240,7 @@ def test_queued_experiments_run_two_at_a_time_into_the_repositorys_sqlite_store(
     (workspace / "mlflow.db").unlink()
     shutil.rmtree(workspace / "mlruns")
     env = env_with(workspace)
-    names = queue_three(workspace, env, "sq")
+    names = queue_the_readmes_three(workspace, env)
     check_queue(workspace, env, names, f"sqlite:///{workspace}/mlflow.db")
     # Queued runs execute in temporary copies: their artifacts still belong to the real repository.
     runs = runs_by_model(f"sqlite:///{workspace}/mlflow.db", filter_string="tags.model = 'acoustic_svm'")
@@ -247,5 +252,53 @@ def test_queued_experiments_run_two_at_a_time_into_the_repositorys_sqlite_store(
 def test_queued_experiments_log_to_the_tracking_server(workspace, mlflow_server):
     # The queue's workers inherit the environment of `dvc queue start`.
     env = env_with(workspace, MLFLOW_TRACKING_URI=mlflow_server["uri"])
-    names = queue_three(workspace, env, "srv")
+    names = queue_the_readmes_three(workspace, env)
     check_queue(workspace, env, names, mlflow_server["uri"])
+
+
+def test_make_mlflow_server_takes_the_readmes_stages(team_baseline):
+    """`make mlflow-server` as the README runs it, then a stage logging there through the exported URI."""
+    try:
+        postgres_bindir()
+        postgres_os_user()
+    except ServerError as err:
+        pytest.skip(str(err))
+    # Outside pytest's 0700 temp root: as root the cluster runs as the postgres user, who must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="vapm-make-mlflow-"))
+    folder.chmod(0o755)
+    try:
+        repo = clone_copy(team_baseline, folder / "repo")
+        repo.chmod(0o755)
+        server = start_readme_command("make mlflow-server", repo)
+        uri = "http://127.0.0.1:5000"
+        try:
+            wait_until_answering(f"{uri}/health", server)
+            update_params(repo, {"acoustic_svm.C_grid": [0.5]})
+            proc = readme_command("dvc repro", repo, env={"MLFLOW_TRACKING_URI": uri}, timeout=REPRO_TIMEOUT_S)
+            assert stages_run(proc.stdout) == {"train@acoustic_svm", "evaluate"}
+            (logged,) = runs_by_model(uri)["acoustic_svm"]
+            assert logged.info.status == "FINISHED" and logged.info.artifact_uri.startswith("mlflow-artifacts:/")
+        finally:
+            output = stop(server)
+        assert "MLflow tracking server on http://127.0.0.1:5000" in output, output[-3000:]
+        # Both servers stopped with it: nothing listens any more, PostgreSQL's pid file is gone.
+        assert not (repo / ".mlflow-server" / "pgdata" / "postmaster.pid").exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_until_answering(url: str, process, seconds: float = 600) -> None:
+    """Poll `url` until it answers (a hang guard: a first start on a busy machine took 100 s)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {stop(process)[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer: {stop(process)[-3000:]}")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import git_commit, run
+from tests.helpers import run
+from tests.readme import readme_command
 from tests.servers import closed_port, running_sshd, sshd_binary
 from tests.team_helpers import REPRO_TIMEOUT_S, clone_copy
 
@@ -29,9 +30,15 @@ def stages_run(dvc_output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", dvc_output))
 
 
-def sh(command: str, repo: Path) -> subprocess.CompletedProcess:
-    """A documented shell line as a user types it (globs included), in the test's environment."""
-    return run(["bash", "-c", command], repo)
+@pytest.fixture(scope="module")
+def user_home(tmp_path_factory, sshd) -> Path:
+    """A home folder whose ~/.ssh/id_ed25519 is the key the test's sshd accepts (the README's key path)."""
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ssh").mkdir(mode=0o700)
+    key = home / ".ssh" / "id_ed25519"
+    key.write_bytes(sshd.client_key.read_bytes())
+    key.chmod(0o600)
+    return home
 
 
 def file_hashes(repo: Path, folders: list[str] = TRACKED) -> dict[str, str]:
@@ -46,18 +53,18 @@ def sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, sshd, team_baseline):
+def team(tmp_path_factory, sshd, team_baseline, user_home):
     """First clone: archives tracked, reproduced, remote set up and pushed, one experiment pushed; a bare origin."""
     base = tmp_path_factory.mktemp("team")
     store = base / "dvc-store"
     store.mkdir()
     first = clone_copy(team_baseline, base / "first")
-    # docs/team.md, "A shared DVC remote over SSH"
-    sh(f"make remote URL=ssh://{sshd.user}@127.0.0.1{store} KEYFILE={sshd.client_key}", first)
-    run(["dvc", "remote", "modify", "team", "port", str(sshd.port)], first)
-    run(["git", "add", ".dvc/config"], first)
-    git_commit(first, "DVC remote: team")
-    pushed = run(["dvc", "push"], first)
+    # The README's "Working as a team", with the reader's own values: the store on the test's sshd, their home.
+    env = {"DVC_REMOTE": f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{store}", "HOME": str(user_home)}
+    readme_command("make remote URL=$DVC_REMOTE KEYFILE=~/.ssh/id_ed25519", first, env=env)
+    readme_command("git add .dvc/config", first, env=env)
+    readme_command('git commit -m "DVC remote: team"', first, env=env)
+    pushed = readme_command("dvc push", first, env=env)
     origin = base / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     run(["git", "remote", "add", "origin", str(origin)], first)
@@ -68,19 +75,19 @@ def team(tmp_path_factory, sshd, team_baseline):
     # docs/team.md, "Share an experiment"
     run(["dvc", "exp", "run", "-S", "acoustic_svm.C_grid=[1.0]", "--name", EXPERIMENT], first,
         timeout=REPRO_TIMEOUT_S)
-    experiment_metrics = (first / "metrics" / "acoustic_svm.json").read_bytes()
+    experiment_metrics = (first / "metrics" / "scores" / "acoustic_svm.json").read_bytes()
     run(["dvc", "exp", "push", "origin", EXPERIMENT], first)
     return {"first": first, "origin": origin, "store": store, "commit": commit, "hashes": hashes,
-            "pushed": pushed.stdout, "experiment_metrics": experiment_metrics, "base": base}
+            "pushed": pushed.stdout, "experiment_metrics": experiment_metrics, "base": base, "env": env}
 
 
 @pytest.fixture(scope="module")
 def second(team, sshd):
-    """docs/team.md, "Join": a fresh clone, the personal key in .dvc/config.local, dvc pull."""
+    """The README's join: a fresh clone, the personal key in .dvc/config.local, dvc pull."""
     clone = team["base"] / "second"
     subprocess.run(["git", "clone", "-q", str(team["origin"]), str(clone)], check=True)
-    run(["dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd.client_key)], clone)
-    pulled = run(["dvc", "pull"], clone)
+    readme_command("dvc remote modify --local team keyfile ~/.ssh/id_ed25519", clone, env=team["env"])
+    pulled = readme_command("dvc pull", clone, env=team["env"])
     return {"repo": clone, "pulled": pulled.stdout}
 
 
@@ -89,7 +96,7 @@ def test_push_reaches_the_ssh_server(team, sshd):
     stored = [p for p in (team["store"] / "files" / "md5").rglob("*") if p.is_file()]
     assert stored, "nothing arrived in the remote's folder"
     config = (team["first"] / ".dvc" / "config").read_text()
-    assert f"port = {sshd.port}" in config and "remote = team" in config
+    assert f"@127.0.0.1:{sshd.port}/" in config and "remote = team" in config
     assert "keyfile" not in config  # personal: in .dvc/config.local, never committed
     assert "keyfile" in (team["first"] / ".dvc" / "config.local").read_text()
     assert "Accepted publickey" in sshd.log.read_text()
@@ -100,7 +107,7 @@ def test_fresh_clone_pulls_everything_and_reproduces_nothing(team, second):
     assert run(["git", "rev-parse", "HEAD"], clone).stdout.strip() == team["commit"]
     # Byte for byte what the first clone had at that commit: archives, intermediate data, models, metrics.
     assert file_hashes(clone) == team["hashes"]
-    status = run(["dvc", "status"], clone).stdout
+    status = readme_command("dvc status", clone).stdout
     assert "Data and pipelines are up to date" in status, status
     reproduced = run(["dvc", "repro"], clone, timeout=REPRO_TIMEOUT_S)
     assert stages_run(reproduced.stdout) == set(), reproduced.stdout
@@ -116,7 +123,7 @@ def test_experiment_travels_with_exp_push_and_exp_pull(team, second):
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], clone).stdout
     assert EXPERIMENT in shown
     run(["dvc", "exp", "apply", EXPERIMENT], clone)
-    assert (clone / "metrics" / "acoustic_svm.json").read_bytes() == team["experiment_metrics"]
+    assert (clone / "metrics" / "scores" / "acoustic_svm.json").read_bytes() == team["experiment_metrics"]
     # Its outputs came from the remote (exp push sends the cache too): checked out, nothing to rerun.
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
     run(["git", "checkout", "--", "."], clone)

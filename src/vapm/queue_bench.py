@@ -96,6 +96,15 @@ def run_queue(repo: Path, names: list[str], jobs: int, env: dict[str, str] | Non
     """`dvc queue start -j jobs`, then wait until none of `names` is queued or running."""
     start = time.perf_counter()
     dvc(["queue", "start", "-j", str(jobs)], repo, env)
+    statuses = wait_for_queue(repo, names, env, timeout)
+    wall = time.perf_counter() - start
+    return QueueResult(names, jobs, wall, statuses)
+
+
+def wait_for_queue(repo: Path, names: list[str], env: dict[str, str] | None = None,
+                   timeout: float = 1800) -> dict[str, str]:
+    """After `dvc queue start`: wait until none of `names` is queued or running, stop the workers, and return
+    their statuses; QueueError (with their logs) unless all succeeded."""
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -106,14 +115,13 @@ def run_queue(repo: Path, names: list[str], jobs: int, env: dict[str, str] | Non
             if time.monotonic() > deadline:
                 raise QueueError(f"experiments {pending} not done after {timeout:.0f} s: see `dvc queue logs <name>`")
             time.sleep(POLL_S)
-        wall = time.perf_counter() - start
     finally:
         stop_workers(repo, env)
     failed = {n: s for n, s in statuses.items() if n in names and s != "Success"}
     if failed:
         logs = {n: dvc(["queue", "logs", n], repo, env, check=False).stdout[-1500:] for n in failed}
         raise QueueError(f"queued experiments did not succeed: {failed}; logs: {logs}")
-    return QueueResult(names, jobs, wall, {n: statuses[n] for n in names})
+    return {n: statuses[n] for n in names}
 
 
 def stop_workers(repo: Path, env: dict[str, str] | None = None, timeout: float = 30) -> None:

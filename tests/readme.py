@@ -1,0 +1,75 @@
+"""The README's commands, exactly as written: read from README.md and run through bash.
+
+`readme_command(text, repo)` refuses a command the README does not show, so a test can only run what a
+reader types; tests/test_readme.py checks that every command the README shows is run by some test.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT, pipeline_env
+
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "vapm", "GIT_AUTHOR_EMAIL": "vapm@localhost",
+                "GIT_COMMITTER_NAME": "vapm", "GIT_COMMITTER_EMAIL": "vapm@localhost"}
+
+
+@cache
+def readme_commands(readme: Path = REPO_ROOT / "README.md") -> tuple[str, ...]:
+    """Every command line of the README's ```bash blocks, without its trailing `# comment`."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S):
+        for line in block.splitlines():
+            # A comment starts at " #" outside quotes; the README's commands quote no " #".
+            command = re.split(r"\s+#\s", line, maxsplit=1)[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return tuple(commands)
+
+
+def readme_environment(repo: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a reader has after `source .venv/bin/activate` in the repository (and a git identity)."""
+    return {**pipeline_env(repo), **GIT_IDENTITY, **(extra or {})}
+
+
+def readme_command(command: str, repo: Path, check: bool = True, timeout: float = 1800,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run one command of the README, verbatim, in `repo` through bash; fail with its output if it fails."""
+    assert command in readme_commands(), f"not a command of README.md: {command}"
+    proc = subprocess.run(["bash", "-c", command], cwd=repo, env=readme_environment(repo, env), capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"README command `{command}` exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+                             f"\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def start_readme_command(command: str, repo: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A long-running README command (a server, the monitor) in its own process group; stop it with `stop`."""
+    assert command in readme_commands(), f"not a command of README.md: {command}"
+    return subprocess.Popen(["bash", "-c", command], cwd=repo, env=readme_environment(repo, env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> str:
+    """Stop a started command's whole process group by its id; return what it printed."""
+    import os
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.stdout.read() if process.stdout else ""
+
+
+def link_environment(repo: Path) -> None:
+    """The copy uses this checkout's environment (.venv, .tools) as its own, as `make` set it up."""
+    for name in (".venv", ".tools"):
+        if (REPO_ROOT / name).exists() and not (repo / name).exists():
+            (repo / name).symlink_to(REPO_ROOT / name)
