@@ -224,11 +224,6 @@ def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, readme_f
     assert "strip_0412.jpg: " in missing.stdout and "Traceback" not in missing.stderr  # the other file still classified
 
 
-SERVE = "mlflow models serve -m models:/vapm-acoustic_cnn@champion --env-manager local -h 127.0.0.1 -p 5001"
-CURL = (r"""curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d "{\"dataframe_records\": """
-        r"""[{\"file\": \"compressor.wav\", \"data\": \"$(base64 -w0 compressor.wav)\"}]}"""")
-
-
 def wait_for_http(url: str, process, seconds: float = 300) -> None:
     """Poll `url` until it answers (a hang guard, not a timing); fail early if the process died."""
     import time
@@ -247,10 +242,13 @@ def wait_for_http(url: str, process, seconds: float = 300) -> None:
 
 
 def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, readme_files):
-    server = start_readme_command(SERVE, pipeline)
+    server = start_readme_command(
+        "mlflow models serve -m models:/vapm-acoustic_cnn@champion --env-manager local -h 127.0.0.1 -p 5001", pipeline)
     try:
         wait_for_http("http://127.0.0.1:5001/ping", server)
-        answer = json.loads(readme_command(CURL, pipeline).stdout)
+        answer = json.loads(readme_command(
+            r'''curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d "{\"dataframe_records\": [{\"file\": \"compressor.wav\", \"data\": \"$(base64 -w0 compressor.wav)\"}]}"''',
+            pipeline).stdout)
     finally:
         output = stop(server)
     (prediction,) = answer["predictions"]
@@ -330,6 +328,15 @@ def test_toy_model_added_by_one_entry_one_section_and_its_trainer(pipeline: Path
     assert sum(served[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     crossval = run(["vapm", "crossval", "acoustic_logreg"], repo)
     assert "acoustic_logreg: accuracy" in crossval.stdout
+    run(["vapm", "report", "--base", "HEAD"], repo)  # the new model against a commit that lacks it
+    assert "acoustic_logreg" in (repo / "reports" / "report.md").read_text()
+    # The benchmark (make bench) runs every stage of a copy of this workspace and reports every registered model.
+    run(["python", "-m", "vapm.bench", "--source", str(repo), "--workdir", str(tmp_path / "bench"),
+         "--out", str(tmp_path / "bench-results")], repo, timeout=3600)
+    benchmarked = json.loads((tmp_path / "bench-results.json").read_text())
+    assert "train@acoustic_logreg" in benchmarked["stages"]
+    assert benchmarked["metrics"]["acoustic_logreg"] == scores  # deterministic: the same numbers as dvc repro
+    assert benchmarked["monitor"]["clips"]["files_per_second"] > 0
     assert touched_before <= set(run(["git", "ls-files"], repo).stdout.split())
 
 

@@ -207,18 +207,13 @@ def test_dvc_repro_against_a_server_failing_midway_keeps_outputs_but_not_the_sta
     assert stages_run(rerun.stdout) == {"train@acoustic_svm"}
 
 
-QUEUED = {"svm-c0p2": "dvc exp run --queue -S acoustic_svm.C_grid='[0.2]' --name svm-c0p2",
-          "svm-c2": "dvc exp run --queue -S acoustic_svm.C_grid='[2.0]' --name svm-c2",
-          "svm-c20": "dvc exp run --queue -S acoustic_svm.C_grid='[20.0]' --name svm-c20"}
-
-
 def queue_the_readmes_three(repo: Path, env: dict[str, str]) -> list[str]:
     """The README's queue: three experiments queued, `dvc queue start -j 2`, then wait for them."""
-    readme_command(QUEUED["svm-c0p2"], repo, env=env)
-    readme_command(QUEUED["svm-c2"], repo, env=env)
-    readme_command(QUEUED["svm-c20"], repo, env=env)
+    readme_command("dvc exp run --queue -S acoustic_svm.C_grid='[0.2]' --name svm-c0p2", repo, env=env)
+    readme_command("dvc exp run --queue -S acoustic_svm.C_grid='[2.0]' --name svm-c2", repo, env=env)
+    readme_command("dvc exp run --queue -S acoustic_svm.C_grid='[20.0]' --name svm-c20", repo, env=env)
     readme_command("dvc queue start -j 2", repo, env=env)
-    return list(QUEUED)
+    return ["svm-c0p2", "svm-c2", "svm-c20"]
 
 
 def check_queue(repo: Path, env: dict[str, str], names: list[str], uri: str) -> None:

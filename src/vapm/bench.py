@@ -218,7 +218,16 @@ def run_pipeline(repo: Path, env: dict[str, str], log, result: dict[str, Any], s
     # Every registered model, from the copy's own registry: none can silently drop out.
     result["metrics"] = {m: json.loads((repo / "metrics" / "scores" / f"{m}.json").read_text())
                          for m in load_registry(repo / "models.yaml")}
-    write_results(result, out)  # the pipeline's numbers are kept even if the k-fold part fails
+    write_results(result, out)  # the pipeline's numbers are kept even if the later parts fail
+    print("[bench] monitor (latency and bursts) ...", flush=True)
+    archives = [str(p.resolve()) for p in sorted((repo / "data" / ("sample" if sample_data else "raw")).glob("*.zip"))]
+    monitor_out = Path(f"{out.with_suffix('')}-monitor").resolve()
+    command = [sys.executable, "-m", "vapm.monitor_bench", "--out", str(monitor_out)]
+    for archive in archives:
+        command += ["--archive", archive]
+    timed_run(command, repo, env, log)
+    result["monitor"] = json.loads(monitor_out.with_suffix(".json").read_text())
+    write_results(result, out)
     if crossval:
         print("[bench] crossval ...", flush=True)
         result["crossval_timing"] = timed_run([sys.executable, "-m", "vapm", "crossval"], repo, env, log)
@@ -426,6 +435,10 @@ def markdown_table(result: dict[str, Any]) -> str:
         for model, cv in result.get("crossval", {}).items():
             lines.append(f"| {model}, {cv['folds']}-fold CV | {100 * cv['accuracy_mean']:.2f} % ± "
                          f"{100 * cv['accuracy_std']:.2f} | | | {cv['n_items']} |")
+    if "monitor" in result:
+        from vapm.monitor_bench import markdown as monitor_markdown
+
+        lines += ["", monitor_markdown(result["monitor"]).rstrip("\n")]
     lines += roofline_markdown(result.get("roofline"))
     for kind, title in (("book", "the book's training loop"), ("before", "vapm before this change (Keras's Adam)")):
         if kind in result:
