@@ -1,16 +1,18 @@
 """Stage evaluate: test-set scores, details and plots of every model in the registry (models.yaml).
 
-Reads models/<model>/ and writes metrics/scores/, metrics/details/ and metrics/plots/ (see
+Reads models/<model>/ and writes metrics/headline.json, metrics/scores/, metrics/details/ and metrics/plots/ (see
 vapm.evaluation.evaluate).
 """
 from __future__ import annotations
+
+import json
 
 from vapm.errors import run_stage
 
 
 def main() -> None:
     from vapm import paths
-    from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live
+    from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live, write_headline
     from vapm.evaluation.metrics import EvaluationError
     from vapm.registry import load_registry
     from vapm.settings import load_settings
@@ -22,12 +24,14 @@ def main() -> None:
     if missing:
         raise EvaluationError(f"model folders missing: {', '.join(missing)}; run those stages first (dvc repro)")
     live = open_live(paths.METRICS)
+    scores = {}
     for name, entry in registry.items():
         evaluate = evaluate_detector if entry.task == "detector" else evaluate_classifier
         try:
             summary = evaluate(name, paths.model_dir(name), settings.classes(entry.modality), paths.METRICS, live)
         except EvaluationError as err:
             raise EvaluationError(f"{name}: {err}") from err
+        scores[name] = json.loads((paths.METRICS / "scores" / f"{name}.json").read_text())
         if entry.task == "detector":
             print(f"{name}: AUC {summary['auc']:.3f} (95% CI {summary['auc_lo']:.3f}-{summary['auc_hi']:.3f}), "
                   f"pAUC {summary['pauc']:.3f}, false alarms {summary['far']:.1%}, n={summary['n']}")
@@ -35,6 +39,7 @@ def main() -> None:
         low, high = summary["accuracy_ci95_low"], summary["accuracy_ci95_high"]
         print(f"{name}: accuracy {summary['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), "
               f"macro-F1 {summary['macro_f1']:.3f}, n={summary['n_test']}")
+    write_headline(paths.METRICS, scores)
 
 
 if __name__ == "__main__":

@@ -239,7 +239,9 @@ def test_evaluate_stage_writes_scores_details_and_plots(tmp_path):
         scores = json.loads((metrics / "scores" / f"{name}.json").read_text())
         assert scores == {"acc": round(expected["accuracy"], 4), "acc_lo": round(expected["accuracy_ci95_low"], 4),
                           "acc_hi": round(expected["accuracy_ci95_high"], 4), "f1": round(expected["macro_f1"], 4),
-                          "n": len(predictions)}  # the headline only: dvc metrics show stays one screen
+                          "n": len(predictions)}
+        headline = json.loads((metrics / "headline.json").read_text())
+        assert headline[name] == {"acc": scores["acc"]}  # one number per model: dvc exp show stays readable
         details = json.loads((metrics / "details" / f"{name}.json").read_text())
         assert sorted(details["per_class"]) == sorted(classes)
         assert details["data_manifest_sha256"] == "ab" * 32

@@ -34,7 +34,8 @@ def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Pat
     proc = readme_command("vapm preset presets/real-data.yaml --run --name real-data", repo, timeout=3600)
     ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
     assert {"ingest", "featurize", "train@vision_scratch", "train@vision_transfer", "evaluate"} <= ran
-    shown = readme_command("dvc exp show --only-changed", repo, env={"COLUMNS": "400"}).stdout
+    # A preset changes many params, data and models: the table is wide; a wide terminal shows all of it.
+    shown = readme_command("dvc exp show --only-changed", repo, env={"COLUMNS": "4000"}).stdout
     assert "real-data" in shown and "vision_transfer.input_size" in shown
 
     readme_command("dvc exp apply real-data", repo)

@@ -193,11 +193,13 @@ def build_report(base: Side, head: Side) -> dict[str, Any]:
 def _pct(scores: dict[str, Any] | None) -> str:
     if not scores:
         return "—"
+    if "auc" in scores:  # a detector's headline: its ROC AUC
+        return f"AUC {scores['auc']:.3f} ({scores['auc_lo']:.3f}–{scores['auc_hi']:.3f})"
     return f"{100 * scores['acc']:.1f} % ({100 * scores['acc_lo']:.1f}–{100 * scores['acc_hi']:.1f})"
 
 
 def _f1(scores: dict[str, Any] | None) -> str:
-    return "—" if not scores else f"{scores['f1']:.3f}"
+    return "—" if not scores or "f1" not in scores else f"{scores['f1']:.3f}"
 
 
 def _verdict(test: dict[str, Any]) -> str:
@@ -220,7 +222,7 @@ def render_markdown(report: dict[str, Any], picture_links: dict[tuple[str, str, 
         lines += [f"| `{key}` | {before} | {after} |" for key, before, after in report["params"]]
     else:
         lines.append("None.")
-    lines += ["", "## Models", "", "| model | accuracy before (95 % CI) | after | macro-F1 before | after | "
+    lines += ["", "## Models", "", "| model | accuracy (detector: AUC) before (95 % CI) | after | macro-F1 before | after | "
               "paired test on the same items |", "|---|---:|---:|---:|---:|---|"]
     for model in report["models"]:
         lines.append(f"| {model.name} | {_pct(model.base)} | {_pct(model.head)} | {_f1(model.base)} | "
@@ -279,7 +281,7 @@ figure {{ margin: 0; }} img {{ max-width: 640px; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
 <h2>Params that changed</h2><table><tr><th>param</th><th>before</th><th>after</th></tr>{rows}</table>
-<h2>Models</h2><table><tr><th>model</th><th>accuracy before (95 % CI)</th><th>after</th><th>macro-F1 before</th>
+<h2>Models</h2><table><tr><th>model</th><th>accuracy (detector: AUC) before (95 % CI)</th><th>after</th><th>macro-F1 before</th>
 <th>after</th><th>paired test on the same items</th></tr>{models}</table>
 <h2>Data and time</h2><table><tr><th>model</th><th>data manifest before</th><th>after</th><th>training time before</th>
 <th>after</th></tr>{data}</table>

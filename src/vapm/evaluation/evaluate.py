@@ -1,6 +1,8 @@
 """The evaluate stage's work for one model: its headline numbers, its details, and the plots DVC shows.
 
-    metrics/scores/<model>.json     DVC metrics: acc, its 95 % Wilson interval (acc_lo, acc_hi), f1 (macro), n
+    metrics/headline.json           DVC metrics: one number per model, {model: {acc}} ({model: {auc}} for a detector),
+                                    so that `dvc exp show` and `dvc metrics show` stay narrow enough to read
+    metrics/scores/<model>.json     acc, its 95 % Wilson interval (acc_lo, acc_hi), f1 (macro), n (make report)
     metrics/details/<model>.json    per-class scores, the model's training details, its data's fingerprint
     metrics/predictions/<model>.csv per test item: file, actual, predicted (the report pairs them: McNemar)
     metrics/plots/                  written by DVCLive, one folder per kind of plot (dvc.yaml `plots:`):
@@ -74,6 +76,20 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     return {"acc": round(summary["accuracy"], SCORE_DECIMALS), "acc_lo": round(summary["accuracy_ci95_low"], SCORE_DECIMALS),
             "acc_hi": round(summary["accuracy_ci95_high"], SCORE_DECIMALS), "f1": round(summary["macro_f1"], SCORE_DECIMALS),
             "n": summary["n_test"]}
+
+
+HEADLINE_FILE = "headline.json"
+
+
+def write_headline(metrics_dir: Path, scores: dict[str, dict[str, Any]]) -> Path:
+    """metrics/headline.json: each model's one headline number (a detector's AUC, a classifier's accuracy).
+
+    DVC names a metric column `file:key` when the key is in several metric files, so per-model files of the
+    same keys made `dvc exp show` hundreds of columns wide; one file of distinct keys keeps it readable.
+    """
+    headline_scores = {name: {key: values[key]} for name, values in scores.items()
+                       for key in (("auc",) if "auc" in values else ("acc",))}
+    return write_metrics_json(metrics_dir / HEADLINE_FILE, headline_scores)
 
 
 def curve_points(history: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
