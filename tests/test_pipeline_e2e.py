@@ -263,7 +263,7 @@ def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, r
 
     champion = MlflowClient(f"sqlite:///{pipeline}/mlflow.db").get_model_version_by_alias("vapm-acoustic_cnn",
                                                                                          "champion")
-    assert prediction["version"] == champion.version
+    assert str(prediction["version"]) == str(champion.version)
     classes = json.loads((pipeline / "models" / "acoustic_cnn" / "record.json").read_text())["classes"]
     assert prediction["class"] in classes and sum(prediction["probabilities"].values()) == pytest.approx(1, abs=1e-4)
 
