@@ -73,3 +73,21 @@ def link_environment(repo: Path) -> None:
     for name in (".venv", ".tools"):
         if (REPO_ROOT / name).exists() and not (repo / name).exists():
             (repo / name).symlink_to(REPO_ROOT / name)
+
+
+def wait_for_http(url: str, process, seconds: float = 600) -> None:
+    """Poll `url` until it answers (a hang guard, not a timing: a first `mlflow server` start on a busy machine
+    took 100 s); fail early if the process died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {stop(process)[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer: {stop(process)[-3000:]}")

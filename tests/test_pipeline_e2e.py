@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, run, update_params
-from tests.readme import link_environment, readme_command, start_readme_command, stop
+from tests.readme import link_environment, readme_command, start_readme_command, stop, wait_for_http
 from vapm.registry import load_registry
 
 pytestmark = pytest.mark.slow
@@ -226,23 +226,6 @@ def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, readme_f
     missing = run(["vapm", "predict", "models/vision_scratch", "nope.jpg", "strip_0412.jpg"], pipeline, check=False)
     assert missing.returncode == 1 and "nope.jpg: cannot read it" in missing.stderr
     assert "strip_0412.jpg: " in missing.stdout and "Traceback" not in missing.stderr  # the other file still classified
-
-
-def wait_for_http(url: str, process, seconds: float = 300) -> None:
-    """Poll `url` until it answers (a hang guard, not a timing); fail early if the process died."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {stop(process)[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer: {stop(process)[-3000:]}")
 
 
 def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, readme_files):

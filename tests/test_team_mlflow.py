@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import pipeline_env, run, update_params
 from tests.servers import closed_port, http_status_server
-from tests.readme import readme_command, start_readme_command, stop
+from tests.readme import readme_command, start_readme_command, stop, wait_for_http
 from tests.team_helpers import REPRO_TIMEOUT_S, clone_copy
 from vapm.mlflow_server import ServerError, postgres_bindir, postgres_os_user, start_mlflow, start_postgres
 from vapm.queue_bench import wait_for_queue
@@ -267,7 +267,7 @@ def test_make_mlflow_server_takes_the_readmes_stages(team_baseline):
         server = start_readme_command("make mlflow-server", repo)
         uri = "http://127.0.0.1:5000"
         try:
-            wait_until_answering(f"{uri}/health", server)
+            wait_for_http(f"{uri}/health", server)
             update_params(repo, {"acoustic_svm.C_grid": [0.5]})
             proc = readme_command("dvc repro", repo, env={"MLFLOW_TRACKING_URI": uri}, timeout=REPRO_TIMEOUT_S)
             assert stages_run(proc.stdout) == {"train@acoustic_svm", "evaluate"}
@@ -281,19 +281,3 @@ def test_make_mlflow_server_takes_the_readmes_stages(team_baseline):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-
-def wait_until_answering(url: str, process, seconds: float = 600) -> None:
-    """Poll `url` until it answers (a hang guard: a first start on a busy machine took 100 s)."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {stop(process)[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer: {stop(process)[-3000:]}")
