@@ -5,6 +5,7 @@ reader types; tests/test_readme.py checks that every command the README shows is
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from functools import cache
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from tests.helpers import REPO_ROOT, pipeline_env
 
+SETUP_INPUTS = ("pyproject.toml", "uv.lock", "Makefile")  # what `make` re-syncs .venv from (Makefile: .synced)
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "vapm", "GIT_AUTHOR_EMAIL": "vapm@localhost",
                 "GIT_COMMITTER_NAME": "vapm", "GIT_COMMITTER_EMAIL": "vapm@localhost"}
 
@@ -73,6 +75,13 @@ def link_environment(repo: Path) -> None:
     for name in (".venv", ".tools"):
         if (REPO_ROOT / name).exists() and not (repo / name).exists():
             (repo / name).symlink_to(REPO_ROOT / name)
+    # `make` re-syncs .venv when its inputs are newer than .venv/.synced; the copy's are (they were just written),
+    # and a sync from the copy would point the shared environment's editable install at the copy's src/.
+    for name in SETUP_INPUTS:
+        original, copied = REPO_ROOT / name, repo / name
+        if copied.exists() and copied.read_bytes() == original.read_bytes():
+            stat = original.stat()
+            os.utime(copied, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def wait_for_http(url: str, process, seconds: float = 600) -> None:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+
+import pytest
 
 from tests.helpers import REPO_ROOT
-from tests.readme import readme_commands
+from tests.readme import SETUP_INPUTS, link_environment, readme_commands
 
 # Commands no test runs itself, and why.
 NOT_RUN_BY_A_TEST = {
@@ -55,3 +58,17 @@ def test_tests_run_only_commands_the_readme_shows():
 
 def test_the_readme_has_no_placeholders_left():
     assert "@@" not in (REPO_ROOT / "README.md").read_text()
+
+
+def test_a_copy_that_borrows_this_environment_does_not_resync_it(tmp_path):
+    """`make repro` in a test's copy must not run `uv sync` on the shared .venv: that re-points its editable
+    install at the copy's src/, which pytest deletes later."""
+    if not (REPO_ROOT / ".venv" / ".synced").exists():
+        pytest.skip("this checkout's .venv was not set up by make")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in SETUP_INPUTS:
+        (repo / name).write_bytes((REPO_ROOT / name).read_bytes())  # fresh mtimes, as any copy has
+    link_environment(repo)
+    question = subprocess.run(["make", "-q", ".venv/.synced"], cwd=repo, capture_output=True, text=True)
+    assert question.returncode == 0, f"make would re-sync the shared environment: {question.stdout}{question.stderr}"
