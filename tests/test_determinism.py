@@ -188,11 +188,12 @@ def test_without_the_pins_avx512_kernels_change_the_training_and_the_log10():
     assert differing({k: pinned[k] for k in by_hand if k != "compute"}, by_hand) == []
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-user (apt-get install qemu-user)")
-# EPYC-Rome is the machine class on which the numbers once moved; Haswell-v4 (Intel's first AVX2 + FMA CPU) is
-# another 10 minutes, so it runs only when asked for (-m soak), keeping .ci/run within its 40 minutes.
-@pytest.mark.parametrize("cpu_model", ["EPYC-Rome", pytest.param("Haswell-v4", marks=pytest.mark.soak)])
+# EPYC-Rome is the machine class on which the numbers once moved; Haswell-v4 is Intel's first AVX2 + FMA CPU.
+# Ten minutes each under emulation: run when asked for (pytest -m soak), so that .ci/run stays within 40 minutes
+# while it runs every README command.
+@pytest.mark.parametrize("cpu_model", ["EPYC-Rome", "Haswell-v4"])
 def test_features_and_svm_are_the_same_bits_on_emulated_avx2_cpus(cpu_model):
     # qemu reports the model's CPUID (vendor, AVX2 + FMA without AVX-512, cache sizes), so NumPy and
     # OpenBLAS dispatch as on that CPU; IEEE arithmetic is emulated exactly. About 10 minutes each.

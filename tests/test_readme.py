@@ -15,13 +15,6 @@ NOT_RUN_BY_A_TEST = {
     "source .venv/bin/activate": "every README command runs with .venv/bin first on PATH, as after this line",
     "export DVC_REMOTE=ssh://alice@storage.example.org/srv/dvc/vapm":
         "the reader's own store: tests/test_team_remote.py sets DVC_REMOTE to its sshd on 127.0.0.1",
-    "python -m vapm.bench --vision-archive ../shared/data/NEU-data-TrainTest.zip --acoustic-archive "
-    "../shared/data/AirCompressor_Data_wav_subset.zip --preset presets/real-data.yaml --out docs/benchmarks/real-data":
-        "a benchmark of the real data at full size (half an hour of CPU), not a test; tests/test_pipeline_e2e.py runs "
-        "the same program on a copy of the demo (test_toy_model_added_by_one_entry_one_section_and_its_trainer)",
-    'make bench BENCH_ARGS="--skip-pipeline --roofline --compare-book --pairs 3 --epochs 2 --set vision.image_size=200"':
-        "a benchmark (minutes of alternated timings), not a test; tests/test_roofline.py runs its measurement "
-        "workers (the roofline and the book's loops) on tiny inputs",
     "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000":
         "tests/test_team_mlflow.py sets MLFLOW_TRACKING_URI in the environment of the commands that follow it",
 }

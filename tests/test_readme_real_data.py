@@ -1,7 +1,8 @@
 """The README's "Using the real datasets" commands, as written, on archives a user copied into data/raw/.
 
 The archives here are the sample_data stage's stand-ins in exactly the real layout and names (the real ones
-take the same commands, for an hour); params shrink only the stand-ins, never the preset's settings.
+take the same commands, for an hour), and the copy's preset keeps every key and shape of the shipped one but
+trains for two epochs (the issue's "real-data commands on tiny settings").
 """
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ from tests.readme import link_environment, readme_command
 pytestmark = pytest.mark.slow
 
 ARCHIVES = ["NEU-data-TrainTest.zip", "AirCompressor_Data.zip"]
+PRESET = "presets/real-data.yaml"
+TINY_EPOCHS = 2
+
+
+def shrink_preset(path: Path) -> dict:
+    """The preset with every epoch count cut to TINY_EPOCHS (one for fine-tuning); all else as shipped."""
+    preset = yaml.safe_load(path.read_text())
+    for key, value in preset.items():
+        if isinstance(value, dict) and "epochs" in value:
+            value["epochs"] = TINY_EPOCHS
+        elif key.endswith("fine_tune_epochs"):
+            preset[key] = 1
+    path.write_text(yaml.safe_dump(preset, sort_keys=False))
+    return preset
 
 
 def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Path):
@@ -29,7 +44,8 @@ def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Pat
     (repo / "data" / "raw").mkdir(parents=True, exist_ok=True)
     for name in ARCHIVES:  # step 1 of the README: copy the archives into data/raw/
         shutil.copy2(repo / "data" / "sample" / name, repo / "data" / "raw" / name)
-    git_commit(repo, "archives in data/raw")
+    preset = shrink_preset(repo / PRESET)
+    git_commit(repo, "archives in data/raw, a two-epoch preset")
 
     proc = readme_command("vapm preset presets/real-data.yaml --run --name real-data", repo, timeout=3600)
     ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
@@ -41,7 +57,8 @@ def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Pat
     readme_command("dvc exp apply real-data", repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["ingest"]["vision_archive"] == "data/raw/NEU-data-TrainTest.zip"
-    assert params["vision_transfer"]["input_size"] == 224 and params["vision_scratch"]["train"]["epochs"] == 30
+    assert params["vision_transfer"]["input_size"] == preset["vision_transfer.input_size"] == 224
+    assert params["vision_scratch"]["train"]["epochs"] == TINY_EPOCHS
     assert run(["dvc", "status"], repo).stdout.strip().endswith("up to date.")  # outputs are the experiment's
     for model in ["vision_scratch", "vision_transfer", "acoustic_svm", "acoustic_cnn"]:
         scores = json.loads((repo / "metrics" / "scores" / f"{model}.json").read_text())
@@ -50,3 +67,28 @@ def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Pat
     update_params(repo, {"crossval.folds": 2})  # the user's own choice of k; k-fold of the preset's settings
     crossval = readme_command("vapm crossval", repo, timeout=3600).stdout
     assert "acoustic_svm: accuracy" in crossval and "vision_scratch: accuracy" in crossval
+
+
+def test_the_real_data_benchmark_times_every_stage_of_the_preset(tmp_path: Path):
+    repo = copy_repo(tmp_path / "repo")
+    link_environment(repo)
+    update_params(repo, {key: value for key, value in TINY_PIPELINE.items() if key.startswith("sample_data.")})
+    run(["python", "stages/sample_data.py"], repo)
+    (repo / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVES:
+        shutil.copy2(repo / "data" / "sample" / name, repo / "data" / "raw" / name)
+    shrink_preset(repo / PRESET)
+    git_commit(repo, "archives in data/raw, a two-epoch preset")
+
+    readme_command("python -m vapm.bench --vision-archive data/raw/NEU-data-TrainTest.zip --acoustic-archive "
+                   "data/raw/AirCompressor_Data.zip --preset presets/real-data.yaml --out docs/benchmarks/real-data",
+                   repo, timeout=3600)
+    result = json.loads((repo / "docs" / "benchmarks" / "real-data.json").read_text())
+    assert {"ingest", "featurize", "train@vision_scratch", "train@vision_transfer", "train@acoustic_svm",
+            "train@acoustic_cnn", "evaluate"} <= set(result["stages"])
+    assert all(stage["wall_s"] > 0 for stage in result["stages"].values())
+    assert result["overrides"]["vision_scratch.train.epochs"] == TINY_EPOCHS  # the preset was the one applied
+    for model in ["vision_scratch", "vision_transfer", "acoustic_svm", "acoustic_cnn"]:
+        assert 0 <= result["metrics"][model]["acc"] <= 1, model
+    table = (repo / "docs" / "benchmarks" / "real-data.md").read_text()
+    assert "whole pipeline" in table and "vision_transfer" in table
