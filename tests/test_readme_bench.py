@@ -2,6 +2,8 @@
 
 Only the copy's sample data is small; the command, its epochs, pairs and 200 px images are the README's.
 The numbers it measures are not asserted (they are timings): only that every model was measured and compared.
+Its 24 worker processes take 3-4 minutes even at this scale, so it is a soak test (`pytest -m soak`), which
+keeps .ci/run within 40 minutes.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, update_params
 from tests.readme import link_environment, readme_command
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.soak
 
 KERAS_PHASES = {("vision_scratch", "train"), ("vision_transfer", "head"), ("vision_transfer", "fine_tune"),
                 ("acoustic_cnn", "train")}
