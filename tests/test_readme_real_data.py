@@ -36,16 +36,23 @@ def shrink_preset(path: Path) -> dict:
     return preset
 
 
-def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Path):
+def copy_with_archives_in_data_raw(tmp_path: Path, preset: str) -> tuple[Path, dict]:
+    """A copy whose data/raw/ holds the stand-in archives (step 1 of the README) and whose `preset` trains for
+    TINY_EPOCHS; returns the copy and the preset's settings."""
     repo = copy_repo(tmp_path / "repo")
     link_environment(repo)
     update_params(repo, {key: value for key, value in TINY_PIPELINE.items() if key.startswith("sample_data.")})
     run(["python", "stages/sample_data.py"], repo)
     (repo / "data" / "raw").mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVES:  # step 1 of the README: copy the archives into data/raw/
+    for name in ARCHIVES:
         shutil.copy2(repo / "data" / "sample" / name, repo / "data" / "raw" / name)
-    preset = shrink_preset(repo / PRESET)
+    settings = shrink_preset(repo / preset)
     git_commit(repo, "archives in data/raw, a two-epoch preset")
+    return repo, settings
+
+
+def test_the_real_data_preset_runs_as_an_experiment_and_is_applied(tmp_path: Path):
+    repo, preset = copy_with_archives_in_data_raw(tmp_path, PRESET)
 
     proc = readme_command("vapm preset presets/real-data.yaml --run --name real-data", repo, timeout=3600)
     ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
@@ -86,15 +93,7 @@ BENCHMARKS = {
 @pytest.mark.parametrize("preset", [pytest.param(preset, marks=pytest.mark.soak) if preset == "presets/book.yaml"
                                     else preset for preset in BENCHMARKS])
 def test_the_benchmark_times_every_stage_of_a_preset(tmp_path: Path, preset: str):
-    repo = copy_repo(tmp_path / "repo")
-    link_environment(repo)
-    update_params(repo, {key: value for key, value in TINY_PIPELINE.items() if key.startswith("sample_data.")})
-    run(["python", "stages/sample_data.py"], repo)
-    (repo / "data" / "raw").mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVES:
-        shutil.copy2(repo / "data" / "sample" / name, repo / "data" / "raw" / name)
-    settings = shrink_preset(repo / preset)
-    git_commit(repo, "archives in data/raw, a two-epoch preset")
+    repo, settings = copy_with_archives_in_data_raw(tmp_path, preset)
 
     run_benchmark, out = BENCHMARKS[preset]
     run_benchmark(repo)
