@@ -71,10 +71,10 @@ remote:
 # PostgreSQL (cluster in .mlflow-server/) + mlflow server --serve-artifacts on 127.0.0.1:$(MLFLOW_PORT); Ctrl-C stops both.
 MLFLOW_PORT ?= 5000
 mlflow-server: setup
-	$(VENV)/bin/python -m vapm.mlflow_server --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
+	$(VENV)/bin/python -m vapm.tracking.server --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
 
 bench-queue: setup
-	$(VENV)/bin/python -m vapm.queue_bench $(QUEUE_BENCH_ARGS)
+	$(VENV)/bin/python -m vapm.bench.queue $(QUEUE_BENCH_ARGS)
 
 dag: setup
 	$(VENV)/bin/dvc dag

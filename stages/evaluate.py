@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 
-from vapm.errors import run_stage
+from vapm.core.errors import run_stage
 
 
 def main() -> None:
-    from vapm import paths
+    from vapm.config import paths
     from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live, write_headline
     from vapm.evaluation.metrics import EvaluationError
-    from vapm.registry import load_registry
-    from vapm.settings import load_settings
+    from vapm.config.model_registry import load_registry
+    from vapm.config.settings import load_settings
 
     settings = load_settings(models=())
     registry = load_registry()

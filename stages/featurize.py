@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import time
 
-from vapm.errors import run_stage
+from vapm.core.errors import run_stage
 
 
 def main() -> None:
-    from vapm import paths
-    from vapm.features.build import featurize_acoustic, featurize_vision
-    from vapm.features.records import acoustic_image_record, image_record, wavelet_record
-    from vapm.seeding import set_global_seed
-    from vapm.settings import load_settings
+    from vapm.config import paths
+    from vapm.data.features.build import featurize_acoustic, featurize_vision
+    from vapm.data.features.records import acoustic_image_record, image_record, wavelet_record
+    from vapm.config.seeding import set_global_seed
+    from vapm.config.settings import load_settings
 
     settings = load_settings(models=())
     set_global_seed(settings.seed, tensorflow=False, threads=settings.compute.threads)

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vapm.errors import VapmError, one_line
-from vapm.features.records import clip_record, write_record
-from vapm.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
-from vapm.seeding import set_global_seed
-from vapm.settings import load_settings
+from vapm.core.errors import VapmError, one_line
+from vapm.data.features.records import clip_record, write_record
+from vapm.data.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
+from vapm.config.seeding import set_global_seed
+from vapm.config.settings import load_settings
 
 INTERIM = Path("data/interim")
 REPORT = Path("metrics/ingest_report.json")
@@ -58,7 +58,7 @@ def remove_outputs() -> None:
 
 
 def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
-    """The two datasets' work, from params validated before any work starts (vapm.settings)."""
+    """The two datasets' work, from params validated before any work starts (vapm.config.settings)."""
     ingest = ingest_settings(settings)
     set_global_seed(ingest.seed, tensorflow=False)
     target = audio_target(settings)

@@ -7,18 +7,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vapm.errors import run_stage
+from vapm.core.errors import run_stage
 
 VISION_ARCHIVE = "NEU-data-TrainTest.zip"
 ACOUSTIC_ARCHIVE = "AirCompressor_Data.zip"
 
 
 def main() -> None:
-    from vapm.seeding import set_global_seed
-    from vapm.settings import load_settings
-    from vapm.synth import build_acoustic_archive, build_vision_archive
-    from vapm.synth.acoustic import check_classes as check_audio_classes
-    from vapm.synth.vision import check_classes as check_vision_classes
+    from vapm.config.seeding import set_global_seed
+    from vapm.config.settings import load_settings
+    from vapm.data.synth import build_acoustic_archive, build_vision_archive
+    from vapm.data.synth.acoustic import check_classes as check_audio_classes
+    from vapm.data.synth.vision import check_classes as check_vision_classes
 
     settings = load_settings(models=())
     sample = settings.sample_data

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from vapm.errors import run_stage
+from vapm.core.errors import run_stage
 
 
 def main() -> None:

@@ -33,24 +33,24 @@ def digest(*arrays: np.ndarray | bytes) -> str:
 
 
 def synthetic_clips(n: int) -> np.ndarray:
-    from vapm.synth.acoustic import render_clip
-    from vapm.synth.archive import member_rng
+    from vapm.data.synth.acoustic import render_clip
+    from vapm.data.synth.archive import member_rng
 
     names = [AUDIO_CLASSES[i % len(AUDIO_CLASSES)] for i in range(n)]
     return np.stack([render_clip(name, 50_000, RATE, member_rng(42, "acoustic", name, i)) for i, name in enumerate(names)])
 
 
 def synthetic_images(n: int) -> np.ndarray:
-    from vapm.synth.archive import member_rng
-    from vapm.synth.vision import render_defect
+    from vapm.data.synth.archive import member_rng
+    from vapm.data.synth.vision import render_defect
 
     names = [VISION_CLASSES[i % len(VISION_CLASSES)] for i in range(n)]
     return np.stack([render_defect(name, 200, member_rng(42, "vision", name, i)) for i, name in enumerate(names)])
 
 
 def probe_synth(out: dict) -> None:
-    from vapm.synth.acoustic import encode_dat
-    from vapm.synth.vision import encode_jpeg
+    from vapm.data.synth.acoustic import encode_dat
+    from vapm.data.synth.vision import encode_jpeg
 
     clips, images = synthetic_clips(8), synthetic_images(6)
     out["synth_clips"] = digest(clips, *(encode_dat(clip) for clip in clips))
@@ -58,8 +58,8 @@ def probe_synth(out: dict) -> None:
 
 
 def probe_features(out: dict) -> None:
-    from vapm.features.acoustic import mfcc_logmel_image, wavelet_packet_energies
-    from vapm.features.vision import resize_image
+    from vapm.data.features.acoustic import mfcc_logmel_image, wavelet_packet_energies
+    from vapm.data.features.vision import resize_image
 
     clips = synthetic_clips(8)
     out["acoustic_images"] = digest(np.stack([mfcc_logmel_image(clip, RATE, 40, 64, 2048, 512, None, True)
@@ -83,8 +83,9 @@ def probe_svm(out: dict) -> None:
 
 
 def job(x: np.ndarray, labels: np.ndarray, splits: np.ndarray, params, n_classes: int, **train):
-    from vapm.settings import TrainSettings
-    from vapm.training import FeatureSet, TrainingJob
+    from vapm.config.settings import TrainSettings
+    from vapm.models.components.data import FeatureSet
+    from vapm.models.components.job import TrainingJob
 
     features = FeatureSet(x, labels.astype(np.int64), splits, np.array([f"item_{i}" for i in range(len(x))]),
                           {"kind": "probe"})
@@ -96,7 +97,7 @@ def probe_train(out: dict) -> None:
     from vapm.models import acoustic_cnn, vision_scratch
     from vapm.models.vision_transfer import trainer as vision_transfer
     from vapm.models.vision_transfer.bases import BaseWeights, resolve_weights
-    from vapm.seeding import set_global_seed
+    from vapm.config.seeding import set_global_seed
 
     rng = np.random.default_rng(0)
     splits = np.where(np.arange(60) % 5 == 0, "test", "train")
@@ -125,7 +126,7 @@ def probe_train(out: dict) -> None:
 
 
 def main(pieces: list[str]) -> dict:
-    from vapm.compute import configure_compute
+    from vapm.config.cpu_dispatch import configure_compute
 
     unknown = sorted(set(pieces) - set(PIECES))
     if unknown:

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vapm.bench import copy_worktree, set_params
-from vapm.bench import git_commit as commit_all
-from vapm.queue_bench import SMALL_BASELINE
+from vapm.bench.pipeline import copy_worktree, set_params
+from vapm.bench.pipeline import git_commit as commit_all
+from vapm.bench.queue import SMALL_BASELINE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests import hostile_archives as hostile  # noqa: E402
 from tests.test_ingest_fuzz import check_batch, run_worker, runs_for  # noqa: E402
-from vapm.ingest.archive import display_name
+from vapm.data.ingest.archive import display_name
 
 OUTCOME = {
     "bad": ("exit 1, file named", "skipped, reported"),

@@ -4,7 +4,7 @@
 - `http_status_server`: a tiny HTTP server that answers every request with one status (a broken
   MLflow server behind a proxy answers 503).
 - `closed_port`: a port that refuses connections (bound, never listening) for as long as it is held.
-PostgreSQL and `mlflow server` come from `vapm.mlflow_server`, the code behind `make mlflow-server`.
+PostgreSQL and `mlflow server` come from `vapm.tracking.server`, the code behind `make mlflow-server`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vapm.mlflow_server import HOST, free_port, stop_process
+from vapm.tracking.server import HOST, free_port, stop_process
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.anomaly_synth import CLASSES, SPECTROGRAM, machine_dataset
-from vapm.errors import VapmError
+from vapm.core.errors import VapmError
 from vapm.models.acoustic_anomaly import (AnomalyModel, AnomalySettings, AutoencoderDetector, AutoencoderSettings,
                                           KnnDetector, MahalanobisDetector, fit_anomaly_model, load_detector,
                                           log_mel_images, roc_auc)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tests.anomaly_synth import SPECTROGRAM, machine_clip
-from vapm.settings import ParamsError
-from vapm.features.acoustic import mfcc_logmel_image
+from vapm.config.settings import ParamsError
+from vapm.data.features.acoustic import mfcc_logmel_image
 from vapm.models.acoustic_anomaly import (AnomalySettings, anomaly_settings, frame_statistics, frame_windows,
                                           log_mel_images)
 from vapm.models.acoustic_anomaly.features import active_bands

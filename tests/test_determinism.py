@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vapm.compute import (
+from vapm.config.cpu_dispatch import (
     ALWAYS_PINNED,
     OPT_OUT_VALUE,
     OPT_OUT_VARIABLE,
@@ -28,7 +28,7 @@ from vapm.compute import (
     configure_compute,
     pin_cpu_dispatch,
 )
-from vapm.features.reproducible import SparseRows, log10_float32, sparse_row_product
+from vapm.data.features.reproducible import SparseRows, log10_float32, sparse_row_product
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Every variable that changes how NumPy, OpenBLAS, oneDNN or TensorFlow compute, cleared before each variant.
@@ -134,7 +134,7 @@ def test_this_test_process_is_pinned_and_bad_thread_counts_are_refused():
 
 
 def test_numpy_imported_before_vapm_is_reported_as_not_pinned():
-    code = ("import numpy, vapm; from vapm.compute import configure_compute; "
+    code = ("import numpy, vapm; from vapm.config.cpu_dispatch import configure_compute; "
             "print(configure_compute(1).problems)")
     clean = {key: value for key, value in os.environ.items() if key not in DISPATCH_VARIABLES}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=clean, capture_output=True, text=True,

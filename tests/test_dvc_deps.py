@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vapm.registry import load_registry
+from vapm.config.model_registry import load_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SRC = REPO_ROOT / "src"

@@ -12,7 +12,7 @@ import skimage.data
 import tensorflow as tf
 from PIL import Image
 
-from vapm.errors import VapmError
+from vapm.core.errors import VapmError
 from vapm.models.vision_transfer.efficientnet_lite import (
     PACKAGED,
     WEIGHTS_MEMBER,

@@ -13,14 +13,14 @@ import pytest
 import pywt
 import yaml
 
-from vapm.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wavelet_feature_names, wavelet_packet_energies
-from vapm.features.reproducible import log10_float32
-from vapm.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
-from vapm.features.records import (AcousticImageRecord, AudioInput, ImageRecord, WaveletRecord,
+from vapm.data.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wavelet_feature_names, wavelet_packet_energies
+from vapm.data.features.reproducible import log10_float32
+from vapm.data.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
+from vapm.data.features.records import (AcousticImageRecord, AudioInput, ImageRecord, WaveletRecord,
                                    acoustic_image_record, read_record, wavelet_record)
-from vapm.features.vision import resize_image, resize_images
-from vapm.registry import load_registry
-from vapm.settings import ParamsError, load_settings, parse_settings, read_params
+from vapm.data.features.vision import resize_image, resize_images
+from vapm.config.model_registry import load_registry
+from vapm.config.settings import ParamsError, load_settings, parse_settings, read_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_CLIP = REPO_ROOT.parent / "shared" / "data" / "samples" / "AirCompressor_Data" / "Healthy" / "preprocess_Reading1.dat"

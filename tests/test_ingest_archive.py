@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vapm.ingest.archive import ArchiveError
-from vapm.ingest.dataset import IngestError, IngestSettings, ingest_vision
-from vapm.ingest.archive import safe_members
+from vapm.data.ingest.archive import ArchiveError
+from vapm.data.ingest.dataset import IngestError, IngestSettings, ingest_vision
+from vapm.data.ingest.archive import safe_members
 
 CLASSES = ["Crazing", "Inclusion"]
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import vapm.ingest.dataset as dataset
-from vapm.settings import ParamsError
-from vapm.ingest.dataset import ACOUSTIC_COLUMNS, IngestError, IngestSettings, VISION_COLUMNS, ingest_acoustic, ingest_vision
-from vapm.ingest.decode import AudioTarget
+import vapm.data.ingest.dataset as dataset
+from vapm.config.settings import ParamsError
+from vapm.data.ingest.dataset import ACOUSTIC_COLUMNS, IngestError, IngestSettings, VISION_COLUMNS, ingest_acoustic, ingest_vision
+from vapm.data.ingest.decode import AudioTarget
 
 NEU = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]
 DET_PREFIX = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vapm.ingest.decode import AudioTarget, decode_audio, decode_image
-from vapm.ingest.errors import DecodeError
-from vapm.ingest.text_values import parse_text_values
+from vapm.data.ingest.decode import AudioTarget, decode_audio, decode_image
+from vapm.data.ingest.errors import DecodeError
+from vapm.data.ingest.text_values import parse_text_values
 
 # 50000/3 Hz as in params.yaml, but 0.06 s clips (1000 samples) keep the tests fast.
 TARGET = AudioTarget(sample_rate=50000 / 3, samples=1000, length_tolerance=0.02)

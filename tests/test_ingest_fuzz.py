@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from tests import hostile_archives as hostile
-from vapm.ingest.archive import display_name
-from vapm.ingest.limits import IngestLimits
-from vapm.ingest.limits import BOUND_BYTES_PER_MEMBER, member_work_bound
+from vapm.data.ingest.archive import display_name
+from vapm.data.ingest.limits import IngestLimits
+from vapm.data.ingest.limits import BOUND_BYTES_PER_MEMBER, member_work_bound
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER = REPO_ROOT / "tests" / "ingest_fuzz_worker.py"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vapm.ingest.labels import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, UnknownClass, class_from_path,
+from vapm.data.ingest.labels import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, UnknownClass, class_from_path,
                                 ignore_reason, split_from_path)
 
 NEU = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 from tests import hostile_archives as hostile
-from vapm.ingest.dataset import IngestSettings, ingest_acoustic, ingest_vision
-from vapm.ingest.decode import AudioTarget, decode_audio, decode_image
-from vapm.ingest.errors import DecodeError
-from vapm.ingest.limits import PILLOW_MAX_IMAGE_PIXELS, IngestLimits
-from vapm.ingest.text_values import parse_text_values
-from vapm.settings import ParamsError
+from vapm.data.ingest.dataset import IngestSettings, ingest_acoustic, ingest_vision
+from vapm.data.ingest.decode import AudioTarget, decode_audio, decode_image
+from vapm.data.ingest.errors import DecodeError
+from vapm.data.ingest.limits import PILLOW_MAX_IMAGE_PIXELS, IngestLimits
+from vapm.data.ingest.text_values import parse_text_values
+from vapm.config.settings import ParamsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +211,7 @@ def test_malformed_numbers_are_refused_with_their_line(text, reason):
 
 
 def test_text_is_parsed_the_same_whatever_the_block_boundaries(monkeypatch):
-    import vapm.ingest.text_values as text_values
+    import vapm.data.ingest.text_values as text_values
 
     values = np.random.default_rng(0).normal(size=3000)
     text = b"\xef\xbb\xbf\n" + b"".join(f"{float(value)!r},\r\n".encode() for value in values[:1500]) + ",".join(
@@ -276,8 +276,8 @@ def test_each_member_is_opened_twice_and_the_directory_parsed_once(tmp_path, mon
 # ---- the limits' own params ----
 
 def test_limits_come_from_the_validated_params(monkeypatch):
-    from vapm.ingest.dataset import ingest_settings
-    from vapm.settings import load_settings
+    from vapm.data.ingest.dataset import ingest_settings
+    from vapm.config.settings import load_settings
 
     monkeypatch.chdir(REPO_ROOT)
     limits = ingest_settings(load_settings(models=())).limits
@@ -296,8 +296,8 @@ def test_limits_come_from_the_validated_params(monkeypatch):
     ("max_source_samples", 0, "ingest.max_source_samples: input should be greater than or equal to 1"),
 ])
 def test_bad_limit_params_name_their_key(key, value, message):
-    from vapm.registry import load_registry
-    from vapm.settings import parse_settings, read_params
+    from vapm.config.model_registry import load_registry
+    from vapm.config.settings import parse_settings, read_params
 
     params = read_params(REPO_ROOT / "params.yaml")
     params["ingest"][key] = value
@@ -312,7 +312,7 @@ def test_limits_check_themselves_when_built_directly():
 
 
 def test_worker_processes_give_the_same_report_on_hostile_members(tmp_path, monkeypatch):
-    import vapm.ingest.dataset as dataset
+    import vapm.data.ingest.dataset as dataset
 
     members = {**hostile.good_members("acoustic"), "AirCompressor_Data/LIV/huge.wav": hostile.png(1),
                "AirCompressor_Data/LIV/1e39.dat": b"1e39\n" * 1000, "AirCompressor_Data/LIV/x\x1b.dat": b"0,5\n" * 1000}

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vapm.ingest.dataset import IngestSettings, audio_target, ingest_acoustic, ingest_settings, ingest_vision
-from vapm.ingest.decode import decode_audio
+from vapm.data.ingest.dataset import IngestSettings, audio_target, ingest_acoustic, ingest_settings, ingest_vision
+from vapm.data.ingest.decode import decode_audio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -28,8 +28,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def params():
-    """The repository's validated settings (vapm.settings.Settings)."""
-    from vapm.settings import load_settings
+    """The repository's validated settings (vapm.config.settings.Settings)."""
+    from vapm.config.settings import load_settings
 
     return load_settings(REPO_ROOT / "params.yaml", models=(), registry_path=REPO_ROOT / "models.yaml")
 

@@ -11,12 +11,12 @@ import pytest
 import tensorflow as tf
 
 from vapm.models import acoustic_cnn, vision_scratch
-from vapm.models.common import Augmentation, build_augmentation
+from vapm.models.components.layers import Augmentation, build_augmentation
 from vapm.models.vision_transfer import trainer as vision_transfer
 from vapm.models.vision_transfer.bases import (BaseWeights, WeightsError, file_sha256, imagenet_weights_filename,
                                                resolve_base_weights)
-from vapm.seeding import set_global_seed
-from vapm.training.data import TrainingError
+from vapm.config.seeding import set_global_seed
+from vapm.models.components.data import TrainingError
 
 AUG_OFF = Augmentation()
 AUG_ON = Augmentation(enabled=True)

@@ -16,10 +16,10 @@ import soundfile as sf
 from PIL import Image
 
 from tests.test_serving import AUDIO_CLASSES, RATE, VISION_CLASSES, build_acoustic_model, build_vision_model
-from vapm.inference import load_model
-from vapm.monitor import ALERT_LOG, Monitor
-from vapm.synth.acoustic import render_clip
-from vapm.synth.vision import render_defect
+from vapm.serving.loading import load_model
+from vapm.serving.monitor import ALERT_LOG, Monitor
+from vapm.data.synth.acoustic import render_clip
+from vapm.data.synth.vision import render_defect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO_ROOT / "docs" / "alert.schema.json").read_text())
@@ -146,8 +146,8 @@ def test_monitor_command_scores_what_is_there_once(models, tmp_path):
 def test_monitor_benchmark_measures_latency_and_bursts(models, tmp_path):
     import zipfile
 
-    from vapm.monitor import load_models
-    from vapm.monitor_bench import run_benchmark
+    from vapm.serving.monitor import load_models
+    from vapm.bench.monitor import run_benchmark
 
     archive = tmp_path / "line.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, run, update_params
 from tests.readme import link_environment, readme_command, start_readme_command, stop, wait_for_http
-from vapm.registry import load_registry
+from vapm.config.model_registry import load_registry
 
 pytestmark = pytest.mark.slow
 
@@ -353,9 +353,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from vapm.settings import ModelParams
-from vapm.training.data import train_test_only
-from vapm.training.job import Trained, TrainingJob
+from vapm.config.settings import ModelParams
+from vapm.models.components.data import train_test_only
+from vapm.models.components.job import Trained, TrainingJob
 
 
 class Params(ModelParams):

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from tests.helpers import REPO_ROOT
-from vapm.crossval import CrossvalError, fold_splits, summarize
-from vapm.preset import PresetError, load_preset, override_args
-from vapm.settings import read_params
+from vapm.training.crossval import CrossvalError, fold_splits, summarize
+from vapm.config.presets import PresetError, load_preset, override_args
+from vapm.config.settings import read_params
 
 
 @pytest.fixture(scope="module")

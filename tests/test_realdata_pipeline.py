@@ -75,9 +75,9 @@ def test_predict_classifies_a_real_image_and_clip(real_pipeline: Path, tmp_path:
         member = next(n for n in archive.namelist() if n.endswith(".wav"))
         clip = tmp_path / "clip.wav"
         clip.write_bytes(archive.read(member))
-    proc = run(["python", "-m", "vapm.predict", "models/vision_scratch", str(image), "--json"], real_pipeline)
+    proc = run(["python", "-m", "vapm.cli.predict", "models/vision_scratch", str(image), "--json"], real_pipeline)
     result = json.loads(proc.stdout)
     assert result[0]["class"] in json.loads((real_pipeline / "models/vision_scratch/record.json").read_text())["classes"]
     assert sum(result[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    proc = run(["python", "-m", "vapm.predict", "models/acoustic_svm", str(clip)], real_pipeline)
+    proc = run(["python", "-m", "vapm.cli.predict", "models/acoustic_svm", str(clip)], real_pipeline)
     assert proc.stdout.startswith(f"{clip}: ")

@@ -11,14 +11,14 @@ import pytest
 from keras import layers
 
 from tests.test_models import ACOUSTIC, SCRATCH, pattern_images
-from vapm import bench
-from vapm.bookcode import BookCodeError, book_scratch_model, extract_train_folder, run_book
+from vapm.bench import pipeline as bench
+from vapm.bench.book_baseline import BookCodeError, book_scratch_model, extract_train_folder, run_book
 from vapm.models import acoustic_cnn, vision_scratch
-from vapm.roofline import (ModelFlops, Recorder, RooflineError, matmul_peak, measurement_settings, model_flops,
+from vapm.bench.roofline import (ModelFlops, Recorder, RooflineError, matmul_peak, measurement_settings, model_flops,
                            product_costs)
-from vapm.seeding import set_global_seed
-from vapm.settings import TrainSettings
-from vapm.training.keras_fit import FitInfo, compile_classifier, fit_classifier, fused_adam, observing_fits
+from vapm.config.seeding import set_global_seed
+from vapm.config.settings import TrainSettings
+from vapm.models.components.keras_fit import FitInfo, compile_classifier, fit_classifier, fused_adam, observing_fits
 
 
 def tiny_model(conv_trainable: bool = True) -> keras.Model:
@@ -139,7 +139,7 @@ def test_observer_sees_every_fit_with_its_sizes_epochs_and_flops():
 
 
 def test_measurement_settings_fix_the_epochs_and_turn_the_watchers_off():
-    from vapm.settings import load_settings
+    from vapm.config.settings import load_settings
 
     settings = load_settings(Path(__file__).resolve().parents[1] / "params.yaml",
                              registry_path=Path(__file__).resolve().parents[1] / "models.yaml")
@@ -172,7 +172,7 @@ def test_book_loop_reads_the_jpeg_folders_every_epoch_and_reports_its_epochs(tmp
     train_dir = extract_train_folder(archive, tmp_path / "extracted")
     assert train_dir.name == "train" and sorted(p.name for p in train_dir.iterdir()) == sorted(classes)
 
-    class Settings:  # the parts of vapm.settings.Settings the loop reads
+    class Settings:  # the parts of vapm.config.settings.Settings the loop reads
         seed = 0
         compute = type("Compute", (), {"threads": 2})()
         vision = type("Vision", (), {"image_size": 24})()
@@ -243,7 +243,7 @@ def test_model_flops_of_an_epoch_combines_training_and_validation():
 
 
 def test_fit_info_carries_the_validation_batch_size():
-    from vapm.training import keras_fit
+    from vapm.models.components import keras_fit
 
     info = FitInfo("train", 1, 1, 16, keras_fit.VALIDATION_BATCH_SIZE, 1)
     assert info.validation_batch_size == keras_fit.VALIDATION_BATCH_SIZE

@@ -21,13 +21,15 @@ import soundfile as sf
 from PIL import Image
 
 from tests.test_training import SETTINGS, make_job
-from vapm import serving, tracking
-from vapm.features.records import AcousticImageRecord, AudioInput, ImageRecord
+from vapm.serving import pyfunc as serving
+from vapm.tracking import promotion
+from vapm.tracking import runs as tracking
+from vapm.data.features.records import AcousticImageRecord, AudioInput, ImageRecord
 from vapm.models import acoustic_cnn, vision_scratch
-from vapm.registry import load_registry
-from vapm.seeding import set_global_seed
-from vapm.synth.acoustic import render_clip
-from vapm.synth.vision import render_defect
+from vapm.config.model_registry import load_registry
+from vapm.config.seeding import set_global_seed
+from vapm.data.synth.acoustic import render_clip
+from vapm.data.synth.vision import render_defect
 from vapm.training.run import save_outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +81,7 @@ def registry(tmp_path_factory):
             build(root / "models" / name)
             with tracking.tracked_run("serving-test", f"train@{name}", name, {}, [manifest]) as run:
                 info = serving.log_raw_file_model(root / "models" / name)
-            promoted = serving.register_and_promote(info, name, 0.5, "m1", tolerance=0.0)
+            promoted = promotion.register_and_promote(info, name, 0.5, "m1", tolerance=0.0)
             assert promoted[:2] == ("1", "champion")
         clip = render_clip("Healthy", 132_300, 44_100.0, np.random.default_rng(5))
         buffer = io.BytesIO()
@@ -97,11 +99,11 @@ def test_champion_moves_on_an_improvement_and_not_on_a_drop(registry, monkeypatc
     from mlflow.tracking import MlflowClient
 
     info = registry["info"]
-    assert serving.register_and_promote(info, "vision_scratch", 0.6, "m1", tolerance=0.0)[:2] == ("2", "champion")
-    version, alias, why = serving.register_and_promote(info, "vision_scratch", 0.55, "m1", tolerance=0.0)
+    assert promotion.register_and_promote(info, "vision_scratch", 0.6, "m1", tolerance=0.0)[:2] == ("2", "champion")
+    version, alias, why = promotion.register_and_promote(info, "vision_scratch", 0.55, "m1", tolerance=0.0)
     assert (version, alias) == ("3", "challenger") and "below champion version 2's 0.6000" in why
-    assert serving.register_and_promote(info, "vision_scratch", 0.58, "m1", tolerance=0.03)[1] == "champion"
-    version, alias, why = serving.register_and_promote(info, "vision_scratch", 0.99, "m2", tolerance=0.0)
+    assert promotion.register_and_promote(info, "vision_scratch", 0.58, "m1", tolerance=0.03)[1] == "champion"
+    version, alias, why = promotion.register_and_promote(info, "vision_scratch", 0.99, "m2", tolerance=0.0)
     assert alias == "challenger" and "another test set" in why
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("vapm-vision_scratch", "champion").version) == "4"

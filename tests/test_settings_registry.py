@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vapm.registry import RegistryError, load_registry, parse_registry
-from vapm.settings import ParamsError, TrainSettings, parse_settings, read_params
+from vapm.config.model_registry import RegistryError, load_registry, parse_registry
+from vapm.config.settings import ParamsError, TrainSettings, parse_settings, read_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = read_params(REPO_ROOT / "params.yaml")

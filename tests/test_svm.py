@@ -16,8 +16,9 @@ import yaml
 
 from tests.test_training import make_job
 from vapm.models import acoustic_svm
-from vapm.training.artefacts import ArtefactError, SklearnArtefact
-from vapm.training.data import TrainingError, load_features
+from vapm.artefacts import ArtefactError
+from vapm.artefacts.sklearn import SklearnArtefact
+from vapm.models.components.data import TrainingError, load_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["Bearing", "Flywheel", "Healthy", "LIV"]
@@ -227,7 +228,7 @@ def test_stage_trains_on_the_authors_csv_and_records_that_it_takes_no_raw_files(
     assert result.returncode == 0, result.stderr
     record = json.loads((workspace / "models" / "acoustic_svm" / "record.json").read_text())
     assert record["input"]["kind"] == "external" and record["input"]["source"] == "authors.csv"
-    from vapm.inference import InferenceError, load_model
+    from vapm.serving.loading import InferenceError, load_model
 
     model = load_model(workspace / "models" / "acoustic_svm")
     with pytest.raises(InferenceError, match="cannot compute them from a raw file"):

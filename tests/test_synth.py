@@ -20,8 +20,8 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vapm.synth import build_acoustic_archive, build_vision_archive, render_clip, render_defect, write_zip
-from vapm.synth.archive import FIXED_DATE_TIME, member_rng
+from vapm.data.synth import build_acoustic_archive, build_vision_archive, render_clip, render_defect, write_zip
+from vapm.data.synth.archive import FIXED_DATE_TIME, member_rng
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.torch_checkpoints import Tensor, contiguous, legacy_bytes, state_dict_pickle, write, zip_bytes
-from vapm.errors import VapmError
+from vapm.core.errors import VapmError
 from vapm.models.vision_transfer.efficientnet_lite import packaged_weights
 from vapm.models.vision_transfer.torch_pickle import ForbiddenPickleGlobal, TorchCheckpointError, read_state_dict
 

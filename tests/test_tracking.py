@@ -1,4 +1,4 @@
-"""MLflow runs written by vapm.tracking, read back through MLflow's own query API."""
+"""MLflow runs written by vapm.tracking.runs, read back through MLflow's own query API."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vapm import tracking
+from vapm.tracking import runs as tracking
 from vapm.evaluation.figures import save_confusion_png
 from vapm.evaluation.metrics import classification_summary
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.servers import closed_port, http_status_server
-from vapm import tracking
+from vapm.tracking import runs as tracking
 
 SEARCH = ("POST", "/api/2.0/mlflow/experiments/search")
 
@@ -96,7 +96,7 @@ def test_server_failing_after_the_check_ends_in_one_line(quick_retries, monkeypa
 
 def test_fast_failure_defaults_are_set_and_user_values_win():
     keys = sorted(tracking.HTTP_DEFAULTS)
-    code = f"import os, vapm.tracking; print(*[os.environ[k] for k in {keys!r}])"
+    code = f"import os, vapm.tracking.runs; print(*[os.environ[k] for k in {keys!r}])"
     env = {k: v for k, v in os.environ.items() if k not in tracking.HTTP_DEFAULTS}
     env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "5"  # the user's choice
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from vapm import tracking
+from vapm.tracking import runs as tracking
 
 # A stage's logging, started by a go-file so that several processes hit a fresh store together.
 STAGE = """
 import sys, time
 from pathlib import Path
-from vapm import tracking
+from vapm.tracking import runs as tracking
 go, name = Path(sys.argv[1]), sys.argv[2]
 while not go.exists():
     time.sleep(0.01)

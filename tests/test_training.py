@@ -16,10 +16,11 @@ from tests.test_models import ACOUSTIC, AUG_ON, SCRATCH, TRANSFER, calibrated_ba
 from vapm.models import acoustic_cnn, vision_scratch
 from vapm.models.vision_transfer import trainer as vision_transfer
 from vapm.models.vision_transfer.bases import resolve_base_weights
-from vapm.seeding import set_global_seed
-from vapm.settings import TrainSettings
-from vapm.training import FeatureSet, TrainingError, TrainingJob, split_indices
-from vapm.training.keras_fit import HISTORY_COLUMNS, history_frame
+from vapm.config.seeding import set_global_seed
+from vapm.config.settings import TrainSettings
+from vapm.models.components.data import FeatureSet, TrainingError, split_indices
+from vapm.models.components.job import TrainingJob
+from vapm.models.components.keras_fit import HISTORY_COLUMNS, history_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = TrainSettings(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.2,

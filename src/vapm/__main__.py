@@ -1,6 +1,6 @@
 """`python -m vapm ...` is the `vapm` command."""
 import sys
 
-from vapm.cli import main
+from vapm.cli.main import main
 
 sys.exit(main())

@@ -23,8 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vapm.evaluation.figures import (save_confusion_png, save_curves_png, save_gallery_png, save_noise_png,
-                                     save_roc_png)
+from vapm.evaluation.figures import save_confusion_png, save_curves_png, save_gallery_png, save_noise_png, save_roc_png
 from vapm.evaluation.metrics import EvaluationError, classification_summary, rounded, write_metrics_json
 
 PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
@@ -106,7 +105,7 @@ def curve_points(history: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
 def save_test_gallery(name: str, record: dict[str, Any], predictions: pd.DataFrame, class_names: Sequence[str],
                       path: Path) -> None:
     """The model's test images (from its features folder) titled with actual and predicted class."""
-    from vapm import paths
+    from vapm.config import paths
 
     with np.load(paths.IMAGE_FEATURES / "features.npz", allow_pickle=False) as features:
         by_file = {str(f): i for i, f in enumerate(features["files"])}

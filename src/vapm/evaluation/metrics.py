@@ -2,17 +2,16 @@
 and the exact McNemar test that compares two models on the same test items."""
 from __future__ import annotations
 
-from vapm.errors import VapmError
-
 import json
 import math
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from vapm.core.errors import VapmError
 
 METRICS_DECIMALS = 6
 
@@ -22,22 +21,13 @@ class EvaluationError(VapmError, ValueError):
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (stays inside [0, 1], sane at 0/n and n/n)."""
-    if n <= 0:
-        raise ValueError(f"the Wilson interval needs at least one trial, got n={n}")
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes must lie in 0..n={n}, got {successes}")
-    if not 0 < confidence < 1:
+    """Wilson score interval for a binomial proportion (scipy's; stays inside [0, 1], exact at 0/n and n/n)."""
+    from scipy.stats import binomtest
+
+    if not 0 < confidence < 1:  # scipy takes 1.0 and answers [0, 1]
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    # The exact bounds at 0/n and n/n are 0 and 1; rounding would leave them a hair off.
-    low = 0.0 if successes == 0 else max(0.0, centre - half_width)
-    high = 1.0 if successes == n else min(1.0, centre + half_width)
-    return low, high
+    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def _labels(values: Any, name: str, n_classes: int) -> np.ndarray:
@@ -78,7 +68,6 @@ def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str])
     all_labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=all_labels, zero_division=0)
-    seen = sorted(set(truth.tolist()) | set(predicted.tolist()))
     correct = int(np.sum(truth == predicted))
     low, high = wilson_interval(correct, truth.size)
     per_class = {
@@ -90,7 +79,7 @@ def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str])
         "accuracy": correct / truth.size,
         "accuracy_ci95_low": low,
         "accuracy_ci95_high": high,
-        "macro_f1": float(np.mean(f1[seen])),
+        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
         "n_test": int(truth.size),
         "per_class": per_class,
     }
@@ -99,9 +88,7 @@ def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str])
 def confusion_counts(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> np.ndarray:
     """(n_classes, n_classes) counts, rows = actual class, columns = predicted class."""
     truth, predicted = _checked_pair(y_true, y_pred, class_names)
-    counts = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    np.add.at(counts, (truth, predicted), 1)
-    return counts
+    return confusion_matrix(truth, predicted, labels=list(range(len(class_names)))).astype(np.int64)
 
 
 def confusion_rows(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> pd.DataFrame:

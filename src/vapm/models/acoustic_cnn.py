@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from vapm.settings import ModelParams, TrainOverrides
-from vapm.training.data import TrainingError, split_indices
-from vapm.training.job import Trained, TrainingJob
+from vapm.config.settings import ModelParams, TrainOverrides
+from vapm.models.components.data import TrainingError, split_indices
+from vapm.models.components.job import Trained, TrainingJob
 
 
 class Params(ModelParams):
@@ -75,7 +75,7 @@ def build(input_shape: tuple[int, int], n_classes: int, params: Params, row_mean
 
 
 def train(job: TrainingJob) -> Trained:
-    from vapm.training.keras_fit import fit_simple
+    from vapm.models.components.keras_fit import fit_simple
 
     images = job.features.x.astype(np.float32, copy=False)
     if images.ndim != 3:

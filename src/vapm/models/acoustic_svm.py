@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from vapm.settings import ModelParams
-from vapm.training.data import FeatureSet, TrainingError, train_test_only
-from vapm.training.job import Trained, TrainingJob
+from vapm.config.settings import ModelParams
+from vapm.models.components.data import FeatureSet, TrainingError, train_test_only
+from vapm.models.components.job import Trained, TrainingJob
 
 N_CSV_FEATURES = 254  # the dataset authors' CSV; our own table has as many as featurize.wavelet_level gives
 CV_JOBS = 2

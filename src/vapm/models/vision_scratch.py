@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from vapm.models.common import Augmentation, grey_input, square_side
-from vapm.settings import ModelParams, TrainOverrides
-from vapm.training.data import TrainingError, split_indices
-from vapm.training.job import Trained, TrainingJob
+from vapm.config.settings import ModelParams, TrainOverrides
+from vapm.models.components.data import TrainingError, split_indices
+from vapm.models.components.job import Trained, TrainingJob
+from vapm.models.components.layers import Augmentation, grey_input, square_side
 
 
 class Params(ModelParams):
@@ -53,7 +53,7 @@ def build(image_size: int, n_classes: int, params: Params, seed: int):
 
 
 def train(job: TrainingJob) -> Trained:
-    from vapm.training.keras_fit import fit_simple
+    from vapm.models.components.keras_fit import fit_simple
 
     images = job.features.x
     split = split_indices(job.features.labels, job.features.splits, job.train.validation_fraction, job.seed)

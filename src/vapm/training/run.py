@@ -13,7 +13,6 @@ Nothing here depends on the clock or the machine: timings go to the console and 
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -22,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from vapm import paths
-from vapm.registry import ModelEntry, get_entry
-from vapm.settings import Settings, load_settings
-from vapm.training.artefacts import artefact
-from vapm.hashing import file_sha256
-from vapm.training.data import TrainingError, load_features
-from vapm.training.job import Trained, TrainingJob
+from vapm.artefacts import artefact
+from vapm.artefacts.record import write_json, write_model_record
+from vapm.config import paths
+from vapm.config.model_registry import ModelEntry, get_entry
+from vapm.config.settings import Settings, load_settings
+from vapm.core.hashing import file_sha256
+from vapm.models.components.data import TrainingError, load_features
+from vapm.models.components.job import Trained, TrainingJob
 
-RECORD_FILE = "record.json"
 PREDICTIONS_FILE = "predictions.parquet"
 HISTORY_FILE = "history.csv"
 LIVE_DIR = "live"
@@ -107,9 +106,8 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
         for name, table in trained.tables.items():
             table.to_csv(staging / f"{name}.csv", index=False)
         for name, document in trained.documents.items():
-            (staging / f"{name}.json").write_text(json.dumps(document, indent=2, sort_keys=True, default=_plain) + "\n")
-        record = model_record(entry, job, trained)
-        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_plain) + "\n")
+            write_json(staging / f"{name}.json", document)
+        write_model_record(staging, model_record(entry, job, trained))
         if job.live_dir is not None and Path(job.live_dir).is_dir():
             shutil.copytree(job.live_dir, staging / LIVE_DIR)
         shutil.rmtree(folder, ignore_errors=True)
@@ -117,16 +115,6 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def data_fingerprint(entry: ModelEntry, features) -> Path:
@@ -146,9 +134,11 @@ def data_sha256(job: TrainingJob, trained: Trained) -> str | None:
 
 def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings) -> None:
     """One MLflow run: params, per-epoch history, test results with the confusion picture, the model."""
-    from vapm import serving, tracking
     from vapm.evaluation.figures import save_confusion_png
     from vapm.evaluation.metrics import classification_summary
+    from vapm.serving.pyfunc import log_raw_file_model
+    from vapm.tracking import runs as tracking
+    from vapm.tracking.promotion import describe_promotion, register_and_promote
 
     section = job.params.model_dump(mode="json", exclude={"train"})
     run_params: dict[str, Any] = {"seed": job.seed, entry.name: section}
@@ -172,13 +162,13 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
             tracking.log_test_results(summary, png)
         for document in sorted(paths.model_dir(entry.name).glob("*.json")):
             tracking.log_artifact(document)
-        logged = serving.log_raw_file_model(paths.model_dir(entry.name))
+        logged = log_raw_file_model(paths.model_dir(entry.name))
         # Classifiers compete on test accuracy; a detector on its threshold-free AUC.
         score = trained.metrics["test_auc"] if trained.score_kind == "anomaly" else summary["accuracy"]
-        promotion = serving.register_and_promote(logged, entry.name, score,
+        promotion = register_and_promote(logged, entry.name, score,
                                                  data_sha256(job, trained) or "unknown",
                                                  settings.mlflow.champion_tolerance)
-    print(serving.describe_promotion(entry.name, *promotion), flush=True)
+    print(describe_promotion(entry.name, *promotion), flush=True)
 
 
 def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) -> TrainingJob:
@@ -205,8 +195,8 @@ def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
 
 def run_training(name: str) -> Trained:
     """`python stages/train.py <name>`: train the registered model and write models/<name>/ and one MLflow run."""
-    from vapm.seeding import set_global_seed
-    from vapm.tracking import preflight
+    from vapm.config.seeding import set_global_seed
+    from vapm.tracking.runs import preflight
 
     settings = load_settings(models=[name])
     entry = get_entry(name)

@@ -33,24 +33,32 @@ Modules:
 - `model`: `AnomalyModel`, `fit_anomaly_model`, `normal_train_rows`.
 - `evaluation`: `evaluate_anomaly_model`, `AnomalyEvaluation`.
 """
-from vapm.models.acoustic_anomaly.detectors import (AnomalyModelError, AutoencoderDetector, Detector, KnnDetector,
-                                                    MahalanobisDetector, load_detector, make_detector, normal_rows)
+from vapm.models.acoustic_anomaly.detectors import (
+                                                    AnomalyModelError,
+                                                    AutoencoderDetector,
+                                                    Detector,
+                                                    KnnDetector,
+                                                    MahalanobisDetector,
+                                                    load_detector,
+                                                    make_detector,
+                                                    normal_rows,
+)
 from vapm.models.acoustic_anomaly.evaluation import AnomalyEvaluation, evaluate_anomaly_model
-from vapm.models.acoustic_anomaly.features import (SpectrogramSettings, frame_statistics, frame_windows,
-                                                   log_mel_images)
-from vapm.models.acoustic_anomaly.metrics import (anomaly_metrics, partial_auc, roc_auc, roc_curve_points,
-                                                  roc_rows)
+from vapm.models.acoustic_anomaly.features import SpectrogramSettings, frame_statistics, frame_windows, log_mel_images
+from vapm.models.acoustic_anomaly.metrics import anomaly_metrics, partial_auc, roc_auc, roc_curve_points, roc_rows
 from vapm.models.acoustic_anomaly.model import AnomalyModel, fit_anomaly_model, normal_train_rows
 from vapm.models.acoustic_anomaly.noise import add_noise, mix_at_snr, pink_noise, snr_db, white_noise
-from vapm.models.acoustic_anomaly.settings import (AnomalySettings, AutoencoderSettings, EvaluationSettings,
-                                                   anomaly_settings)
+from vapm.models.acoustic_anomaly.settings import (
+                                                    AnomalySettings,
+                                                    AutoencoderSettings,
+                                                    EvaluationSettings,
+                                                    anomaly_settings,
+)
 from vapm.models.acoustic_anomaly.threshold import Threshold, quantile_threshold
-
-from vapm.models.acoustic_anomaly.artefact import AnomalyArtefact  # saving, loading, scoring (artefact: anomaly)
 from vapm.models.acoustic_anomaly.trainer import Params, train  # the registry's interface (models.yaml)
 
 __all__ = [
-    "AnomalyArtefact", "Params", "train",
+    "Params", "train",
     "AnomalyEvaluation", "AnomalyModel", "AnomalyModelError", "AnomalySettings", "AutoencoderDetector",
     "AutoencoderSettings", "Detector", "EvaluationSettings", "KnnDetector", "MahalanobisDetector",
     "SpectrogramSettings", "Threshold", "add_noise", "anomaly_metrics", "anomaly_settings", "evaluate_anomaly_model",

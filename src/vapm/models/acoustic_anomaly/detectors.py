@@ -31,10 +31,10 @@ import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.covariance import LedoitWolf
 
-from vapm.errors import VapmError
+from vapm.config.seeding import set_global_seed
+from vapm.core.errors import VapmError
 from vapm.models.acoustic_anomaly.features import active_bands, check_statistics, frame_statistics, frame_windows
 from vapm.models.acoustic_anomaly.settings import AutoencoderSettings
-from vapm.seeding import set_global_seed
 
 DETECTOR_FILE = "detector.json"
 ARRAYS_FILE = "arrays.npz"

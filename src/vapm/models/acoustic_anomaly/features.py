@@ -1,7 +1,7 @@
 """The detector's inputs: log-mel images of clips, and what each method reads from them.
 
 Both methods start from the same log-mel (dB) image the project's featurize stage computes
-(`vapm.features.acoustic.mfcc_logmel_image`, one centred STFT, a fixed 1.0 dB reference so a louder
+(`vapm.data.features.acoustic.mfcc_logmel_image`, one centred STFT, a fixed 1.0 dB reference so a louder
 machine stays louder): the statistical detectors summarise every mel band over the clip's frames,
 the autoencoder reads windows of consecutive frames, as the DCASE Task 2 baselines do. Computing
 the images once lets cross-validation and the noise sweep reuse them.
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from vapm.features.acoustic import mfcc_logmel_image
+from vapm.data.features.acoustic import mfcc_logmel_image
 
 # Per-band statistics the statistical detectors may use, in this column order.
 FRAME_STATISTICS = ("mean", "std", "p10", "p50", "p90")

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
-
-from vapm.evaluation.metrics import wilson_interval
+from scipy.stats import binomtest, rankdata
 
 
 @dataclass(frozen=True)
@@ -137,8 +135,8 @@ def rate_summary(flags: np.ndarray, confidence: float) -> dict[str, Any]:
     """Share of True flags with its count and a Wilson interval."""
     flags = np.asarray(flags, dtype=bool)
     count, n = int(flags.sum()), int(flags.size)
-    low, high = wilson_interval(count, n, confidence)
-    return {"rate": count / n, "count": count, "n": n, "wilson_ci": [low, high]}
+    interval = binomtest(count, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"rate": count / n, "count": count, "n": n, "wilson_ci": [float(interval.low), float(interval.high)]}
 
 
 def comparison_metrics(is_abnormal: np.ndarray, scores: np.ndarray, threshold: float, *, max_fpr: float,

@@ -8,13 +8,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vapm.models.acoustic_anomaly.detectors import (AnomalyModelError, Detector, load_detector, make_detector,
-                                                    normal_rows)
+from vapm.config.seeding import set_global_seed
+from vapm.models.acoustic_anomaly.detectors import (
+    AnomalyModelError,
+    Detector,
+    load_detector,
+    make_detector,
+    normal_rows,
+)
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, log_mel_images
 from vapm.models.acoustic_anomaly.settings import AnomalySettings
-from vapm.models.acoustic_anomaly.threshold import (Threshold, alarms, choose_method, holdout_indices,
-                                                    make_threshold, out_of_fold_scores)
-from vapm.seeding import set_global_seed
+from vapm.models.acoustic_anomaly.threshold import (
+    Threshold,
+    alarms,
+    choose_method,
+    holdout_indices,
+    make_threshold,
+    out_of_fold_scores,
+)
 
 MODEL_FILE = "anomaly.json"
 DETECTOR_DIR = "detector"
@@ -22,7 +33,7 @@ DETECTOR_DIR = "detector"
 
 @dataclass
 class AnomalyModel:
-    """What `vapm.predict` needs: clip -> log-mel (same settings) -> score -> normal/abnormal."""
+    """What `vapm.cli.predict` needs: clip -> log-mel (same settings) -> score -> normal/abnormal."""
 
     detector: Detector
     threshold: Threshold

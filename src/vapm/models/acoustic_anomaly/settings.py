@@ -1,4 +1,4 @@
-"""The detector's knobs: the `acoustic_anomaly:` params section, validated like every other (vapm.settings).
+"""The detector's knobs: the `acoustic_anomaly:` params section, validated like every other (vapm.config.settings).
 
 `AnomalySettings` is the trainer's `Params`; missing keys take the defaults below. `anomaly_settings(mapping)`
 validates a plain mapping and raises one `ParamsError` line naming every bad `acoustic_anomaly.<key>`.
@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
+from vapm.config.settings import ModelParams, ParamsError, Section, one_line_problems
 from vapm.models.acoustic_anomaly.features import FRAME_STATISTICS
 from vapm.models.acoustic_anomaly.noise import NOISE_TYPES
-from vapm.settings import ModelParams, ParamsError, Section, one_line_problems
 
 METHODS = ("mahalanobis", "knn", "autoencoder")
 THRESHOLD_METHODS = ("auto", "holdout", "cross_validation")

@@ -16,8 +16,8 @@ from vapm.models.acoustic_anomaly.evaluation import evaluate_anomaly_model
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, log_mel_images
 from vapm.models.acoustic_anomaly.model import fit_anomaly_model
 from vapm.models.acoustic_anomaly.settings import AnomalySettings
-from vapm.training.data import TrainingError, train_test_only
-from vapm.training.job import Trained, TrainingJob
+from vapm.models.components.data import TrainingError, train_test_only
+from vapm.models.components.job import Trained, TrainingJob
 
 Params = AnomalySettings
 

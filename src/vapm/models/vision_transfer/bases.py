@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vapm.errors import VapmError
-from vapm.hashing import file_sha256
+from vapm.core.errors import VapmError
+from vapm.core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

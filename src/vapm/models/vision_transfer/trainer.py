@@ -14,11 +14,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from vapm.models.common import Augmentation, grey_input, square_side
+from vapm.config.settings import ModelParams, TrainOverrides
+from vapm.models.components.data import TrainingError, split_indices
+from vapm.models.components.job import Trained, TrainingJob
+from vapm.models.components.layers import Augmentation, grey_input, square_side
 from vapm.models.vision_transfer.bases import BaseWeights, build_base, resolve_weights
-from vapm.settings import ModelParams, TrainOverrides
-from vapm.training.data import TrainingError, split_indices
-from vapm.training.job import Trained, TrainingJob
 
 # One training-mode pass over this many images sets a random base's BatchNorm statistics (64 images x
 # every pixel position is plenty per channel; the pass holds all activations, so memory grows with it).
@@ -123,8 +123,14 @@ def uses_feature_cache(params: Params) -> bool:
 
 
 def train_transfer(job: TrainingJob, weights: BaseWeights) -> Trained:
-    from vapm.training.keras_fit import (LiveLog, compile_classifier, fit_classifier, predict_in_batches,
-                                         validation, watchers)
+    from vapm.models.components.keras_fit import (
+        LiveLog,
+        compile_classifier,
+        fit_classifier,
+        predict_in_batches,
+        validation,
+        watchers,
+    )
 
     params: Params = job.params
     images, labels = job.features.x, job.features.labels

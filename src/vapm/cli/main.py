@@ -1,0 +1,45 @@
+"""The `vapm` command: one entry point for what a user runs by hand (`python -m vapm` works too).
+
+    vapm predict MODEL_DIR FILE...     classify images or recordings with a trained model
+    vapm monitor DIR --model MODEL_DIR watch a folder, score new files once each, log and print alerts
+    vapm report [--base REF]           what a change did to the models: reports/report.md and .html
+    vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
+    vapm crossval [MODEL...]           k-fold evaluation of registered classifiers
+    vapm bench [...]                   time the pipeline on given archives
+
+The pipeline itself runs through DVC (`dvc repro`, `dvc exp run`).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "predict": ("vapm.cli.predict", "classify images or recordings with a trained model"),
+    "monitor": ("vapm.cli.monitor", "watch a folder and score every new image or recording, with alerts"),
+    "report": ("vapm.cli.report", "compare the workspace's models with a git ref: reports/report.md and .html"),
+    "preset": ("vapm.cli.preset", "turn a preset into dvc exp run -S arguments, or run it"),
+    "crossval": ("vapm.cli.crossval", "k-fold evaluation of registered classifiers"),
+    "bench": ("vapm.bench.pipeline", "time the pipeline on given archives"),
+    "bench-monitor": ("vapm.bench.monitor", "latency and throughput of the folder monitor"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "usage: vapm COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + \
+        "\n\n`vapm COMMAND --help` describes one."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"vapm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)

@@ -1,0 +1,322 @@
+"""params.yaml parsed once into typed, validated settings.
+
+`load_settings()` checks every section (and every registered model's section, with the `Params`
+class of its trainer) and reports every bad value at once, each with its dotted name and what is
+allowed, in one `ParamsError`. Stages read typed attributes (`settings.ingest.on_bad_file`), never
+raw dicts.
+"""
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vapm.core.errors import VapmError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(VapmError, ValueError):
+    """params.yaml is missing, unreadable, or holds values the pipeline cannot use."""
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are typos, and "10" is not a number."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _rate(value: Any) -> float:
+    """Sample rates may be written as numbers or exact fractions such as '50000/3'."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of Hz or a fraction like 50000/3")
+    try:
+        rate = float(Fraction(str(value).replace(" ", "")))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError("must be a number of Hz or a fraction like 50000/3") from None
+    if rate <= 0:
+        raise ValueError("must be positive")
+    return rate
+
+
+SampleRate = Annotated[float, BeforeValidator(_rate)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction01 = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _class_list(names: list[str]) -> list[str]:
+    if any(not name.strip() for name in names):
+        raise ValueError("class names must not be empty")
+    if len({name.lower() for name in names}) != len(names):
+        raise ValueError("names a class twice (class folders match regardless of case)")
+    return names
+
+
+ClassList = Annotated[list[str], Field(min_length=2)]
+
+
+class ComputeSettings(Section):
+    threads: int = Field(2, ge=1, le=256)
+
+
+class VisionSettings(Section):
+    classes: ClassList
+    image_size: int = Field(ge=8, le=2048)
+
+    _check_classes = field_validator("classes")(_class_list)
+
+
+class AudioSettings(Section):
+    classes: ClassList
+    sample_rate: SampleRate
+    clip_seconds: float = Field(gt=0, le=600)
+    length_tolerance: float = Field(ge=0, lt=1)
+
+    _check_classes = field_validator("classes")(_class_list)
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples of every decoded clip: sample_rate x clip_seconds, rounded."""
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @model_validator(mode="after")
+    def _some_samples(self) -> "AudioSettings":
+        if self.clip_samples < 1:
+            raise ValueError("sample_rate x clip_seconds gives no samples per clip")
+        return self
+
+
+class SampleDataSettings(Section):
+    out_dir: str
+    image_size: int = Field(ge=16, le=1024)
+    train_per_class: PositiveInt
+    test_per_class: int = Field(ge=0)
+    clips_per_class: PositiveInt
+
+
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # Pillow refuses more itself, before our check could name the limit
+
+
+class IngestConfig(Section):
+    vision_archive: str = Field(min_length=1)
+    acoustic_archive: str = Field(min_length=1)
+    max_uncompressed_mb: float = Field(gt=0, allow_inf_nan=False)
+    max_member_mb: float = Field(gt=0, allow_inf_nan=False)
+    max_image_pixels: int = Field(ge=1, le=PILLOW_MAX_IMAGE_PIXELS)
+    max_source_samples: int = Field(ge=1)
+    on_bad_file: Literal["fail", "skip"]
+    test_fraction: Fraction01
+    n_jobs: int = Field(ge=1, le=64)
+
+
+class FeaturizeSettings(Section):
+    n_mfcc: PositiveInt
+    n_mels: PositiveInt
+    mfcc_mel_bands: PositiveInt | None = None   # None: the MFCCs come from the n_mels log-mel rows
+    n_fft: int = Field(ge=16)
+    hop_length: PositiveInt
+    fmax: float | None = Field(gt=0)
+    wavelet: str
+    wavelet_level: int = Field(ge=1, le=12)
+    wavelet_mode: str
+    wavelet_energy: Literal["log", "linear"]
+    remove_dc: bool
+    n_jobs: int = Field(ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _mfcc_from_mels(self) -> "FeaturizeSettings":
+        bands = self.mfcc_mel_bands or self.n_mels
+        if self.n_mfcc > bands:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed the {bands} mel bands they are computed from "
+                             "(mfcc_mel_bands, or n_mels): the MFCCs are the DCT of the mel bands")
+        return self
+
+    @field_validator("wavelet")
+    @classmethod
+    def _known_wavelet(cls, name: str) -> str:
+        import pywt
+
+        if name not in pywt.wavelist(kind="discrete"):
+            raise ValueError("is not a discrete PyWavelets wavelet (e.g. db4, sym5, coif2)")
+        return name
+
+    @field_validator("wavelet_mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        import pywt
+
+        if mode not in pywt.Modes.modes:
+            raise ValueError(f"must be one of {pywt.Modes.modes}")
+        return mode
+
+
+class MlflowSettings(Section):
+    experiment: str = Field(min_length=1)
+    champion_tolerance: float = Field(0.0, ge=0, le=1)  # a new version becomes champion unless it is worse by more
+
+
+class TrainSettings(Section):
+    """How a neural model is fitted: the shared `train` section, or it merged with a model's overrides."""
+    epochs: PositiveInt
+    batch_size: int = Field(ge=1, le=65536)
+    learning_rate: float = Field(gt=0, le=10)
+    validation_fraction: float = Field(ge=0, lt=1)
+    early_stopping_patience: int = Field(ge=0)
+    reduce_lr_patience: int = Field(ge=0)
+    reduce_lr_factor: Fraction01
+
+    @model_validator(mode="after")
+    def _watchers_need_validation(self) -> "TrainSettings":
+        watching = self.early_stopping_patience > 0 or self.reduce_lr_patience > 0
+        if watching and self.validation_fraction == 0:
+            raise ValueError("early stopping and the learning-rate schedule watch val_loss: set "
+                             "validation_fraction > 0, or their patience to 0")
+        return self
+
+
+class TrainOverrides(Section):
+    """A model's `train:` mapping: null keeps the shared `train` value."""
+    epochs: PositiveInt | None = None
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    learning_rate: float | None = Field(None, gt=0, le=10)
+    validation_fraction: float | None = Field(None, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(None, ge=0)
+    reduce_lr_patience: int | None = Field(None, ge=0)
+    reduce_lr_factor: Fraction01 | None = None
+
+
+class CrossvalSettings(Section):
+    folds: int = Field(ge=2, le=100)
+    models: list[str] = Field(min_length=1)    # registered classifiers `vapm crossval` evaluates by default
+
+
+class ModelParams(Section):
+    """Base of every model's params section (a trainer's `Params`)."""
+
+
+class Settings(Section):
+    seed: int = Field(ge=0, le=2**32 - 1)
+    compute: ComputeSettings = ComputeSettings()
+    vision: VisionSettings
+    audio: AudioSettings
+    sample_data: SampleDataSettings
+    ingest: IngestConfig
+    featurize: FeaturizeSettings
+    mlflow: MlflowSettings
+    train: TrainSettings
+    crossval: CrossvalSettings
+    models: dict[str, ModelParams] = Field(default_factory=dict)  # filled from the registry's sections
+
+    @model_validator(mode="after")
+    def _fmax_below_nyquist(self) -> "Settings":
+        nyquist = self.audio.sample_rate / 2
+        if self.featurize.fmax is not None and self.featurize.fmax > nyquist:
+            raise ValueError(f"featurize.fmax ({self.featurize.fmax:g} Hz) is above half of audio.sample_rate "
+                             f"({nyquist:g} Hz)")
+        return self
+
+    def model(self, name: str) -> Any:
+        """A registered model's validated params section (an instance of its trainer's `Params`)."""
+        if name not in self.models:
+            raise ParamsError(f"params.yaml has no section for model {name!r}; every model in models.yaml "
+                              "needs one, named after it")
+        return self.models[name]
+
+    def train_for(self, name: str) -> TrainSettings:
+        """The shared `train` section with the model's own `train:` overrides applied."""
+        overrides = getattr(self.model(name), "train", None)
+        if overrides is None:
+            return self.train
+        changes = {key: value for key, value in overrides.model_dump().items() if value is not None}
+        try:
+            return TrainSettings(**{**self.train.model_dump(), **changes})
+        except ValidationError as err:
+            raise ParamsError(_one_line(err, prefix=f"{name}.train")) from None
+
+    def classes(self, modality: str) -> list[str]:
+        return list(self.vision.classes if modality == "vision" else self.audio.classes)
+
+
+GENERAL_SECTIONS = [name for name in Settings.model_fields if name != "models"]
+
+
+def _dotted(location: tuple[Any, ...], prefix: str) -> str:
+    parts = [str(part) for part in location if not str(part).startswith("function-")]
+    return ".".join([prefix, *parts] if prefix else parts) or "params.yaml"
+
+
+def one_line_problems(err: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line naming every bad value by its dotted key."""
+    return _one_line(err, prefix)
+
+
+def _one_line(err: ValidationError, prefix: str = "") -> str:
+    problems = []
+    for issue in err.errors(include_url=False):
+        where = _dotted(issue["loc"], prefix)
+        message = issue["msg"].removeprefix("Value error, ")
+        if issue["type"] == "extra_forbidden":
+            message = "unknown key (a typo? params.yaml lists every key)"
+        elif issue["type"] == "missing":
+            message = "missing"
+        shown = "" if issue["type"] in ("missing", "extra_forbidden") else f" (got {issue['input']!r})"
+        problems.append(f"{where}: {message[:1].lower()}{message[1:]}{shown}")
+    return "params.yaml: " + "; ".join(problems)
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run the stages from the repository root")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def parse_settings(params: dict[str, Any], model_params: dict[str, type[ModelParams] | None]) -> Settings:
+    """Validate a params mapping; `model_params` maps each registered model to its `Params` class (None: the
+    section is not checked here, only required to exist)."""
+    params = copy.deepcopy(params)
+    general = {key: value for key, value in params.items() if key not in model_params}
+    problems: list[str] = []
+    sections: dict[str, ModelParams] = {}
+    for name, params_class in model_params.items():
+        if name not in params:
+            problems.append(f"{name}: missing (every model in models.yaml needs a params section named after it)")
+        elif params_class is not None:
+            try:
+                sections[name] = params_class.model_validate(params[name])
+            except ValidationError as err:
+                problems.append(_one_line(err, prefix=name).removeprefix("params.yaml: "))
+    try:
+        settings = Settings.model_validate(general)
+    except ValidationError as err:
+        problems.insert(0, _one_line(err).removeprefix("params.yaml: "))
+        settings = None
+    if problems:
+        raise ParamsError("params.yaml: " + "; ".join(problems))
+    return settings.model_copy(update={"models": sections})
+
+
+def load_settings(path: str | Path = PARAMS_FILE, models: Iterable[str] | None = None,
+                  registry_path: str | Path | None = None) -> Settings:
+    """params.yaml validated: every general section, and the sections of `models` (default: every model of
+    the registry) with their trainers' `Params`. Raises one ParamsError listing every bad value."""
+    from vapm.config.model_registry import REGISTRY_FILE, load_registry
+
+    registry = load_registry(registry_path or REGISTRY_FILE)
+    checked = set(registry) if models is None else set(models)
+    unknown = checked - set(registry)
+    if unknown:
+        from vapm.config.model_registry import RegistryError
+
+        raise RegistryError(f"no model {sorted(unknown)} in models.yaml; registered: {', '.join(registry)}")
+    return parse_settings(read_params(path), {name: entry.params_class() if name in checked else None
+                                              for name, entry in registry.items()})

@@ -1,0 +1,215 @@
+"""Read data/interim, compute the features chunk by chunk and write data/features (docs/architecture.md).
+
+Every features folder holds its arrays and the record that made them (`record.json`, vapm.data.features.records).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+
+from vapm.core.progress import progress
+from vapm.data.features.acoustic import acoustic_frame_count, check_clip_length, clip_range_features
+from vapm.data.features.errors import InterimDataError
+from vapm.data.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
+
+VISION_COLUMNS = ("item", "file", "class", "label", "split", "height", "width", "offset")
+ACOUSTIC_COLUMNS = ("item", "file", "class", "label", "split")
+
+# Clips per task: small enough for a smooth progress bar and bounded memory, large enough that task
+# overhead is negligible. Results do not depend on it (every clip is computed alone).
+CHUNK_CLIPS = 32
+
+# A worker process spends about 3-5 CPU seconds importing librosa's scipy/numba stack before its first
+# clip, while a clip takes about 2.5 ms with the default params (1800 clips: ~5 s in one process), so
+# two workers only pay off when the work left after the first chunk is longer than this.
+PARALLEL_WORTH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class AcousticSummary:
+    n_clips: int
+    seconds: float                  # wall time of the whole acoustic pass
+    workers: int                    # processes that computed the chunks after the first
+    image_cpu_ms_per_clip: float    # MFCC + log-mel, CPU time per clip
+    wavelet_cpu_ms_per_clip: float  # wavelet-packet energies, CPU time per clip
+
+
+def read_manifest(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """The manifest sorted by `item`, checked to have the columns and items 0..N-1 the contract promises."""
+    if not path.is_file():
+        raise InterimDataError(f"{path} not found: run the ingest stage first")
+    try:
+        manifest = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for damaged files
+        raise InterimDataError(f"{path} is not a readable parquet file: {err}") from err
+    missing = [column for column in required if column not in manifest.columns]
+    if missing:
+        raise InterimDataError(f"{path} lacks the columns {missing}")
+    if manifest.empty:
+        raise InterimDataError(f"{path} lists no items")
+    manifest = manifest.sort_values("item", kind="stable").reset_index(drop=True)
+    if not np.array_equal(manifest["item"].to_numpy(), np.arange(len(manifest))):
+        raise InterimDataError(f"{path}: the item column must number the rows 0..{len(manifest) - 1} once each")
+    return manifest
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InterimDataError(f"{path} not found: run the ingest stage first")
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as err:
+        raise InterimDataError(f"{path} is not a readable .npy array: {err}") from err
+
+
+def _labels_splits_files(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {"labels": manifest["label"].to_numpy(dtype=np.int64),
+            "splits": np.asarray(manifest["split"].astype(str).tolist(), dtype=str),
+            "files": np.asarray(manifest["file"].astype(str).tolist(), dtype=str)}
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write next to `path`, then rename, so an interrupted run never leaves a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(target: Path) -> None:
+        with open(target, "wb") as fh:  # a file object stops numpy from appending ".npz" to the name
+            np.savez(fh, **arrays)
+    _replace_atomically(path, write)
+
+
+FEATURES_NPZ = "features.npz"
+FEATURES_PARQUET = "features.parquet"
+
+
+def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord) -> int:
+    """Resize every image of data/interim/vision as `record` says; write out_dir/features.npz; return the count."""
+    interim_dir = Path(interim_dir)
+    manifest = read_manifest(interim_dir / "manifest.parquet", VISION_COLUMNS)
+    pixels = _open_npy(interim_dir / "pixels.npy")
+    if pixels.ndim != 1 or pixels.dtype != np.uint8:
+        raise InterimDataError(f"{interim_dir / 'pixels.npy'} must be 1-D uint8, got {pixels.dtype} {pixels.shape}")
+    offsets, heights, widths = (manifest[c].to_numpy(dtype=np.int64) for c in ("offset", "height", "width"))
+    bad = (heights < 1) | (widths < 1) | (offsets < 0) | (offsets + heights * widths > pixels.size)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InterimDataError(
+            f"{interim_dir / 'manifest.parquet'}: {int(bad.sum())} images lie outside pixels.npy "
+            f"({pixels.size} bytes), first {manifest['file'][first]} at offset {offsets[first]} "
+            f"with size {heights[first]}x{widths[first]}")
+    side = record.image_size
+    images = np.empty((len(manifest), side, side), dtype=np.uint8)
+    rows = progress(zip(offsets, heights, widths), desc="resize images", total=len(manifest), unit="image")
+    for i, (offset, height, width) in enumerate(rows):
+        images[i] = record.from_grey(np.asarray(pixels[offset:offset + height * width]).reshape(height, width))
+    _save_npz(Path(out_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest)})
+    write_record(out_dir, record)
+    return len(manifest)
+
+
+def workers_worth_starting(n_jobs: int, seconds_per_clip: float, clips_left: int, chunks_left: int,
+                           parallel_worth_seconds: float = PARALLEL_WORTH_SECONDS) -> int:
+    """How many processes should compute the remaining chunks: n_jobs only if the work pays for their start."""
+    if seconds_per_clip * clips_left <= parallel_worth_seconds:
+        return 1
+    return max(1, min(n_jobs, chunks_left))
+
+
+def _check_clips(clips_path: Path, n_listed: int, image_record: AcousticImageRecord,
+                 wavelet_record: WaveletRecord) -> int:
+    """The clip length, after checking clips.npy against its manifest and the settings."""
+    clips = _open_npy(clips_path)
+    if clips.ndim != 2 or not np.issubdtype(clips.dtype, np.floating):
+        raise InterimDataError(f"{clips_path} must be a 2-D float array (clips x samples), "
+                               f"got {clips.dtype} {clips.shape}")
+    if clips.shape[0] != n_listed:
+        raise InterimDataError(f"{clips_path} holds {clips.shape[0]} clips but its manifest lists {n_listed}")
+    check_clip_length(clips.shape[1], image_record.n_fft, wavelet_record.wavelet, wavelet_record.level)
+    return clips.shape[1]
+
+
+def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_record: AcousticImageRecord,
+                      wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int,
+                      parallel_worth_seconds: float) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """(images, energies, processes used, image CPU seconds, wavelet CPU seconds) for every clip."""
+    n_clips = len(files)
+    frames = acoustic_frame_count(n_samples, image_record.hop_length)
+    images = np.empty((n_clips, image_record.n_mfcc + image_record.n_mels, frames), dtype=np.float32)
+    energies = np.empty((n_clips, len(wavelet_record.feature_names)), dtype=np.float64)
+    cpu_seconds = np.zeros(2)
+
+    def store(start: int, stop: int, chunk: tuple[np.ndarray, np.ndarray, float, float]) -> None:
+        chunk_images, chunk_energies, *chunk_seconds = chunk
+        if chunk_images.shape[1:] != images.shape[1:]:
+            raise InterimDataError(f"clips {start}..{stop - 1} gave images of shape {chunk_images.shape[1:]}, "
+                                   f"expected {images.shape[1:]} for {n_samples}-sample clips")
+        images[start:stop], energies[start:stop] = chunk_images, chunk_energies
+        cpu_seconds[:] += chunk_seconds
+
+    def task(start: int, stop: int):
+        return delayed(clip_range_features)(clips_path, start, stop, files[start:stop], image_record, wavelet_record)
+
+    bounds = [(start, min(start + chunk_clips, n_clips)) for start in range(0, n_clips, chunk_clips)]
+    # The first chunk runs here and tells what a clip costs, which decides whether workers pay off.
+    (first_start, first_stop), rest = bounds[0], bounds[1:]
+    store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop],
+                                                       image_record, wavelet_record))
+    workers = workers_worth_starting(n_jobs, cpu_seconds.sum() / first_stop, n_clips - first_stop,
+                                     len(rest), parallel_worth_seconds)
+    results = Parallel(n_jobs=workers, return_as="generator")(task(start, stop) for start, stop in rest)
+    chunks = progress(zip(rest, results), desc=f"acoustic features ({chunk_clips} clips/chunk, {workers} process(es))",
+                      total=len(rest), unit="chunk")
+    for (start, stop), chunk in chunks:
+        store(start, stop, chunk)
+    return images, energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+
+
+def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, image_record: AcousticImageRecord,
+                       wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int = CHUNK_CLIPS,
+                       parallel_worth_seconds: float = PARALLEL_WORTH_SECONDS) -> AcousticSummary:
+    """Compute the MFCC + log-mel images and the wavelet-packet energies of every clip in one pass.
+
+    Chunks of clips come back in order into preallocated arrays, from worker processes when there is
+    enough work (see PARALLEL_WORTH_SECONDS); every clip is computed on its own, so the numbers do not
+    depend on n_jobs, on whether workers were used, or on chunk_clips.
+    """
+    started = time.perf_counter()
+    interim_dir = Path(interim_dir)
+    manifest = read_manifest(interim_dir / "manifest.parquet", ACOUSTIC_COLUMNS)
+    clips_path = interim_dir / "clips.npy"
+    n_samples = _check_clips(clips_path, len(manifest), image_record, wavelet_record)
+    if n_samples != image_record.audio.clip_samples:
+        raise InterimDataError(f"{clips_path} holds clips of {n_samples} samples, but audio.sample_rate x "
+                               f"audio.clip_seconds gives {image_record.audio.clip_samples}: rerun ingest")
+    files = manifest["file"].astype(str).tolist()
+    images, energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
+        clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips, parallel_worth_seconds)
+
+    _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest)})
+    write_record(images_dir, image_record)
+    table = pd.DataFrame(energies, columns=wavelet_record.feature_names)
+    table["class"] = manifest["class"].astype(str).to_numpy()
+    table["label"] = manifest["label"].to_numpy(dtype=np.int64)
+    table["split"] = manifest["split"].astype(str).to_numpy()
+    table["file"] = files
+    _replace_atomically(Path(wavelet_dir) / FEATURES_PARQUET, lambda target: table.to_parquet(target, index=False))
+    write_record(wavelet_dir, wavelet_record)
+    return AcousticSummary(n_clips=len(files), seconds=time.perf_counter() - started, workers=workers,
+                           image_cpu_ms_per_clip=1000 * image_seconds / len(files),
+                           wavelet_cpu_ms_per_clip=1000 * wavelet_seconds / len(files))

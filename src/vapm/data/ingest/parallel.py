@@ -1,0 +1,150 @@
+"""Reading and decoding members in chunks, in worker processes, with results in input order.
+
+Each process parses the archive's directory once (`cached_archive`) and tasks carry the members' ZipInfo,
+so the work is linear in the number of members: opening the zip per chunk made it quadratic.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import zipfile
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from vapm.data.ingest.archive import member_blocks, open_archive, read_member
+from vapm.data.ingest.decode import AudioTarget, decode_audio, decode_image
+from vapm.data.ingest.errors import BadFile
+from vapm.data.ingest.limits import IngestLimits
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+CHUNK_ITEMS = 32  # members per task: large enough to hide the cost of a task, small enough to bound memory
+# What the decoded results of one task may add up to at most (each member's worst case counts): with
+# 16-Mpx images that is two per task, with clips the full CHUNK_ITEMS.
+CHUNK_RESULT_BYTES = 32 * 2**20
+
+
+def chunked(items: Sequence[T], size: int = CHUNK_ITEMS) -> list[Sequence[T]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def decode_chunk_items(limits: IngestLimits, audio_target: AudioTarget | None) -> int:
+    """Members per decoding task, so one task's results stay within CHUNK_RESULT_BYTES (at least one)."""
+    worst_result = limits.max_image_pixels if audio_target is None else 4 * audio_target.samples
+    return max(1, min(CHUNK_ITEMS, CHUNK_RESULT_BYTES // worst_result))
+
+
+class Workers:
+    """Maps a function over tasks in input order: in `n_jobs` worker processes, or here when n_jobs is 1.
+
+    Workers are spawned, not forked: forking a process that has started threads (TensorFlow in a test
+    session, tqdm's monitor) can deadlock. Spawning costs a second or two of imports per worker, so use
+    them only for work that takes much longer. At most two tasks per worker are in flight, which bounds
+    the memory held by results waiting to be consumed.
+    """
+
+    def __init__(self, n_jobs: int):
+        self.n_jobs = max(1, n_jobs)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "Workers":
+        if self.n_jobs > 1:
+            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def map(self, function: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
+        if self._pool is None:
+            yield from map(function, tasks)
+            return
+        in_flight: deque[Future[R]] = deque()
+        pending = iter(tasks)
+        for task in islice(pending, 2 * self.n_jobs):
+            in_flight.append(self._pool.submit(function, task))
+        while in_flight:
+            result = in_flight.popleft().result()
+            for task in islice(pending, 1):
+                in_flight.append(self._pool.submit(function, task))
+            yield result
+
+
+# ---- one open archive per process ----
+
+_ARCHIVES: dict[Path, zipfile.ZipFile] = {}
+
+
+def remember_archive(path: Path, zf: zipfile.ZipFile) -> None:
+    """Let tasks run in this process use `zf`, already open, for `path`."""
+    _ARCHIVES[path] = zf
+
+
+def forget_archives() -> None:
+    """Close every archive this process holds open (the caller that opened them closes them)."""
+    while _ARCHIVES:
+        _ARCHIVES.popitem()[1].close()
+
+
+def cached_archive(path: Path) -> zipfile.ZipFile:
+    """The archive opened once in this process (a worker opens it on its first task and keeps it)."""
+    if path not in _ARCHIVES:
+        _ARCHIVES[path] = open_archive(path)
+    return _ARCHIVES[path]
+
+
+# ---- tasks ----
+
+@dataclass(frozen=True)
+class MemberTask:
+    """Members of one archive to hash or decode; the ZipInfo entries come from the parent's directory."""
+
+    archive: Path
+    members: Sequence[zipfile.ZipInfo]
+    limits: IngestLimits
+    audio_target: AudioTarget | None = None
+
+
+def hash_chunk(task: MemberTask) -> list[tuple[str | None, str | None]]:
+    """(sha256 hex, None) per member, or (None, reason) when it cannot be read within limits or is empty."""
+    zf = cached_archive(task.archive)
+    results: list[tuple[str | None, str | None]] = []
+    for info in task.members:
+        digest = hashlib.sha256()
+        try:
+            for block in member_blocks(zf, info, task.limits.max_member_bytes):
+                digest.update(block)
+        except BadFile as err:
+            results.append((None, str(err)))
+            continue
+        results.append((digest.hexdigest(), None) if info.file_size else (None, "empty file"))
+    return results
+
+
+def decode_chunk(task: MemberTask) -> list[tuple[Any, str | None]]:
+    """(decoded, None) per member, or (None, reason) when it fails validation.
+
+    Decoded is a grey uint8 image, or a `Clip` when an audio target is given.
+    """
+    zf = cached_archive(task.archive)
+    limits = task.limits
+    results: list[tuple[Any, str | None]] = []
+    for info in task.members:
+        try:
+            data = read_member(zf, info, limits.max_member_bytes)
+            if task.audio_target is None:
+                decoded = decode_image(data, info.filename, limits.max_image_pixels)
+            else:
+                decoded = decode_audio(info.filename, data, task.audio_target, limits.max_source_samples)
+            del data
+            results.append((decoded, None))
+        except BadFile as err:
+            results.append((None, str(err)))
+    return results

@@ -1,0 +1,256 @@
+"""Synthetic steel-strip surface-defect images in the layout of the NEU-data-TrainTest archive.
+
+Each image is a noisy steel-like background (illumination gradient, low-frequency shading,
+streaks along the rolling direction, grain) with one class of defect drawn on it. Defect shapes
+are rasterised by PIL from NumPy-generated geometry and softened by a blur; every size is given
+for a 200-pixel image and scaled with the requested side. The rolling direction is vertical, as
+in the NEU images.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from vapm.core.progress import progress
+from vapm.data.synth.archive import BuiltArchive, SynthError, member_rng, write_zip
+
+VISION_ROOT = "NEU-data-TrainTest"
+JPEG_QUALITY = 90
+MIN_IMAGE_SIZE = 16
+
+# Folder name -> NEU-DET file-name prefix (Rolled/rolled-in_scale_7.jpg).
+NEU_DET_PREFIXES = {
+    "Crazing": "crazing",
+    "Inclusion": "inclusion",
+    "Patches": "patches",
+    "Pitted": "pitted_surface",
+    "Rolled": "rolled-in_scale",
+    "Scratches": "scratches",
+}
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Zero-mean, unit-std noise varying on the scale of size/cells pixels."""
+    coarse = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
+    field = np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.BICUBIC), dtype=np.float32)
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+def _background(rng: np.random.Generator, size: int, brightness: tuple[float, float],
+                grain_level: tuple[float, float]) -> np.ndarray:
+    scale = size / 200.0
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    direction = rng.uniform(0, 2 * np.pi)
+    gradient = rng.uniform(0, 20) * (xs * np.cos(direction) + ys * np.sin(direction) - 0.5)
+    shading = rng.uniform(3, 10) * _smooth_field(rng, size, int(rng.integers(2, 5)))
+    # Rolling leaves faint streaks along the strip: per-column offsets, slightly smoothed across columns.
+    kernel = np.ones(max(1, round(2 * scale)), dtype=np.float32)
+    columns = np.convolve(rng.standard_normal(size).astype(np.float32), kernel / kernel.sum(), mode="same")
+    streaks = rng.uniform(1, 4) * columns[None, :]
+    coarse_grain = _smooth_field(rng, size, max(2, size // 3))
+    grain = rng.uniform(*grain_level) * rng.standard_normal((size, size)).astype(np.float32) + rng.uniform(1, 5) * coarse_grain
+    return rng.uniform(*brightness) + gradient + shading + streaks + grain + _blemishes(rng, size)
+
+
+def _blemishes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A few faint specks and, sometimes, a faint line on any strip, so no single dark mark gives the class away."""
+    scale = size / 200.0
+    count = int(rng.integers(0, 4))
+    centres = rng.uniform(0, size, (count, 2))
+    semi_axes = rng.uniform(0.8, 3.0, (count, 2)) * scale
+    specks = _rasterise(size, 0.7 * scale, polygons=_ellipses(centres, semi_axes, rng.uniform(0, np.pi, count), 8))
+    blemish = -rng.uniform(10, 25) * specks
+    if rng.random() < 0.3:
+        ends = rng.uniform(0, size, (1, 2, 2))
+        blemish += rng.choice([-1.0, 1.0]) * rng.uniform(5, 15) * _rasterise(size, 0.6 * scale, polylines=ends)
+    return blemish
+
+
+def _rasterise(size: int, blur: float, polygons: np.ndarray | None = None,
+               polylines: np.ndarray | None = None, line_width: int = 1) -> np.ndarray:
+    """Fill polygons (k, vertices, 2) and/or draw polylines (k, points, 2) (x, y); return a [0, 1] mask."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in () if polygons is None else polygons:
+        draw.polygon(polygon.ravel().tolist(), fill=255)
+    for line in () if polylines is None else polylines:
+        draw.line(line.ravel().tolist(), fill=255, width=line_width, joint="curve")
+    if blur > 0:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(blur))
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def _ellipses(centres: np.ndarray, semi_axes: np.ndarray, angles: np.ndarray, vertices: int = 12) -> np.ndarray:
+    """Polygons (k, vertices, 2) approximating ellipses; angle 0 puts the long axis along the rolling direction."""
+    t = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    across = semi_axes[:, 1:2] * np.cos(t)[None, :]
+    along = semi_axes[:, 0:1] * np.sin(t)[None, :]
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    x = centres[:, 0:1] + across * cos + along * sin
+    y = centres[:, 1:2] - across * sin + along * cos
+    return np.stack([x, y], axis=-1)
+
+
+def _crazing(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    scale = size / 200.0
+    count, segments = int(rng.integers(40, 110)), 5
+    starts = rng.uniform(0, size, (count, 1, 2))
+    # Cracks run roughly across the rolling direction and wander.
+    heading = np.pi / 2 + rng.normal(0, 0.6, (count, 1)) + np.cumsum(rng.normal(0, 0.6, (count, segments)), axis=1)
+    steps = rng.uniform(1.5, 5, (count, segments)) * scale
+    moves = np.stack([steps * np.sin(heading), steps * np.cos(heading)], axis=-1)
+    polylines = np.concatenate([starts, starts + np.cumsum(moves, axis=1)], axis=1)
+    width = max(1, round(rng.uniform(1, 2.2) * scale))
+    mask = _rasterise(size, 0.3 + 0.4 * scale, polylines=polylines, line_width=width)
+    return mask, -rng.uniform(35, 75)
+
+
+def _inclusion(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    scale = size / 200.0
+    count = int(rng.integers(2, 9))
+    column = rng.uniform(0.15, 0.85) * size
+    centres = np.stack([column + rng.normal(0, 8 * scale, count), rng.uniform(0, size, count)], axis=1)
+    semi_axes = np.stack([rng.uniform(5, 18, count), rng.uniform(1.5, 3.5, count)], axis=1) * scale
+    polygons = _ellipses(centres, semi_axes, rng.normal(0, 0.15, count))
+    return _rasterise(size, scale, polygons=polygons), -rng.uniform(45, 90)
+
+
+def _patches(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    field = _smooth_field(rng, size, int(rng.integers(3, 7)))
+    mask = 1.0 / (1.0 + np.exp(-(field - rng.uniform(0.3, 1.0)) / rng.uniform(0.1, 0.35)))
+    mottling = 1.0 + 0.2 * _smooth_field(rng, size, max(2, size // 4))
+    return np.clip(mask * mottling, 0, None), -rng.uniform(60, 120)
+
+
+def _pitted(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    scale = size / 200.0
+    count = int(rng.integers(40, 140))
+    clustered = rng.random(count) < rng.uniform(0.4, 0.9)
+    band = rng.normal(rng.uniform(0.15, 0.85) * size, rng.uniform(10, 35) * scale, count)
+    xs = np.where(clustered, band, rng.uniform(0, size, count))
+    centres = np.stack([xs, rng.uniform(0, size, count)], axis=1)
+    radii = rng.uniform(1.2, 3.2, count) * scale
+    semi_axes = np.stack([radii * rng.uniform(1.0, 1.4, count), radii], axis=1)
+    polygons = _ellipses(centres, semi_axes, rng.uniform(0, np.pi, count), vertices=8)
+    return _rasterise(size, 0.6 * scale, polygons=polygons), -rng.uniform(40, 90)
+
+
+def _rolled(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    scale = size / 200.0
+    count = int(rng.integers(25, 70))
+    centres = rng.uniform(0, size, (count, 2))
+    semi_axes = np.stack([rng.uniform(4, 9, count), rng.uniform(1.2, 2.2, count)], axis=1) * scale
+    angles = rng.normal(0, 0.35, count)
+    flakes = _rasterise(size, 0.8 * scale, polygons=_ellipses(centres, semi_axes, angles))
+    # A pressed-in flake catches light on one edge: a fainter bright copy, shifted along the strip.
+    shifted = centres + np.array([0.0, 1.5 * scale])
+    edges = _rasterise(size, 0.8 * scale, polygons=_ellipses(shifted, semi_axes, angles))
+    return flakes - 0.5 * np.clip(edges - flakes, 0, None), -rng.uniform(30, 60)
+
+
+def _scratches(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    scale = size / 200.0
+    count = int(rng.integers(1, 4))
+    angles = rng.normal(0, 0.12, count)
+    half_lengths = rng.uniform(0.25, 0.5, count) * size * 1.1
+    centres = rng.uniform(0.1, 0.9, (count, 2)) * size
+    direction = np.stack([np.sin(angles), np.cos(angles)], axis=1)
+    polylines = np.stack([centres - half_lengths[:, None] * direction,
+                          centres + half_lengths[:, None] * direction], axis=1)
+    width = max(1, round(rng.uniform(1.5, 4) * scale))
+    mask = _rasterise(size, 0.5 * scale, polylines=polylines, line_width=width)
+    # Real scratches fade in and out along their length.
+    mask *= np.clip(0.6 + 0.4 * _smooth_field(rng, size, 4), 0.1, 1.0)
+    polarity = 1.0 if rng.random() < 0.7 else -1.0
+    return mask, polarity * rng.uniform(60, 110)
+
+
+DEFECT_RENDERERS: dict[str, Callable[[np.random.Generator, int], tuple[np.ndarray, float]]] = {
+    "Crazing": _crazing,
+    "Inclusion": _inclusion,
+    "Patches": _patches,
+    "Pitted": _pitted,
+    "Rolled": _rolled,
+    "Scratches": _scratches,
+}
+
+
+# (brightness range, grain-noise std range) of the strip under each defect. As in NEU, the
+# classes tend to come from differently finished strips (crazing bright and grainy, scratches
+# and inclusions on darker, smoother steel), but the ranges overlap.
+BACKGROUNDS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "Crazing": ((120, 185), (9, 16)),
+    "Inclusion": ((85, 145), (2, 6)),
+    "Patches": ((140, 200), (3, 8)),
+    "Pitted": ((85, 170), (3, 7)),
+    "Rolled": ((100, 155), (5, 9)),
+    "Scratches": ((80, 135), (2, 6)),
+}
+
+
+def check_classes(classes: Sequence[str]) -> None:
+    unknown = [name for name in classes if name not in DEFECT_RENDERERS]
+    if unknown:
+        raise SynthError(f"no synthetic defect for vision classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
+    if len(set(classes)) != len(classes):
+        raise SynthError(f"vision classes must be distinct, got {list(classes)}")
+
+
+def render_defect(class_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One grey uint8 (size, size) image of `class_name` on a steel-like background."""
+    check_classes([class_name])
+    if size < MIN_IMAGE_SIZE:
+        raise SynthError(f"image size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
+    background = _background(rng, size, *BACKGROUNDS[class_name])
+    mask, contrast = DEFECT_RENDERERS[class_name](rng, size)
+    image = background + contrast * mask
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    if rng.random() < 0.5:
+        image = image[::-1, :]
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, "L").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def vision_member_names(classes: Sequence[str], train_per_class: int,
+                        test_per_class: int) -> list[tuple[str, str, int, str]]:
+    """(split, class, number, member path) in archive order: class by class, train then test.
+
+    Numbers run on from train into test (NEU: train 1-288, test 289-300), so names never collide.
+    """
+    names = []
+    for class_name in classes:
+        prefix = NEU_DET_PREFIXES[class_name]
+        for split, numbers in (("train", range(1, train_per_class + 1)),
+                               ("test", range(train_per_class + 1, train_per_class + test_per_class + 1))):
+            for number in numbers:
+                names.append((split, class_name, number, f"{VISION_ROOT}/{split}/{class_name}/{prefix}_{number}.jpg"))
+    return names
+
+
+def build_vision_archive(path: str | Path, classes: Sequence[str], image_size: int,
+                         train_per_class: int, test_per_class: int, seed: int) -> BuiltArchive:
+    """Write the synthetic NEU-data-TrainTest.zip; the same arguments always give the same bytes."""
+    check_classes(classes)
+    if train_per_class < 1 or test_per_class < 0:
+        raise ValueError(f"need train_per_class >= 1 and test_per_class >= 0, got {train_per_class}, {test_per_class}")
+    entries = vision_member_names(classes, train_per_class, test_per_class)
+
+    def members() -> Iterator[tuple[str, bytes]]:
+        for _split, class_name, number, name in progress(entries, desc="synthetic images", unit="image"):
+            rng = member_rng(seed, "vision", class_name, number)
+            yield name, encode_jpeg(render_defect(class_name, image_size, rng))
+
+    # JPEG data does not deflate; NEU-data-TrainTest.zip stores its members too.
+    count = write_zip(path, members(), compression=zipfile.ZIP_STORED)
+    return BuiltArchive(Path(path), count, Path(path).stat().st_size)

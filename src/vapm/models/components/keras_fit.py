@@ -1,0 +1,236 @@
+"""Compiling, fitting and predicting for the Keras classifiers, with per-epoch logs from DVCLive.
+
+Call `vapm.config.seeding.set_global_seed` first: the data are shuffled with an explicit seed, so the batch
+order does not depend on how many random ops ran before.
+
+Speed (docs/performance.md): Adam updates each weight with TensorFlow's fused `ResourceApplyAdam` kernel
+(one pass over the weight and its two moments instead of a dozen elementwise ops; the scratch CNN's 17 M-weight
+dense layer made Keras's own Adam the second largest cost of a step), and benchmarks watch every fit through
+`observing_fits` without the trainers knowing.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vapm.models.components.data import DataSplit
+from vapm.models.components.job import Trained, TrainingJob
+
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
+# Inference and validation batch size: results depend on it only in the last bits (summation order), speed not
+# at all from 32 to 256 (measured, docs/performance.md), memory a lot: at 256 the scratch CNN's first activation
+# alone takes 1.3 GB at 200 px (peak 2.8 GB against 1.5 GB at 64).
+PREDICT_BATCH_SIZE = 64
+VALIDATION_BATCH_SIZE = PREDICT_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What an observer learns about a fit before it starts."""
+    phase: str
+    n_fit: int
+    n_val: int
+    batch_size: int
+    validation_batch_size: int
+    epochs: int
+
+
+class FitObserver(Protocol):
+    """Watches every fit and batched prediction (benchmarks, profilers); trainers never see it."""
+
+    def fit_callback(self, model: Any, info: FitInfo) -> Any: ...   # a keras Callback, or None
+    def predicted(self, model: Any, n_items: int, wall: float, cpu: float) -> None: ...
+
+
+_OBSERVERS: list[FitObserver] = []
+
+
+@contextlib.contextmanager
+def observing_fits(observer: FitObserver) -> Iterator[FitObserver]:
+    """Within the block, `observer` gets a callback into every `fit_classifier` and hears of every
+    `predict_in_batches`."""
+    _OBSERVERS.append(observer)
+    try:
+        yield observer
+    finally:
+        _OBSERVERS.remove(observer)
+
+
+def fused_adam(learning_rate: float):
+    """keras.optimizers.Adam whose update is TensorFlow's fused ResourceApplyAdam kernel.
+
+    The same algorithm and formula as Keras's Adam (m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)), in one elementwise pass, deterministic. Its
+    results differ from Keras's Adam in the last bits (1 - b1 is rounded to float32 before, not after, the
+    subtraction) and are bit-identical run to run. Falls back to Keras's update where the kernel does not
+    apply (AMSGrad, sparse gradients, other backends).
+    """
+    import keras
+
+    class FusedAdam(keras.optimizers.Adam):
+        def update_step(self, gradient, variable, learning_rate):
+            import tensorflow as tf
+
+            if self.amsgrad or keras.backend.backend() != "tensorflow" or isinstance(gradient, tf.IndexedSlices):
+                return super().update_step(gradient, variable, learning_rate)
+            dtype = variable.dtype
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+            index = self._get_variable_index(variable)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+                beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+                lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+                grad=tf.cast(gradient, dtype), use_locking=False)
+
+    return FusedAdam(learning_rate=float(learning_rate), name="adam")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How the fit loop runs beyond what params.yaml sets: the optimizer and the inference batch sizes. Only
+    benchmarks change them (`fitting_with`), to time the loop as it was before docs/performance.md's changes."""
+    optimizer: Callable[[float], Any] = fused_adam
+    predict_batch_size: int = PREDICT_BATCH_SIZE
+    validation_batch_size: int = VALIDATION_BATCH_SIZE
+
+
+_OPTIONS: list[FitOptions] = [FitOptions()]
+
+
+@contextlib.contextmanager
+def fitting_with(options: FitOptions) -> Iterator[FitOptions]:
+    """Within the block, every compile, fit and batched prediction uses `options`."""
+    _OPTIONS.append(options)
+    try:
+        yield options
+    finally:
+        _OPTIONS.remove(options)
+
+
+def fit_options() -> FitOptions:
+    return _OPTIONS[-1]
+
+
+def compile_classifier(model, learning_rate: float) -> None:
+    model.compile(optimizer=fit_options().optimizer(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    """Batches of (x, y); with a seed, a fresh but reproducible full shuffle every epoch."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def history_frame(history: dict[str, list[float]], phase: str, first_epoch: int = 1) -> pd.DataFrame:
+    n_epochs = len(history.get("loss", []))
+    frame = pd.DataFrame({"epoch": np.arange(first_epoch, first_epoch + n_epochs, dtype=np.int64),
+                          "phase": [phase] * n_epochs})
+    for column in HISTORY_COLUMNS[2:]:
+        frame[column] = np.asarray(history.get(column, [np.nan] * n_epochs), dtype=np.float64)
+    return frame
+
+
+class LiveLog:
+    """DVCLive's per-epoch metrics for one training run, across several fit phases (steps continue)."""
+
+    def __init__(self, folder: Path | None):
+        self.live = None
+        if folder is not None:
+            from dvclive import Live
+
+            # DVC's pipeline (dvc.yaml) stays the source of truth: DVCLive writes data, no dvc.yaml,
+            # no report and no experiment of its own.
+            self.live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def callback(self):
+        if self.live is None:
+            return None
+        import keras
+        from dvclive.utils import standardize_metric_name
+
+        live = self.live
+
+        class EpochLogger(keras.callbacks.Callback):
+            # dvclive.keras.DVCLiveCallback ends the Live at the end of every fit; a transfer model fits
+            # twice (head, then fine-tuning) into one log, so this one only logs and steps.
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                for metric, value in (logs or {}).items():
+                    live.log_metric(standardize_metric_name(metric, "dvclive.keras"), float(value))
+                live.next_step()
+
+        return EpochLogger()
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def fit_classifier(model, fit_data: tuple[np.ndarray, np.ndarray], val_data: tuple[np.ndarray, np.ndarray] | None,
+                   *, epochs: int, batch_size: int, seed: int, phase: str, first_epoch: int = 1,
+                   early_stopping_patience: int = 0, reduce_lr_patience: int = 0, reduce_lr_factor: float = 0.5,
+                   callbacks: Sequence[Any] = ()) -> pd.DataFrame:
+    """Fit a compiled model; returns one history row per epoch run, numbered from `first_epoch`."""
+    import keras
+
+    all_callbacks = [c for c in callbacks if c is not None]
+    if reduce_lr_patience > 0:
+        all_callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=reduce_lr_factor,
+                                                               patience=reduce_lr_patience, min_lr=1e-6))
+    if early_stopping_patience > 0:
+        all_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience,
+                                                           restore_best_weights=True))
+    has_val = val_data is not None and len(val_data[0]) > 0
+    validation_batch_size = fit_options().validation_batch_size
+    info = FitInfo(phase, len(fit_data[0]), len(val_data[0]) if has_val else 0, batch_size, validation_batch_size,
+                   epochs)
+    all_callbacks += [c for c in (observer.fit_callback(model, info) for observer in _OBSERVERS) if c is not None]
+    fitted = model.fit(make_dataset(*fit_data, batch_size, shuffle_seed=seed),
+                       validation_data=make_dataset(*val_data, validation_batch_size) if has_val else None,
+                       epochs=epochs, callbacks=all_callbacks, shuffle=False, verbose=2)
+    return history_frame(fitted.history, phase, first_epoch)
+
+
+def predict_in_batches(model, x: np.ndarray) -> np.ndarray:
+    start = (time.perf_counter(), time.process_time())
+    scores = np.asarray(model.predict(x, batch_size=fit_options().predict_batch_size, verbose=0), dtype=np.float32)
+    for observer in _OBSERVERS:
+        observer.predicted(model, len(x), time.perf_counter() - start[0], time.process_time() - start[1])
+    return scores
+
+
+def watchers(train) -> dict[str, Any]:
+    """The val_loss watchers of the train settings: early stopping and learning-rate reduction."""
+    return dict(early_stopping_patience=train.early_stopping_patience, reduce_lr_patience=train.reduce_lr_patience,
+                reduce_lr_factor=train.reduce_lr_factor)
+
+
+def validation(x: np.ndarray, y: np.ndarray, split: DataSplit) -> tuple[np.ndarray, np.ndarray] | None:
+    return (x[split.val], y[split.val]) if len(split.val) else None
+
+
+def fit_simple(job: TrainingJob, model, x: np.ndarray, split: DataSplit, callbacks: Sequence[Any] = ()) -> Trained:
+    """Compile, fit on split.fit (watching split.val), predict split.test: the recipe of the plain CNNs."""
+    labels = job.features.labels
+    compile_classifier(model, job.train.learning_rate)
+    log = LiveLog(job.live_dir)
+    start = time.perf_counter()
+    history = fit_classifier(model, (x[split.fit], labels[split.fit]), validation(x, labels, split),
+                             epochs=job.train.epochs, batch_size=job.train.batch_size, seed=job.seed, phase="train",
+                             callbacks=[log.callback(), *callbacks], **watchers(job.train))
+    log.end()
+    trained = time.perf_counter()
+    probabilities = predict_in_batches(model, x[split.test])
+    return Trained(model=model, split=split, test_scores=probabilities, score_kind="probability", history=history,
+                   details={"epochs_run": len(history)},
+                   seconds={"training": trained - start, "predict_test": time.perf_counter() - trained})
