@@ -97,14 +97,16 @@ class SampleDataSettings(Section):
     clips_per_class: PositiveInt
 
 
+MAX_LIMIT_MB = float(2**40)
 PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # Pillow refuses more itself, before our check could name the limit
 
 
 class IngestConfig(Section):
     vision_archive: str = Field(min_length=1)
     acoustic_archive: str = Field(min_length=1)
-    max_uncompressed_mb: float = Field(gt=0, allow_inf_nan=False)
-    max_member_mb: float = Field(gt=0, allow_inf_nan=False)
+    # At most 2**40 MiB (1 EiB): beyond, the limits' byte counts overflow a float (1e308 MB did, with a traceback).
+    max_uncompressed_mb: float = Field(gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
+    max_member_mb: float = Field(gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
     max_image_pixels: int = Field(ge=1, le=PILLOW_MAX_IMAGE_PIXELS)
     max_source_samples: int = Field(ge=1)
     on_bad_file: Literal["fail", "skip"]

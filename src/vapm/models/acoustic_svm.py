@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from vapm.config.settings import ModelParams
+from vapm.core.errors import one_line
 from vapm.models.components.data import FeatureSet, TrainingError, train_test_only
 from vapm.models.components.job import Trained, TrainingJob
 
@@ -108,7 +109,12 @@ def load_features_csv(path: str | Path, class_names: Sequence[str], test_fractio
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"features CSV {path} not found (acoustic_svm.features_csv)")
-    raw = pd.read_csv(path, header=None, dtype=str, skipinitialspace=True)
+    try:
+        raw = pd.read_csv(path, header=None, dtype=str, skipinitialspace=True)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        reason = "it is empty" if isinstance(err, pd.errors.EmptyDataError) else f"{type(err).__name__}: {one_line(str(err))}"
+        raise TrainingError(f"{path} cannot be read as a CSV of {N_CSV_FEATURES} feature columns and a label column "
+                            f"({reason}); check acoustic_svm.features_csv") from None
     if raw.shape[1] != N_CSV_FEATURES + 1:
         raise TrainingError(f"{path} has {raw.shape[1]} columns; expected {N_CSV_FEATURES} feature columns followed "
                             f"by the label column ({N_CSV_FEATURES + 1} in all)")
