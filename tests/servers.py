@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vapm.tracking.server import HOST, free_port, stop_process
+from vapm.tracking.processes import HOST, free_port, stop_process
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 

@@ -11,11 +11,11 @@ import pytest
 from keras import layers
 
 from tests.test_models import ACOUSTIC, SCRATCH, pattern_images
-from vapm.bench import pipeline as bench
+from vapm.bench import epochs as bench
 from vapm.bench.book_baseline import BookCodeError, book_scratch_model, extract_train_folder, run_book
 from vapm.models import acoustic_cnn, vision_scratch
-from vapm.bench.roofline import (ModelFlops, Recorder, RooflineError, matmul_peak, measurement_settings, model_flops,
-                           product_costs)
+from vapm.bench.roofline import ModelFlops, RooflineError, matmul_peak, model_flops, product_costs
+from vapm.bench.fit_timing import Recorder, measurement_settings
 from vapm.config.seeding import set_global_seed
 from vapm.config.settings import TrainSettings
 from vapm.models.components.keras_fit import FitInfo, compile_classifier, fit_classifier, fused_adam, observing_fits
@@ -168,7 +168,7 @@ def test_book_loop_reads_the_jpeg_folders_every_epoch_and_reports_its_epochs(tmp
     with zipfile.ZipFile(archive, "w") as zf:
         for i, (image, label) in enumerate(zip(images, labels)):
             zf.writestr(f"NEU-data-TrainTest/train/{classes[label]}/img_{i}.jpg", ingest_encode_image(image, "JPEG"))
-        zf.writestr(f"NEU-data-TrainTest/test/Left/x.jpg", ingest_encode_image(images[0], "JPEG"))
+        zf.writestr("NEU-data-TrainTest/test/Left/x.jpg", ingest_encode_image(images[0], "JPEG"))
     train_dir = extract_train_folder(archive, tmp_path / "extracted")
     assert train_dir.name == "train" and sorted(p.name for p in train_dir.iterdir()) == sorted(classes)
 

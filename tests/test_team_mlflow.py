@@ -24,7 +24,9 @@ from tests.helpers import pipeline_env, run, update_params
 from tests.servers import closed_port, http_status_server
 from tests.readme import readme_command, start_readme_command, stop, wait_for_http
 from tests.team_helpers import REPRO_TIMEOUT_S, clone_copy
-from vapm.tracking.server import ServerError, postgres_bindir, postgres_os_user, start_mlflow, start_postgres
+from vapm.tracking.server import start_mlflow
+from vapm.tracking.processes import ServerError
+from vapm.tracking.postgres import postgres_bindir, postgres_os_user, start_postgres
 from vapm.bench.queue import wait_for_queue
 
 pytestmark = pytest.mark.slow

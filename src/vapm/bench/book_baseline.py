@@ -122,7 +122,7 @@ def run_book(name: str, settings: Any, epochs: int, images: str | Path | None = 
     """Train registered model `name` the book's way for `epochs` epochs per phase; the Recorder's dict."""
     import tensorflow as tf
 
-    from vapm.bench.roofline import Recorder
+    from vapm.bench.fit_timing import Recorder
     from vapm.config.seeding import set_global_seed
 
     started = time.perf_counter()
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vapm.core.errors import run_stage
 
     with run_stage(f"bookcode {args.model}"):
-        from vapm.bench.roofline import measurement_settings
+        from vapm.bench.fit_timing import measurement_settings
         from vapm.config.settings import load_settings
 
         settings = measurement_settings(load_settings(models=[args.model]), args.model, args.epochs)

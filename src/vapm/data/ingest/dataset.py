@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 
 from vapm.config.settings import ParamsError
 from vapm.core.errors import VapmError
 from vapm.core.progress import progress
-from vapm.data.ingest.archive import ArchiveError, check_members, clean_reason, display_name, open_archive
+from vapm.data.ingest.archive import ArchiveError, check_members, display_name, open_archive
 from vapm.data.ingest.decode import AudioTarget, Clip
 from vapm.data.ingest.labels import (
     AUDIO_EXTENSIONS,
@@ -24,6 +23,13 @@ from vapm.data.ingest.labels import (
     split_from_path,
 )
 from vapm.data.ingest.limits import IngestLimits
+from vapm.data.ingest.manifest import (
+    Candidate,
+    assign_splits,
+    check_every_class_in_both_splits,
+    count_kept,
+    manifest_frame,
+)
 from vapm.data.ingest.npy_stream import NpyAppender
 from vapm.data.ingest.parallel import (
     MemberTask,
@@ -35,12 +41,12 @@ from vapm.data.ingest.parallel import (
     hash_chunk,
     remember_archive,
 )
+from vapm.data.ingest.report import IngestReport, bad_files_message
 
 VISION_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "height", "width", "offset", "source_archive"]
 ACOUSTIC_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "source_samples", "source_sample_rate",
                     "source_archive"]
 BAD_FILE_POLICIES = ("fail", "skip")
-_LISTED_IN_MESSAGES = 20
 # Below this much member data, decoding in this process beats paying for starting worker processes
 # (measured on 2 cores: the 85 MB of 320 WAV clips or 1800 JPEGs decode in about a second).
 PARALLEL_MIN_BYTES = 256 * 2**20
@@ -90,57 +96,6 @@ def audio_target(settings: Any) -> AudioTarget:
                        length_tolerance=settings.audio.length_tolerance)
 
 
-@dataclass
-class _Candidate:
-    info: zipfile.ZipInfo
-    class_name: str
-    archive_split: str | None
-    sha256: str = ""
-
-    @property
-    def file(self) -> str:
-        return self.info.filename
-
-
-@dataclass
-class _Report:
-    archive: str
-    kind: str
-    members_seen: int = 0
-    ignored: list[dict[str, str]] = field(default_factory=list)
-    bad: list[dict[str, str]] = field(default_factory=list)
-    duplicates: list[dict[str, str]] = field(default_factory=list)
-    split_source: str | None = None
-    kept: dict[str, Any] = field(default_factory=dict)
-    decoded: dict[str, dict[str, int]] = field(default_factory=dict)  # sizes or sample rates seen
-
-    def add_bad(self, member_name: str, reason: str) -> None:
-        """Record a bad file; names and reasons are made printable and reproducible here, once for all."""
-        self.bad.append({"file": display_name(member_name), "reason": clean_reason(reason)})
-
-    def add_ignored(self, member_name: str, reason: str) -> None:
-        self.ignored.append({"file": display_name(member_name), "reason": reason})
-
-    def add_duplicate(self, member_name: str, first_name: str) -> None:
-        self.duplicates.append({"file": display_name(member_name), "duplicate_of": display_name(first_name)})
-
-    def as_dict(self, error: str | None = None) -> dict[str, Any]:
-        def ordered(entries: list[dict[str, str]]) -> list[dict[str, str]]:
-            return sorted(entries, key=lambda entry: tuple(entry.values()))
-
-        report = {
-            "archive": self.archive, "kind": self.kind, "members_seen": self.members_seen,
-            "ignored": ordered(self.ignored),
-            "bad": ordered(self.bad),
-            "duplicates": ordered(self.duplicates),
-            "split_source": self.split_source, "kept": self.kept, "decoded": self.decoded,
-            "status": "failed" if error else "ok",
-        }
-        if error:
-            report["error"] = error
-        return report
-
-
 def ingest_vision(archive: str | Path, classes: list[str], out_dir: str | Path,
                   settings: IngestSettings) -> dict[str, Any]:
     """Decode every image of `archive` into out_dir/{manifest.parquet,pixels.npy}; return the report."""
@@ -155,7 +110,7 @@ def ingest_acoustic(archive: str | Path, classes: list[str], out_dir: str | Path
 
 def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, settings: IngestSettings,
             audio_target: AudioTarget | None) -> dict[str, Any]:
-    report = _Report(archive=str(archive), kind=kind)
+    report = IngestReport(archive=str(archive), kind=kind)
     data_name = "pixels.npy" if audio_target is None else "clips.npy"
     for stale in (out_dir / "manifest.parquet", out_dir / data_name, out_dir / "record.json"):
         stale.unlink(missing_ok=True)  # a failed run must not leave an earlier run's outputs looking current
@@ -183,8 +138,8 @@ def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, setting
 
 def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
                     classes: list[str], out_dir: Path, data_name: str, settings: IngestSettings,
-                    audio_target: AudioTarget | None, report: _Report,
-                    fail: Callable[[str], IngestError]) -> dict[str, Any]:
+                    audio_target: AudioTarget | None, report: IngestReport,
+                    fail: Callable[[str], Exception]) -> dict[str, Any]:
     report.members_seen = len(members)
     candidates = _find_candidates(members, kind, classes, report)
     if not candidates and not report.bad:
@@ -206,12 +161,12 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
             kept, details = _decode_into(writer, workers, archive, candidates, settings.limits, audio_target,
                                          report)
         if report.bad and settings.on_bad_file == "fail":
-            raise fail(_bad_files_message(report.bad))
-        splits = _assign_splits(kept, classes, settings, report, fail)
-        _count_kept(kept, splits, classes, report)
-        _check_every_class_in_both_splits(report, fail)
+            raise fail(bad_files_message(report.bad))
+        splits = assign_splits(kept, classes, settings, report, fail)
+        count_kept(kept, splits, classes, report)
+        check_every_class_in_both_splits(report, fail)
         columns = VISION_COLUMNS if audio_target is None else ACOUSTIC_COLUMNS
-        _manifest(kept, splits, details, classes, archive, columns).to_parquet(manifest_partial, index=False)
+        manifest_frame(kept, splits, details, classes, archive, columns).to_parquet(manifest_partial, index=False)
         writer.finish()
         manifest_partial.replace(out_dir / "manifest.parquet")
     except BaseException:
@@ -222,10 +177,10 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
 
 
 def _find_candidates(members: list[zipfile.ZipInfo], kind: str, classes: list[str],
-                     report: _Report) -> list[_Candidate]:
+                     report: IngestReport) -> list[Candidate]:
     extensions = IMAGE_EXTENSIONS if kind == "vision" else AUDIO_EXTENSIONS
     name_counts = Counter(info.filename for info in members)
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     refused_names: set[str] = set()
     for info in sorted(members, key=lambda info: info.filename):
         name = info.filename
@@ -241,7 +196,7 @@ def _find_candidates(members: list[zipfile.ZipInfo], kind: str, classes: list[st
                                      "(re-create the archive with unique names)")
             continue
         try:
-            candidates.append(_Candidate(info, class_from_path(name, classes), split_from_path(name)))
+            candidates.append(Candidate(info, class_from_path(name, classes), split_from_path(name)))
         except UnknownClass as err:
             report.add_bad(name, str(err))
     if any(candidate.archive_split for candidate in candidates):
@@ -256,8 +211,8 @@ def _find_candidates(members: list[zipfile.ZipInfo], kind: str, classes: list[st
     return candidates
 
 
-def _hash(workers: Workers, archive: Path, candidates: list[_Candidate], limits: IngestLimits,
-          report: _Report) -> list[_Candidate]:
+def _hash(workers: Workers, archive: Path, candidates: list[Candidate], limits: IngestLimits,
+          report: IngestReport) -> list[Candidate]:
     """The candidates whose bytes can be read within the limits and are not empty, with their sha256."""
     tasks = [MemberTask(archive, [candidate.info for candidate in chunk], limits) for chunk in chunked(candidates)]
     results = (item for chunk in workers.map(hash_chunk, tasks) for item in chunk)
@@ -272,14 +227,14 @@ def _hash(workers: Workers, archive: Path, candidates: list[_Candidate], limits:
     return readable
 
 
-def _drop_duplicates(candidates: list[_Candidate], report: _Report) -> list[_Candidate]:
+def _drop_duplicates(candidates: list[Candidate], report: IngestReport) -> list[Candidate]:
     """The first of each content, in sorted member order. Identical files of different classes are all bad:
     no one can tell which label is right. One pass to group, one to decide: linear in the candidates."""
-    copies_of: dict[str, list[_Candidate]] = {}
+    copies_of: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         copies_of.setdefault(candidate.sha256, []).append(candidate)
     # For each content, the first copy of another class than the first copy's, if any.
-    other_class: dict[str, _Candidate | None] = {
+    other_class: dict[str, Candidate | None] = {
         sha256: next((copy for copy in copies if copy.class_name != copies[0].class_name), None)
         for sha256, copies in copies_of.items()}
     unique = []
@@ -298,14 +253,14 @@ def _drop_duplicates(candidates: list[_Candidate], report: _Report) -> list[_Can
     return unique
 
 
-def _decode_into(writer: NpyAppender, workers: Workers, archive: Path, candidates: list[_Candidate],
+def _decode_into(writer: NpyAppender, workers: Workers, archive: Path, candidates: list[Candidate],
                  limits: IngestLimits, audio_target: AudioTarget | None,
-                 report: _Report) -> tuple[list[_Candidate], list[dict[str, Any]]]:
+                 report: IngestReport) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """Decode the candidates, append the good ones to `writer`; return them with their manifest details."""
     tasks = [MemberTask(archive, [candidate.info for candidate in chunk], limits, audio_target)
              for chunk in chunked(candidates, decode_chunk_items(limits, audio_target))]
     results = (item for chunk in workers.map(decode_chunk, tasks) for item in chunk)
-    kept: list[_Candidate] = []
+    kept: list[Candidate] = []
     details: list[dict[str, Any]] = []
     offset = 0
     for candidate, (decoded, reason) in zip(candidates, progress(results, f"{report.kind}: decoding", len(candidates)),
@@ -332,65 +287,3 @@ def _decode_into(writer: NpyAppender, workers: Workers, archive: Path, candidate
     return kept, details
 
 
-def _bad_files_message(bad: list[dict[str, str]]) -> str:
-    entries = sorted(bad, key=lambda entry: entry["file"])
-    lines = [f"  {entry['file']}: {entry['reason']}" for entry in entries[:_LISTED_IN_MESSAGES]]
-    if len(entries) > _LISTED_IN_MESSAGES:
-        lines.append(f"  ... and {len(entries) - _LISTED_IN_MESSAGES} more (see the ingest report)")
-    return (f"{len(entries)} bad file(s); set ingest.on_bad_file: skip to leave them out\n" + "\n".join(lines))
-
-
-def _assign_splits(kept: list[_Candidate], classes: list[str], settings: IngestSettings, report: _Report,
-                   fail: Callable[[str], IngestError]) -> list[str]:
-    """The archive's own train/test folders when it has them, else a seeded stratified split."""
-    if not kept:
-        raise fail("no usable files left")
-    if report.split_source == "archive":
-        return [candidate.archive_split for candidate in kept]
-    from sklearn.model_selection import train_test_split  # imported here: worker processes never need it
-
-    labels = np.array([classes.index(candidate.class_name) for candidate in kept])
-    try:
-        _, test_items = train_test_split(np.arange(len(kept)), test_size=settings.test_fraction,
-                                         stratify=labels, random_state=settings.seed)
-    except ValueError as err:
-        raise fail(f"cannot make a stratified split with ingest.test_fraction={settings.test_fraction}: {err}") from err
-    splits = np.full(len(kept), "train", dtype=object)
-    splits[test_items] = "test"
-    return splits.tolist()
-
-
-def _count_kept(kept: list[_Candidate], splits: list[str], classes: list[str], report: _Report) -> None:
-    counts = Counter(zip((candidate.class_name for candidate in kept), splits))
-    report.kept = {
-        "total": len(kept),
-        "train": splits.count("train"),
-        "test": splits.count("test"),
-        "per_class": {name: {"train": counts[name, "train"], "test": counts[name, "test"]} for name in classes},
-    }
-
-
-def _check_every_class_in_both_splits(report: _Report, fail: Callable[[str], IngestError]) -> None:
-    missing = [f"{name} has no {split} items" for name, counts in report.kept["per_class"].items()
-               for split in ("train", "test") if counts[split] == 0]
-    if missing:
-        raise fail("every class needs train and test items: " + "; ".join(missing))
-
-
-def _manifest(kept: list[_Candidate], splits: list[str], details: list[dict[str, Any]], classes: list[str],
-              archive: Path, columns: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame({
-        "item": np.arange(len(kept), dtype=np.int64),
-        "file": [candidate.file for candidate in kept],
-        "class": [candidate.class_name for candidate in kept],
-        "label": np.array([classes.index(candidate.class_name) for candidate in kept], dtype=np.int64),
-        "split": splits,
-        "sha256": [candidate.sha256 for candidate in kept],
-        "source_archive": str(archive),
-    })
-    for name in columns:
-        if name not in frame:
-            frame[name] = [entry[name] for entry in details]
-    dtypes = {"height": np.int64, "width": np.int64, "offset": np.int64, "source_samples": np.int64,
-              "source_sample_rate": np.float64}
-    return frame[columns].astype({name: dtype for name, dtype in dtypes.items() if name in columns})

@@ -22,8 +22,8 @@ Prediction: `AnomalyModel.load(dir)`, `model.score_clips(clips)`, `model.is_abno
 Modules:
 - `features`: `SpectrogramSettings`, `log_mel_images` (the project's `mfcc_logmel_image`),
   `frame_statistics` (per-band mean/std/percentiles), `frame_windows` (consecutive-frame windows).
-- `detectors`: `MahalanobisDetector`, `KnnDetector`, `AutoencoderDetector` (fit/score/save/load),
-  `make_detector`, `load_detector`, `normal_rows`, `AnomalyModelError`.
+- `detectors`: the `Detector` base, `MahalanobisDetector`, `KnnDetector` (fit/score/save/load), `normal_rows`,
+  `AnomalyModelError`; `autoencoder`: `AutoencoderDetector`; `methods`: `make_detector`, `load_detector`.
 - `threshold`: `Threshold`, `quantile_threshold` (weibull rule), `choose_method`, `holdout_indices`,
   `fold_indices`, `out_of_fold_scores`, `min_normal_scores`, `alarms`.
 - `noise`: `white_noise`, `pink_noise`, `mix_at_snr`, `add_noise`, `snr_db`.
@@ -33,18 +33,17 @@ Modules:
 - `model`: `AnomalyModel`, `fit_anomaly_model`, `normal_train_rows`.
 - `evaluation`: `evaluate_anomaly_model`, `AnomalyEvaluation`.
 """
+from vapm.models.acoustic_anomaly.autoencoder import AutoencoderDetector
 from vapm.models.acoustic_anomaly.detectors import (
                                                     AnomalyModelError,
-                                                    AutoencoderDetector,
                                                     Detector,
                                                     KnnDetector,
                                                     MahalanobisDetector,
-                                                    load_detector,
-                                                    make_detector,
                                                     normal_rows,
 )
 from vapm.models.acoustic_anomaly.evaluation import AnomalyEvaluation, evaluate_anomaly_model
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, frame_statistics, frame_windows, log_mel_images
+from vapm.models.acoustic_anomaly.methods import load_detector, make_detector
 from vapm.models.acoustic_anomaly.metrics import anomaly_metrics, partial_auc, roc_auc, roc_curve_points, roc_rows
 from vapm.models.acoustic_anomaly.model import AnomalyModel, fit_anomaly_model, normal_train_rows
 from vapm.models.acoustic_anomaly.noise import add_noise, mix_at_snr, pink_noise, snr_db, white_noise

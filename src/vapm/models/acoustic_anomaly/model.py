@@ -9,14 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from vapm.config.seeding import set_global_seed
-from vapm.models.acoustic_anomaly.detectors import (
-    AnomalyModelError,
-    Detector,
-    load_detector,
-    make_detector,
-    normal_rows,
-)
+from vapm.models.acoustic_anomaly.detectors import AnomalyModelError, Detector, normal_rows
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, log_mel_images
+from vapm.models.acoustic_anomaly.methods import load_detector, make_detector
 from vapm.models.acoustic_anomaly.settings import AnomalySettings
 from vapm.models.acoustic_anomaly.threshold import (
     Threshold,

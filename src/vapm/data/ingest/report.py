@@ -1,0 +1,57 @@
+"""An archive's ingest report, as metrics/ingest_report.json holds it per dataset: members seen, kept (per
+class and split), ignored and bad (with reasons, names made printable), byte-identical duplicates, status."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vapm.data.ingest.archive import clean_reason, display_name
+
+LISTED_IN_MESSAGES = 20
+
+
+@dataclass
+class IngestReport:
+    archive: str
+    kind: str
+    members_seen: int = 0
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    bad: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    split_source: str | None = None
+    kept: dict[str, Any] = field(default_factory=dict)
+    decoded: dict[str, dict[str, int]] = field(default_factory=dict)  # sizes or sample rates seen
+
+    def add_bad(self, member_name: str, reason: str) -> None:
+        """Record a bad file; names and reasons are made printable and reproducible here, once for all."""
+        self.bad.append({"file": display_name(member_name), "reason": clean_reason(reason)})
+
+    def add_ignored(self, member_name: str, reason: str) -> None:
+        self.ignored.append({"file": display_name(member_name), "reason": reason})
+
+    def add_duplicate(self, member_name: str, first_name: str) -> None:
+        self.duplicates.append({"file": display_name(member_name), "duplicate_of": display_name(first_name)})
+
+    def as_dict(self, error: str | None = None) -> dict[str, Any]:
+        def ordered(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+            return sorted(entries, key=lambda entry: tuple(entry.values()))
+
+        report = {
+            "archive": self.archive, "kind": self.kind, "members_seen": self.members_seen,
+            "ignored": ordered(self.ignored),
+            "bad": ordered(self.bad),
+            "duplicates": ordered(self.duplicates),
+            "split_source": self.split_source, "kept": self.kept, "decoded": self.decoded,
+            "status": "failed" if error else "ok",
+        }
+        if error:
+            report["error"] = error
+        return report
+
+
+def bad_files_message(bad: list[dict[str, str]]) -> str:
+    entries = sorted(bad, key=lambda entry: entry["file"])
+    lines = [f"  {entry['file']}: {entry['reason']}" for entry in entries[:LISTED_IN_MESSAGES]]
+    if len(entries) > LISTED_IN_MESSAGES:
+        lines.append(f"  ... and {len(entries) - LISTED_IN_MESSAGES} more (see the ingest report)")
+    return (f"{len(entries)} bad file(s); set ingest.on_bad_file: skip to leave them out\n" + "\n".join(lines))
