@@ -2,8 +2,10 @@
 
 Archives are read in memory and never extracted; the formats are in docs/architecture.md, the limits and
 what each hostile input gets in docs/reliability.md, and the knobs are params.yaml's `ingest`,
-`vision.classes` and `audio`. The report is rewritten on every run, with "status": "failed" and the
-reason whenever a dataset did not finish, so it never shows an earlier run's "ok".
+`vision.classes` and `audio`. The report is rewritten on every run: first, before any output is touched, with
+"status": "running" for both datasets; at the end with "ok", or "failed" and the reason. So a run killed at any
+point (even by SIGKILL) never leaves an earlier run's "ok" beside missing or partial data, and the next run first
+removes what a killed run left half-written (`*.partial`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Callable
 from vapm.core.errors import VapmError, one_line
 from vapm.data.features.records import clip_record, write_record
 from vapm.data.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
+from vapm.data.ingest.labels import check_class_names
 from vapm.config.seeding import set_global_seed
 from vapm.config.settings import load_settings
 
@@ -38,6 +41,18 @@ def write_report(reports: dict[str, Any]) -> None:
     partial.replace(REPORT)
 
 
+def running() -> dict[str, Any]:
+    return {name: {"status": "running"} for name in DATASETS}
+
+
+def remove_partial_files() -> list[Path]:
+    """What a run killed mid-write left behind (outputs are written as `*.partial`, then renamed)."""
+    leftovers = sorted(INTERIM.glob("*/*.partial")) + sorted(REPORT.parent.glob(REPORT.name + ".partial"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def failed(reports: dict[str, Any], error: str) -> dict[str, Any]:
     """The report with every dataset that has none yet marked failed with `error`."""
     return {name: reports.get(name) or {"status": "failed", "error": error} for name in DATASETS}
@@ -46,8 +61,9 @@ def failed(reports: dict[str, Any], error: str) -> dict[str, Any]:
 def summary(name: str, report: dict[str, Any], seconds: float) -> str:
     kept = report["kept"]
     return (f"{name}: {kept['total']} files kept ({kept['train']} train, {kept['test']} test, split from "
-            f"{report['split_source']}) of {report['members_seen']} members; {len(report['duplicates'])} duplicate(s), "
-            f"{len(report['bad'])} bad file(s) skipped, {len(report['ignored'])} ignored; {seconds:.1f} s")
+            f"{report['split_source']}) of {report['members_seen']} members; {report['duplicates_count']} "
+            f"duplicate(s), {report['bad_count']} bad file(s) skipped, {report['ignored_count']} ignored; "
+            f"{seconds:.1f} s")
 
 
 def remove_outputs() -> None:
@@ -60,6 +76,8 @@ def remove_outputs() -> None:
 def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
     """The two datasets' work, from params validated before any work starts (vapm.config.settings)."""
     ingest = ingest_settings(settings)
+    check_class_names(settings.vision.classes, "vision.classes")
+    check_class_names(settings.audio.classes, "audio.classes")
     set_global_seed(ingest.seed, tensorflow=False)
     target = audio_target(settings)
 
@@ -98,6 +116,9 @@ def ingest_all(reports: dict[str, Any]) -> list[str]:
 def main() -> int:
     reports: dict[str, Any] = {}
     details = [f"(details in {REPORT})"]
+    write_report(running())
+    for leftover in remove_partial_files():
+        print(f"ingest: removed {leftover}, left half-written by an interrupted run", file=sys.stderr)
     try:
         errors = ingest_all(reports)
     except VapmError as err:  # params or registry: nothing was read yet

@@ -107,6 +107,8 @@ class IngestConfig(Section):
     # At most 2**40 MiB (1 EiB): beyond, the limits' byte counts overflow a float (1e308 MB did, with a traceback).
     max_uncompressed_mb: float = Field(gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
     max_member_mb: float = Field(gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
+    max_total_decoded_mb: float = Field(1024, gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
+    report_examples: int = Field(20, ge=1, le=1000)
     max_image_pixels: int = Field(ge=1, le=PILLOW_MAX_IMAGE_PIXELS)
     max_source_samples: int = Field(ge=1)
     on_bad_file: Literal["fail", "skip"]

@@ -22,7 +22,7 @@ from vapm.data.ingest.labels import (
     ignore_reason,
     split_from_path,
 )
-from vapm.data.ingest.limits import IngestLimits
+from vapm.data.ingest.limits import IngestLimits, mib
 from vapm.data.ingest.manifest import (
     Candidate,
     assign_splits,
@@ -41,7 +41,7 @@ from vapm.data.ingest.parallel import (
     hash_chunk,
     remember_archive,
 )
-from vapm.data.ingest.report import IngestReport, bad_files_message
+from vapm.data.ingest.report import DEFAULT_EXAMPLES, IngestReport, bad_files_message
 
 VISION_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "height", "width", "offset", "source_archive"]
 ACOUSTIC_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "source_samples", "source_sample_rate",
@@ -68,6 +68,8 @@ class IngestSettings:
     max_uncompressed_bytes: int
     n_jobs: int
     limits: IngestLimits = IngestLimits()
+    max_total_decoded_bytes: int = 1024 * 2**20
+    report_examples: int = DEFAULT_EXAMPLES
 
     def __post_init__(self) -> None:
         if self.on_bad_file not in BAD_FILE_POLICIES:
@@ -86,6 +88,7 @@ def ingest_settings(settings: Any) -> IngestSettings:
     return IngestSettings(
         on_bad_file=config.on_bad_file, test_fraction=config.test_fraction, seed=settings.seed,
         max_uncompressed_bytes=int(config.max_uncompressed_mb * 2**20), n_jobs=config.n_jobs,
+        max_total_decoded_bytes=int(config.max_total_decoded_mb * 2**20), report_examples=config.report_examples,
         limits=IngestLimits(max_member_bytes=max(1, int(config.max_member_mb * 2**20)),
                             max_image_pixels=config.max_image_pixels, max_source_samples=config.max_source_samples))
 
@@ -110,7 +113,7 @@ def ingest_acoustic(archive: str | Path, classes: list[str], out_dir: str | Path
 
 def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, settings: IngestSettings,
             audio_target: AudioTarget | None) -> dict[str, Any]:
-    report = IngestReport(archive=str(archive), kind=kind)
+    report = IngestReport(archive=str(archive), kind=kind, examples=settings.report_examples)
     data_name = "pixels.npy" if audio_target is None else "clips.npy"
     for stale in (out_dir / "manifest.parquet", out_dir / data_name, out_dir / "record.json"):
         stale.unlink(missing_ok=True)  # a failed run must not leave an earlier run's outputs looking current
@@ -157,7 +160,9 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
     manifest_partial = out_dir / "manifest.parquet.partial"
     try:
         with Workers(n_jobs) as workers:
-            candidates = _drop_duplicates(_hash(workers, archive, candidates, settings.limits, report), report)
+            candidates = _drop_duplicates(_hash(workers, archive, candidates, settings.limits, report,
+                                                image_sizes=audio_target is None), report)
+            _check_total_size(candidates, audio_target, settings, fail)
             kept, details = _decode_into(writer, workers, archive, candidates, settings.limits, audio_target,
                                          report)
         if report.bad and settings.on_bad_file == "fail":
@@ -212,19 +217,40 @@ def _find_candidates(members: list[zipfile.ZipInfo], kind: str, classes: list[st
 
 
 def _hash(workers: Workers, archive: Path, candidates: list[Candidate], limits: IngestLimits,
-          report: IngestReport) -> list[Candidate]:
-    """The candidates whose bytes can be read within the limits and are not empty, with their sha256."""
-    tasks = [MemberTask(archive, [candidate.info for candidate in chunk], limits) for chunk in chunked(candidates)]
+          report: IngestReport, image_sizes: bool = False) -> list[Candidate]:
+    """The candidates whose bytes can be read within the limits and are not empty, with their sha256 (and, for
+    images, their pixel count from the header)."""
+    tasks = [MemberTask(archive, [candidate.info for candidate in chunk], limits, image_sizes=image_sizes)
+             for chunk in chunked(candidates)]
     results = (item for chunk in workers.map(hash_chunk, tasks) for item in chunk)
     readable = []
-    for candidate, (digest, reason) in zip(candidates, progress(results, f"{report.kind}: hashing", len(candidates)),
-                                           strict=True):
+    for candidate, (digest, reason, pixels) in zip(candidates, progress(results, f"{report.kind}: hashing",
+                                                                        len(candidates)), strict=True):
         if reason:
             report.add_bad(candidate.file, reason)
         else:
-            candidate.sha256 = digest
+            candidate.sha256, candidate.pixels = digest, pixels
             readable.append(candidate)
     return readable
+
+
+def _check_total_size(candidates: list[Candidate], audio_target: AudioTarget | None, settings: IngestSettings,
+                      fail: Callable[[str], Exception]) -> None:
+    """Refuse, before decoding, a dataset whose decoded array would be larger than ingest.max_total_decoded_mb:
+    images by their headers' width x height (one byte a pixel; an image over ingest.max_image_pixels will be a
+    bad file, so it does not count), clips by their count (float32 samples)."""
+    limit = settings.max_total_decoded_bytes
+    if audio_target is None:
+        total = sum(candidate.pixels for candidate in candidates
+                    if candidate.pixels <= settings.limits.max_image_pixels)
+        what = f"{len(candidates)} images, by their headers"
+    else:
+        total = len(candidates) * audio_target.samples * np.dtype(np.float32).itemsize
+        what = f"{len(candidates)} clips of {audio_target.samples} samples"
+    if total > limit:
+        raise fail(f"the decoded dataset would take {mib(total)} ({what}), over ingest.max_total_decoded_mb "
+                   f"({mib(limit)}); raise it where memory and disk allow: featurize holds about twice as much "
+                   "(docs/reliability.md)")
 
 
 def _drop_duplicates(candidates: list[Candidate], report: IngestReport) -> list[Candidate]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from vapm.config.settings import ParamsError
 from vapm.core.errors import VapmError
 from vapm.data.ingest.archive import path_parts
 
@@ -63,6 +64,15 @@ def _class_aliases(classes: list[str]) -> dict[str, str]:
             if other != name:
                 raise UnknownClass(f"classes {other!r} and {name!r} share the spelling {alias!r}")
     return aliases
+
+
+def check_class_names(classes: list[str], key: str) -> None:
+    """One params error before any work when two classes share a spelling that paths are matched by (a folder
+    name or a NEU file-name prefix, e.g. `Cr` and `Crazing`): otherwise every file would be refused alike."""
+    try:
+        _class_aliases(classes)
+    except UnknownClass as err:
+        raise ParamsError(f"{key}: {err}; rename one of them (or give the folder names the archive uses)") from None
 
 
 def _class_from_folders(folders: list[str], aliases: dict[str, str]) -> str | None:

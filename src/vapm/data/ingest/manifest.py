@@ -23,6 +23,7 @@ class Candidate:
     class_name: str
     archive_split: str | None
     sha256: str = ""
+    pixels: int = 0  # an image's width x height from its header (0 for clips, or when the header is unreadable)
 
     @property
     def file(self) -> str:

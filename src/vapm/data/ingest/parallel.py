@@ -6,6 +6,7 @@ so the work is linear in the number of members: opening the zip per chunk made i
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import zipfile
 from collections import deque
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from PIL import Image
 
 from vapm.data.ingest.archive import member_blocks, open_archive, read_member
 from vapm.data.ingest.decode import AudioTarget, decode_audio, decode_image
@@ -102,6 +105,9 @@ def cached_archive(path: Path) -> zipfile.ZipFile:
 
 # ---- tasks ----
 
+# Enough of a file's start for every image header we decode (a JPEG's SOF can follow a large EXIF block).
+HEADER_BYTES = 1 << 20
+
 @dataclass(frozen=True)
 class MemberTask:
     """Members of one archive to hash or decode; the ZipInfo entries come from the parent's directory."""
@@ -110,22 +116,40 @@ class MemberTask:
     members: Sequence[zipfile.ZipInfo]
     limits: IngestLimits
     audio_target: AudioTarget | None = None
+    image_sizes: bool = False   # hashing: also read each image's width x height from its header
 
 
-def hash_chunk(task: MemberTask) -> list[tuple[str | None, str | None]]:
-    """(sha256 hex, None) per member, or (None, reason) when it cannot be read within limits or is empty."""
+def hash_chunk(task: MemberTask) -> list[tuple[str | None, str | None, int]]:
+    """(sha256 hex, None, pixels) per member, or (None, reason, 0) when it cannot be read within limits or is
+    empty. Pixels: an image's width x height from its header (with `image_sizes`; 0 when unreadable)."""
     zf = cached_archive(task.archive)
-    results: list[tuple[str | None, str | None]] = []
+    results: list[tuple[str | None, str | None, int]] = []
     for info in task.members:
         digest = hashlib.sha256()
+        head = bytearray()
         try:
             for block in member_blocks(zf, info, task.limits.max_member_bytes):
                 digest.update(block)
+                if task.image_sizes and len(head) < HEADER_BYTES:
+                    head += block[:HEADER_BYTES - len(head)]
         except BadFile as err:
-            results.append((None, str(err)))
+            results.append((None, str(err), 0))
             continue
-        results.append((digest.hexdigest(), None) if info.file_size else (None, "empty file"))
+        if not info.file_size:
+            results.append((None, "empty file", 0))
+            continue
+        results.append((digest.hexdigest(), None, image_pixels(bytes(head)) if task.image_sizes else 0))
     return results
+
+
+def image_pixels(head: bytes) -> int:
+    """width x height from the start of an image file (Pillow reads only the header), 0 if it cannot tell."""
+    try:
+        with Image.open(io.BytesIO(head)) as image:
+            width, height = image.size
+        return int(width) * int(height)
+    except Exception:  # noqa: BLE001 - an unreadable header: decoding will say why, with the file's name
+        return 0
 
 
 def decode_chunk(task: MemberTask) -> list[tuple[Any, str | None]]:
