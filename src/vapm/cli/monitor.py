@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from vapm.core.errors import VapmError, one_line
-from vapm.serving.monitor import ALERT_LOG, STATE_FILE, Monitor, MonitorError, load_models
+from vapm.serving.monitor import (ALERT_LOG, DEFAULT_MAX_FILE_BYTES, MAX_FILE_MB, STATE_FILE, Monitor, MonitorError,
+                                  load_models, shown)
+
+
+def file_limit(text: str) -> int:
+    """--max-file-mb: a number of MiB above 0 (fractions allowed), at most 2**40, as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {shown(text)}") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_FILE_MB:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_FILE_MB:.0f} (MiB), got {shown(text)}")
+    return max(1, int(value * 2**20))
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a name the terminal cannot encode is escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = argparse.ArgumentParser(prog="vapm monitor", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="the folder new images and recordings arrive in")
     parser.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
@@ -20,24 +36,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alerts", type=Path, help=f"the JSON-lines alert log (default FOLDER/{ALERT_LOG})")
     parser.add_argument("--state", type=Path, help=f"what was scored, for restarts (default FOLDER/{STATE_FILE})")
     parser.add_argument("--settle", type=float, default=0.25, help="seconds a file must stay unchanged (0.25)")
+    parser.add_argument("--max-file-mb", type=file_limit, default=DEFAULT_MAX_FILE_BYTES, metavar="MB",
+                        help=f"larger files are skipped from their size, never read "
+                             f"({DEFAULT_MAX_FILE_BYTES // 2**20}, ingest.max_member_mb's default)")
     parser.add_argument("--poll", action="store_true", help="poll the folder instead of inotify (network drives)")
     parser.add_argument("--once", action="store_true", help="score what is there now, then stop")
     args = parser.parse_args(argv)
     try:
         if not args.folder.is_dir():
-            raise MonitorError(f"{args.folder} is not a folder: create it, or give the folder files arrive in")
+            raise MonitorError(f"{shown(str(args.folder))} is not a folder: create it, or give the folder files "
+                               f"arrive in")
         monitor = Monitor(args.folder, load_models(args.model), set(args.normal), args.alerts, args.state,
-                          args.settle)
-    except VapmError as err:
-        print(f"monitor: {one_line(str(err))}", file=sys.stderr)
-        return 1
-    names = ", ".join(f"{m.name} (version {m.version or 'local'})" for m in monitor.models)
-    print(f"watching {monitor.folder} with {names}; alert log {monitor.alert_log}", flush=True)
-    if args.once:
-        monitor.score(monitor.pending())
-        return 0
-    try:
+                          args.settle, max_file_bytes=args.max_file_mb)
+        names = ", ".join(f"{shown(m.name)} (version {shown(m.version or 'local')})" for m in monitor.models)
+        print(f"watching {shown(str(monitor.folder))} with {names}; alert log {shown(str(monitor.alert_log))}",
+              flush=True)
+        if args.once:
+            monitor.score(monitor.pending())
+            return 0
         monitor.run(poll=args.poll)
+    except VapmError as err:
+        print(f"monitor: {shown(one_line(str(err)))}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("stopped", flush=True)
     return 0
