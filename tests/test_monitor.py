@@ -146,7 +146,7 @@ def test_monitor_command_scores_what_is_there_once(models, tmp_path):
 def test_monitor_benchmark_measures_latency_and_bursts(models, tmp_path):
     import zipfile
 
-    from vapm.serving.monitor import load_models
+    from vapm.serving.warm_models import load_models
     from vapm.bench.monitor import run_benchmark
 
     archive = tmp_path / "line.zip"

@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - the layout before
 from vapm.cli.monitor import main as monitor_main
 from vapm.data.synth.acoustic import render_clip
 from vapm.serving.loading import load_model
-from vapm.serving.monitor import ALERT_LOG, STATE_FILE, Monitor, MonitorError, read_bounded, shown
+from vapm.serving.monitor import ALERT_LOG, STATE_FILE, Monitor, MonitorError
+from vapm.serving.untrusted_files import read_bounded, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO_ROOT / "docs" / "alert.schema.json").read_text())

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=0.25)
     parser.add_argument("--out", type=Path, default=Path("bench/monitor"), help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
-    from vapm.serving.monitor import load_models
+    from vapm.serving.warm_models import load_models
 
     try:
         models = load_models(args.model or ["models/vision_scratch", "models/acoustic_cnn"])

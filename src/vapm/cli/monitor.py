@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from vapm.core.errors import VapmError, one_line
-from vapm.serving.monitor import (ALERT_LOG, DEFAULT_MAX_FILE_BYTES, MAX_FILE_MB, STATE_FILE, Monitor, MonitorError,
-                                  load_models, shown)
+from vapm.serving.monitor import ALERT_LOG, DEFAULT_MAX_FILE_BYTES, MAX_FILE_MB, STATE_FILE, Monitor, MonitorError
+from vapm.serving.warm_models import load_models
+from vapm.serving.untrusted_files import shown
 
 
 def file_limit(text: str) -> int:

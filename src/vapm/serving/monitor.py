@@ -26,13 +26,11 @@ Whoever can write to the folder is not trusted (docs/reliability.md, "vapm monit
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import stat
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,8 +38,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vapm.core.errors import VapmError
-from vapm.data.ingest.limits import DEFAULT_MAX_MEMBER_BYTES, mib
+from vapm.data.ingest.limits import DEFAULT_MAX_MEMBER_BYTES
+from vapm.serving.alerts import MonitorError, check_alert_log, describe, open_alert_log, summarise
+from vapm.serving.monitor_state import read_state, write_state
+from vapm.serving.untrusted_files import (
+    not_through_link,
+    read_within,
+    refusal,
+    relative_to,
+    shown,
+)
+from vapm.serving.warm_models import model_suffixes
 
 ALERT_LOG = "alerts.jsonl"
 STATE_FILE = ".vapm-monitor-state.json"
@@ -49,86 +56,10 @@ IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 SCHEMA_VERSION = 1
 DEFAULT_MAX_FILE_BYTES = DEFAULT_MAX_MEMBER_BYTES  # ingest's per-member limit (ingest.max_member_mb: 64)
 MAX_FILE_MB = float(2**40)  # the largest --max-file-mb (as for ingest's limits: beyond, byte counts overflow)
-READ_BLOCK = 2**20  # a file that grows while it is read is read on in blocks of this size
-STATE_MAX_BYTES = 256 * 2**20  # a larger state file is ignored (about 4 million files remembered)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-class MonitorError(VapmError, ValueError):
-    """The monitor cannot start as asked (no such folder, no model, ...) or cannot write its alert log."""
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def shown(text: str) -> str:
-    """Untrusted text made safe to print on a terminal: every file name, and every reason or path that may
-    quote one, goes through here before it is printed (the alert log is JSON, escaped by json.dumps).
-
-    Text whose every character is printable is shown as it is; any other is shown in Python's quoted form
-    with escapes, as ingest shows member names: 'x\\x1b[2K\\rALERT y.wav' or 'gnp.\\u202eevil.wav'.
-    str.isprintable is False for C0 and C1 controls (ESC, CR, LF, TAB, CSI U+009B), DEL, format characters
-    (bidi overrides such as U+202E, zero-width characters), line and paragraph separators (U+2028, U+2029),
-    spaces other than ' ', and the unpaired surrogates that stand for undecodable bytes in a name. So no
-    name can move the cursor, erase or recolour a line, reorder it, or start a new one.
-    """
-    return text if text.isprintable() else repr(text)
-
-
-def kind_of(mode: int) -> str:
-    """What an entry is, from its lstat mode: 'a regular file', 'a symbolic link', 'a named pipe (FIFO)', ..."""
-    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
-                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def not_regular(mode: int) -> str | None:
-    """Why an entry of this kind is not read, or None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder, not a file"
-    kind = kind_of(mode)
-    return f"{kind}, not a regular file: not opened" if kind != "not a regular file" else f"{kind}: not opened"
-
-
-def read_bounded(fd: int, limit: int, expected: int) -> bytes | None:
-    """The content of an open file, reading at most `limit` + 1 bytes in all: None when it holds more.
-
-    The first read asks for the size `stat` gave (+ 1 byte, to see the end), so a file is held once; a file
-    that grew meanwhile is read on in READ_BLOCK blocks until the limit is passed.
-    """
-    blocks: list[bytes] = []
-    total, want = 0, min(max(expected, 0), limit) + 1
-    while total <= limit:
-        block = os.read(fd, min(want, limit + 1 - total))
-        if not block:
-            break
-        blocks.append(block)
-        total += len(block)
-        want = READ_BLOCK
-    if total > limit:
-        return None
-    return blocks[0] if len(blocks) == 1 else b"".join(blocks)
-
-
-def valid_signature(value: Any) -> bool:
-    """[size, mtime_ns], as the monitor writes them (mtime may be negative: a file dated before 1970)."""
-    return (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
-            and value[0] >= 0)
-
-
-def _not_through_link(path: Path) -> Path:
-    """An absolute path whose folder is resolved but whose last part is kept: a link planted under the alert
-    log's or the state's name is then refused or replaced, never written through."""
-    path = Path(path)
-    return path.parent.resolve() / path.name
 
 
 @dataclass
@@ -147,46 +78,16 @@ class Monitor:
 
     def __post_init__(self) -> None:
         self.folder = self.folder.resolve()
-        self.alert_log = _not_through_link(self.alert_log or self.folder / ALERT_LOG)
-        self.state_file = _not_through_link(self.state_file or self.folder / STATE_FILE)
+        self.alert_log = not_through_link(self.alert_log or self.folder / ALERT_LOG)
+        self.state_file = not_through_link(self.state_file or self.folder / STATE_FILE)
         if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int) \
                 or self.max_file_bytes < 1:
             raise MonitorError(f"the file size limit must be a whole number of bytes, at least 1, "
                                f"got {self.max_file_bytes!r}")
-        self.check_alert_log()
+        check_alert_log(self.alert_log)
         self.load_state()
 
     # ----------------------------------------------------------------- its own files
-
-    def check_alert_log(self) -> None:
-        """Refuse to start on an alert log that is a link, a pipe or anything but a regular file."""
-        try:
-            mode = os.lstat(self.alert_log).st_mode
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            raise MonitorError(f"cannot use the alert log {shown(str(self.alert_log))}: {err.strerror}") from None
-        if stat.S_ISLNK(mode):
-            raise MonitorError(f"the alert log {shown(str(self.alert_log))} is a symbolic link: refusing to write "
-                               f"through it; remove it, or give --alerts a file")
-        if not stat.S_ISREG(mode):
-            raise MonitorError(f"the alert log {shown(str(self.alert_log))} is {kind_of(mode)}: "
-                               f"remove it, or give --alerts a file")
-
-    def open_alert_log(self) -> int:
-        """The alert log opened for appending, refusing links (O_NOFOLLOW) and never blocking on a pipe."""
-        try:
-            fd = os.open(self.alert_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC,
-                         0o644)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                self.check_alert_log()  # names what is there instead
-            raise MonitorError(f"cannot write the alert log {shown(str(self.alert_log))}: {err.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            self.check_alert_log()
-            raise MonitorError(f"the alert log {shown(str(self.alert_log))} is not a regular file")
-        return fd
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=self.out, flush=True)
@@ -194,39 +95,7 @@ class Monitor:
     def load_state(self) -> None:
         """What was scored, from the state file; anything but what `save_state` writes only costs rescoring
         (one warning line), and the state is then rewritten."""
-        problem, content = None, None
-        try:
-            fd = os.open(self.state_file, os.O_RDONLY | _NONBLOCK | _CLOEXEC)  # a pipe never blocks
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            problem = f"cannot be read ({err.strerror})"
-        else:
-            try:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    problem = f"is {kind_of(info.st_mode)}, not a regular file"
-                elif info.st_size > STATE_MAX_BYTES:
-                    problem = f"is {mib(info.st_size)}, more than the {mib(STATE_MAX_BYTES)} a state may take"
-                else:
-                    raw = read_bounded(fd, STATE_MAX_BYTES, info.st_size)
-                    if raw is None:
-                        problem = f"grew past {mib(STATE_MAX_BYTES)} while it was read"
-                    else:
-                        content = json.loads(raw)
-            except OSError as err:
-                problem = f"cannot be read ({err.strerror})"
-            except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, nested too deep
-                problem = f"is not valid JSON ({type(err).__name__})"
-            finally:
-                os.close(fd)
-        if problem is None and not isinstance(content, dict):
-            problem = f"holds {json_kind(content)}, not an object of file -> [size, mtime_ns]"
-        if problem is None:
-            bad = [name for name, value in content.items() if not valid_signature(value)]
-            self.done = {name: value for name, value in content.items() if name not in bad}
-            if bad:
-                problem = f"has {len(bad)} of {len(content)} entries that are not [size, mtime_ns]"
+        self.done, problem = read_state(self.state_file)
         if problem is not None:
             ignored = "those entries are ignored" if self.done else "it is ignored"
             self.warn(f"the state file {shown(str(self.state_file))} {problem}; {ignored} (files it should "
@@ -234,24 +103,8 @@ class Monitor:
             self.save_state()
 
     def save_state(self) -> None:
-        """Write the state atomically: a new temporary file in the same folder, then os.replace (a crash
-        leaves the old state or the new, never half of one; a link under its name is replaced, not followed)."""
         try:
-            fd, temporary = tempfile.mkstemp(prefix=self.state_file.name + ".", suffix=".tmp",
-                                             dir=self.state_file.parent)
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    os.fchmod(handle.fileno(), 0o644)  # as the state was written before (mkstemp makes it 0600)
-                    handle.write(json.dumps(self.done, sort_keys=True))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, self.state_file)
-            except BaseException:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
-                raise
+            write_state(self.state_file, self.done)
         except OSError as err:
             if not self._state_warned:
                 self._state_warned = True
@@ -304,67 +157,13 @@ class Monitor:
 
     def key(self, path: Path) -> str | None:
         """The path relative to the folder, or None for one outside it."""
-        try:
-            return Path(os.path.abspath(path)).relative_to(self.folder).as_posix()
-        except ValueError:
-            return None
+        return relative_to(self.folder, path)
 
     def refusal(self, path: Path, info: os.stat_result) -> str | None:
-        """Why this entry is not read (from its lstat), or None."""
-        if stat.S_ISLNK(info.st_mode):
-            if not os.path.exists(path):
-                where = "to nothing (dangling, or a loop)"
-            elif self.key(os.path.realpath(path)) is None:
-                where = "to outside the folder"
-            else:
-                where = "to a file in the folder (that file is scored under its own name)"
-            return f"a symbolic link {where}: links are not followed"
-        reason = not_regular(info.st_mode)
-        if reason is None and info.st_size > self.max_file_bytes:
-            reason = (f"{mib(info.st_size)} ({info.st_size:,} bytes), more than the limit of "
-                      f"{mib(self.max_file_bytes)} (--max-file-mb): not read")
-        return reason
+        return refusal(path, info, self.folder, self.max_file_bytes)
 
     def read(self, path: Path) -> tuple[bytes | None, str | None]:
-        """(content, None), or (None, why not); (None, None) when it is gone. The entry is opened without
-        following a link and without blocking, then checked again from the open file: a regular file, inside
-        the folder, within the size limit; and it is read no further than the limit + 1 byte."""
-        try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
-        except FileNotFoundError:
-            return None, None
-        except OSError as err:
-            try:
-                info = os.lstat(path)
-            except OSError:
-                return None, None
-            return None, self.refusal(path, info) or f"cannot read it ({err.strerror})"
-        try:
-            info = os.fstat(fd)
-            reason = self.refusal(path, info)
-            if reason is not None:
-                return None, reason
-            opened = self.opened_path(fd, path)
-            if opened.endswith(" (deleted)"):
-                return None, None
-            if self.key(opened) is None:
-                return None, "resolves to outside the folder (a folder on its path is a link): not read"
-            data = read_bounded(fd, self.max_file_bytes, info.st_size)
-            if data is None:
-                return None, f"grew past the limit of {mib(self.max_file_bytes)} (--max-file-mb) while it was read"
-            return data, None
-        except OSError as err:
-            return None, f"cannot read it ({err.strerror})"
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def opened_path(fd: int, path: Path) -> str:
-        """Where the open file really is (Linux: /proc/self/fd), else where its path resolves to now."""
-        try:
-            return os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return os.path.realpath(path)
+        return read_within(path, self.folder, self.max_file_bytes)
 
     # ----------------------------------------------------------------- scoring
 
@@ -434,7 +233,7 @@ class Monitor:
     def append(self, lines: list[dict[str, Any]]) -> None:
         if not lines:
             return
-        with os.fdopen(self.open_alert_log(), "a") as log:
+        with os.fdopen(open_alert_log(self.alert_log), "a") as log:
             for line in lines:
                 log.write(json.dumps(line, sort_keys=True) + "\n")
             log.flush()
@@ -506,60 +305,6 @@ class Monitor:
         return self.signature(path) == before
 
 
-def json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", list: "a list", str: "a string", int: "a number", float: "a number",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def warm_up(model: Any) -> None:
-    """Score one synthetic file, so the first real one does not pay for first-call costs (lazy imports, JIT)."""
-    import io
-
-    import numpy as np
-
-    buffer = io.BytesIO()
-    if model.input.modality == "vision":
-        from PIL import Image
-
-        Image.fromarray(np.full((64, 64), 128, dtype=np.uint8)).save(buffer, format="PNG")
-        model.predict_files([("warm-up.png", buffer.getvalue())])
-        return
-    import soundfile
-
-    audio = model.record["input"]["audio"]
-    rate = int(round(audio["sample_rate"]))
-    samples = np.random.default_rng(0).normal(0, 0.1, int(audio["clip_samples"] * rate / audio["sample_rate"]))
-    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
-    model.predict_files([("warm-up.wav", buffer.getvalue())])
-
-
-def model_suffixes(model: Any) -> tuple[str, ...]:
-    from vapm.data.features.records import raw_suffixes
-
-    return raw_suffixes(model.input)
-
-
-def summarise(result: dict[str, Any], normal_classes: set[str]) -> dict[str, Any]:
-    """One model's answer for the alert log (schema: docs/alert.schema.json)."""
-    summary = {"model": result["model"], "version": result.get("version")}
-    if "status" in result:  # a detector
-        summary.update(status=result["status"], score=result["score"], threshold=result["threshold"],
-                       alert=result["status"] == "abnormal")
-    else:
-        summary.update(**{"class": result["class"], "probability": result.get("probability")},
-                       alert=bool(normal_classes) and result["class"] not in normal_classes)
-    return summary
-
-
-def describe(summary: dict[str, Any]) -> str:
-    if "status" in summary:
-        return f"{summary['model']} says {summary['status']} (score {summary['score']:.3g} > {summary['threshold']:.3g})"
-    probability = f" ({summary['probability']:.1%})" if summary.get("probability") is not None else ""
-    return f"{summary['model']} says {summary['class']}{probability}"
-
-
 def start_observer(folder: Path, note, poll: bool):
     """watchdog's inotify observer, noting files when their writer closes them or they are moved in (and
     anything that is not a regular file when it is created); or its polling observer, noting every change
@@ -582,11 +327,3 @@ def start_observer(folder: Path, note, poll: bool):
     return observer
 
 
-def load_models(model_dirs: list[str]) -> list[Any]:
-    """Each model loaded once, and warmed up on a synthetic file."""
-    from vapm.serving.loading import load_model
-
-    models = [load_model(folder) for folder in model_dirs]
-    for model in models:
-        warm_up(model)
-    return models
