@@ -27,7 +27,10 @@ _NUMBER_CHARS = set("0123456789+-.eE")
 _TRAILING_COMMA = re.compile(rb",[ \t]*(?=\r?\n|$)")
 _LINE_END = re.compile(rb"[ \t]*\r?\n")
 _TWO_COMMAS_IN_A_LINE = re.compile(rb",[^\n,]*,")
-_DECIMAL_COMMA_LINE = re.compile(rb"(?m)^[ \t]*[+-]?\d+,\d+[ \t]*\r?$")
+_DECIMAL_COMMA_LINE = re.compile(rb"(?m)^[ \t]*[+-]?\d+,\d+(?:[eE][+-]?\d+)?[ \t]*\r?$")
+# A mantissa with a comma and an exponent ("1,5E-05", as a German spreadsheet writes small numbers): read as two
+# comma-separated values it would be "1" and "5E-05", so it is a decimal comma wherever it stands.
+_DECIMAL_COMMA_EXPONENT = re.compile(rb"(?<![\w.+-])[+-]?\d+,\d+[eE][+-]?\d+(?![\w.])")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NON_FINITE_WORDS = {sign + word for sign in ("", "+", "-") for word in ("nan", "inf", "infinity")}
 
@@ -165,31 +168,38 @@ def _first_bad_field(block: bytes, first_line: int) -> str | None:
 
 
 class _DecimalCommaWatch:
-    """Notices text written with decimal commas: no decimal point or exponent anywhere, every comma alone
-    on its line between digits ("0,106556"). Read as separators they would double the values silently."""
+    """Notices values written with a decimal comma, anywhere in the file: a value with a comma in its mantissa
+    and an exponent ("1,5E-05", "-2,514604e+02"), or a line holding one comma between digits ("0,106556") in a
+    file that is not a list of several comma-separated values a line. Read as separators they would silently
+    double the values or split them into garbage, so one such value refuses the whole file, whatever the other
+    lines hold (decimal points included)."""
 
     def __init__(self) -> None:
-        self.has_point = False
         self.several_commas_a_line = False
-        self.first: tuple[int, str] | None = None
+        self.first_line_value: tuple[int, str] | None = None   # "0,106556" alone on its line
+        self.first_exponent: tuple[int, str] | None = None     # "1,5E-05" anywhere
 
     def see(self, block: bytes, first_line: int) -> None:
-        if self.has_point or self.several_commas_a_line:
+        if b"," not in block:
             return
-        if b"." in block or b"e" in block or b"E" in block:
-            self.has_point = True
-        elif b"," in block:
-            if _TWO_COMMAS_IN_A_LINE.search(block):
-                self.several_commas_a_line = True
-            elif self.first is None:
-                match = _DECIMAL_COMMA_LINE.search(block)
-                if match:
-                    self.first = (first_line + block.count(b"\n", 0, match.start()),
-                                  match.group().strip().decode("ascii"))
+        if self.first_exponent is None:
+            match = _DECIMAL_COMMA_EXPONENT.search(block)
+            if match:
+                self.first_exponent = (first_line + block.count(b"\n", 0, match.start()),
+                                       match.group().decode("ascii"))
+        if _TWO_COMMAS_IN_A_LINE.search(block):
+            self.several_commas_a_line = True
+        if self.first_line_value is None:
+            match = _DECIMAL_COMMA_LINE.search(block)
+            if match:
+                self.first_line_value = (first_line + block.count(b"\n", 0, match.start()),
+                                         match.group().strip().decode("ascii"))
 
     def reason(self) -> str | None:
-        if self.first is None or self.has_point or self.several_commas_a_line:
+        found = [hit for hit in (self.first_exponent, None if self.several_commas_a_line else self.first_line_value)
+                 if hit is not None]
+        if not found:
             return None
-        line, text = self.first
+        line, text = min(found)
         return (f"decimal comma at line {line} ({text!r}): write numbers with a decimal point "
                 f"({text.replace(',', '.')!r})")
