@@ -74,6 +74,7 @@ class AudioSettings(Section):
     sample_rate: SampleRate
     clip_seconds: float = Field(gt=0, le=600)
     length_tolerance: float = Field(ge=0, lt=1)
+    min_source_rate: SampleRate = Field(4000.0, gt=0)  # recordings below this rate are bad files
 
     _check_classes = field_validator("classes")(_class_list)
 

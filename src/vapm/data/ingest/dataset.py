@@ -96,7 +96,8 @@ def ingest_settings(settings: Any) -> IngestSettings:
 def audio_target(settings: Any) -> AudioTarget:
     """What every clip becomes, from the validated params' `audio` section."""
     return AudioTarget(sample_rate=settings.audio.sample_rate, samples=settings.audio.clip_samples,
-                       length_tolerance=settings.audio.length_tolerance)
+                       length_tolerance=settings.audio.length_tolerance,
+                       min_source_rate=settings.audio.min_source_rate)
 
 
 def ingest_vision(archive: str | Path, classes: list[str], out_dir: str | Path,

@@ -19,6 +19,8 @@ from PIL import Image
 
 from vapm.data.ingest.archive import clean_reason
 from vapm.data.ingest.errors import DecodeError
+from vapm.data.ingest.flac_length import total_samples as flac_total_samples
+from vapm.data.ingest.flac_length import with_total_samples
 from vapm.data.ingest.formats import (
     AUDIO_FORMAT_OF_SUFFIX,
     IMAGE_FORMAT_OF_SUFFIX,
@@ -40,6 +42,10 @@ _SOUND_KIND = {"WAV": "WAV", "WAVEX": "WAV", "FLAC": "FLAC"}
 # Signatures that libsndfile may still turn out to read (it then names the format, which is checked).
 _SOUND_LIKE = {"WAV", "FLAC", "RIFF", "RF64", "MP3", "Ogg", "AIFF", "IFF"}
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+# Below any real recorder's rate (telephone audio is 8 kHz): a "3 s clip" of 3 frames at 1 Hz is no recording.
+DEFAULT_MIN_SOURCE_RATE = 4000.0
+# libsndfile's frame count for a file whose header says its length is unknown (FLAC allows it).
+_UNKNOWN_FRAMES = 2**62
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class AudioTarget:
     sample_rate: float
     samples: int
     length_tolerance: float  # relative: 0.02 accepts clips within +-2 % of `samples`
+    min_source_rate: float = DEFAULT_MIN_SOURCE_RATE  # audio.min_source_rate: a slower file is refused
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,10 @@ def read_sound(data: bytes | IO[bytes], member_name: str | None = None,
         raise DecodeError(f"cannot decode audio: content is {found}, not WAV or FLAC")
     try:
         sound = sf.SoundFile(stream)
+        if sound.frames >= _UNKNOWN_FRAMES and sound.format == "FLAC":
+            sound = _flac_of_known_length(sound, stream, max_samples)
+    except DecodeError:
+        raise
     except sf.LibsndfileError as err:
         raise DecodeError(f"cannot decode audio: {clean_reason(err.error_string)}") from err
     except Exception as err:  # soundfile's own checks raise RuntimeError, TypeError, ValueError
@@ -156,6 +167,9 @@ def read_sound(data: bytes | IO[bytes], member_name: str | None = None,
         if member_name is not None and kind != expected:
             raise DecodeError(f"cannot decode audio: {mismatch_reason(kind, member_name, expected or 'no sound')}")
         frames, channels, rate = sound.frames, sound.channels, float(sound.samplerate)
+        if target is not None and rate < target.min_source_rate:
+            raise DecodeError(f"sample rate {rate:g} Hz is below audio.min_source_rate ({target.min_source_rate:g} "
+                              "Hz): not a recording this pipeline can use")
         if frames <= 0:
             raise DecodeError("audio has no samples")
         if frames > max_samples:
@@ -165,6 +179,21 @@ def read_sound(data: bytes | IO[bytes], member_name: str | None = None,
             _check_length(frames, rate, target)
         mono = _read_mono(sound, frames, channels)
     return mono, rate
+
+
+def _flac_of_known_length(sound: sf.SoundFile, stream: IO[bytes], max_samples: int) -> sf.SoundFile:
+    """A FLAC whose header says its length is unknown, reopened with the length its last frame gives, after that
+    length is checked against the limit (nothing is decoded before)."""
+    sound.close()
+    stream.seek(0)
+    data = stream.read()
+    total = flac_total_samples(data)
+    if total is None:
+        raise DecodeError("FLAC of unknown length whose last frame cannot be found: re-encode it (flac -f)")
+    if total > max_samples:
+        raise DecodeError(f"audio has {total} samples per channel (unknown in its header, counted from its last "
+                          f"frame), more than ingest.max_source_samples ({max_samples})")
+    return sf.SoundFile(io.BytesIO(with_total_samples(data, total)))
 
 
 def _read_mono(sound: sf.SoundFile, frames: int, channels: int) -> np.ndarray:
