@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Name new fixtures after their area (ingest_*, features_*, ...)."""
+"""Shared pytest fixtures (a folder's own go in its conftest.py). Name new fixtures after their area (ingest_*, ...)."""
 from __future__ import annotations
 
 import vapm  # noqa: F401  (first: pins CPU dispatch before NumPy and TensorFlow load, as in the stages)
@@ -68,11 +68,3 @@ def ingest_encode_sound() -> Callable[..., bytes]:
         return buffer.getvalue()
 
     return encode
-
-
-@pytest.fixture(scope="session")
-def team_baseline(tmp_path_factory) -> Path:
-    """docs/team.md's starting point (tiny params, archives in data/raw under `dvc add`, reproduced), built once."""
-    from tests.team_helpers import build_team_baseline
-
-    return build_team_baseline(tmp_path_factory.mktemp("team-baseline") / "repo")

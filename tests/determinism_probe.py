@@ -4,7 +4,7 @@
 
 prints one JSON object: a sha256 per array (synthetic clips and images, MFCC + log-mel images, wavelet
 energies, resized images, SVM coefficients and decision values, trained weights and test probabilities
-of the three neural models) and the compute report. tests/test_determinism.py runs it in subprocesses
+of the three neural models) and the compute report. tests/config/test_determinism.py runs it in subprocesses
 under different environments and core affinities and compares the digests.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The README's commands, exactly as written: read from README.md and run through bash.
 
 `readme_command(text, repo)` refuses a command the README does not show, so a test can only run what a
-reader types; tests/test_readme.py checks that every command the README shows is run by some test.
+reader types; tests/project/test_readme.py checks that every command the README shows is run by some test.
 """
 from __future__ import annotations
 
