@@ -15,6 +15,16 @@ import soundfile as sf
 from PIL import Image
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compute_pinned_before_any_test() -> None:
+    """As every stage does first: fix the thread pools before a test runs a TensorFlow op. TensorFlow fixes its
+    pools when its runtime starts, so otherwise the first test to run an op (whichever folder comes first)
+    decides, and config/test_determinism.py's check of this process would depend on the order of the folders."""
+    from vapm.config.cpu_dispatch import DEFAULT_THREADS, configure_compute
+
+    configure_compute(DEFAULT_THREADS)  # TensorFlow too when a collected test module imported it
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Soak tests run only when asked for by marker (-m soak), never in the default or fast suites."""
     if "soak" in (config.getoption("markexpr") or ""):
