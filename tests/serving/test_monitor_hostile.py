@@ -26,10 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-try:  # tests/ mirrors src/vapm/ once the tests-layout branch is in; before, the helpers are at the top
-    from tests.serving.test_serving import RATE, build_acoustic_model
-except ImportError:  # pragma: no cover - the layout before
-    from tests.test_serving import RATE, build_acoustic_model
+from tests.serving.test_serving import RATE, build_acoustic_model
 from vapm.cli.monitor import main as monitor_main
 from vapm.data.synth.acoustic import render_clip
 from vapm.serving.loading import load_model
