@@ -108,7 +108,7 @@ def requirements() -> list[str]:
     return pinned
 
 
-# What a served model imports of vapm (tests/serving/test_pyfunc_code.py checks it against the import graph): the
+# What a served model imports of vapm (tests/project/test_layers.py checks it against the import graph): the
 # logged model carries these and nothing else (no training, tracking server, benchmarks or command line).
 SERVED_CODE = ("__init__.py", "core", "config", "data/__init__.py", "data/ingest", "data/features", "models",
                "artefacts", "serving")
