@@ -578,3 +578,25 @@ def wait_for_log(folder: Path, expected: dict, process: subprocess.Popen, err, s
         time.sleep(0.1)
     missing = set(expected) - {entry["file"] for entry in read_log(folder)}
     raise AssertionError(f"not logged within {seconds} s: {sorted(missing)}")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-inherited-ignored"])
+def test_the_watch_stops_cleanly_on_sigterm_and_on_ctrl_c_even_when_started_with_sigint_ignored(model_dir, tmp_path,
+                                                                                               how):
+    """A service manager stops it with SIGTERM; a shell that starts it in the background hands it SIGINT ignored
+    (Python then installs no KeyboardInterrupt handler): both must end the watch with "stopped", exit 0."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how != "sigterm" else None
+    with (tmp_path / "stdout").open("w+") as out:
+        process = subprocess.Popen(command(folder, model_dir), stdout=out, stderr=subprocess.DEVNULL,
+                                   env=environment(tmp_path), preexec_fn=ignore_sigint)
+        try:
+            deadline = time.monotonic() + 120
+            while "watching " not in (tmp_path / "stdout").read_text():
+                assert process.poll() is None and time.monotonic() < deadline, "the monitor did not start"
+                time.sleep(0.05)
+        finally:
+            os.kill(process.pid, signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+            code = process.wait(timeout=60)
+    assert code == 0 and (tmp_path / "stdout").read_text().splitlines()[-1] == "stopped"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import math
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", action="store_true", help="poll the folder instead of inotify (network drives)")
     parser.add_argument("--once", action="store_true", help="score what is there now, then stop")
     args = parser.parse_args(argv)
+    stop_on_signals()
     try:
         if not args.folder.is_dir():
             raise MonitorError(f"{shown(str(args.folder))} is not a folder: create it, or give the folder files "
@@ -62,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped", flush=True)
     return 0
+
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager's stop) end the watch cleanly, also when the monitor was started from
+    a non-interactive shell in the background, which starts it with SIGINT ignored."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 if __name__ == "__main__":
