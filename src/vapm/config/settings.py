@@ -20,6 +20,8 @@ from vapm.core.errors import VapmError
 PARAMS_FILE = Path("params.yaml")
 
 
+DEFAULT_MIN_SOURCE_RATE = 4000.0  # below any real recorder's rate (telephone audio is 8 kHz)
+
 class ParamsError(VapmError, ValueError):
     """params.yaml is missing, unreadable, or holds values the pipeline cannot use."""
 
@@ -74,7 +76,7 @@ class AudioSettings(Section):
     sample_rate: SampleRate
     clip_seconds: float = Field(gt=0, le=600)
     length_tolerance: float = Field(ge=0, lt=1)
-    min_source_rate: SampleRate = Field(4000.0, gt=0)  # recordings below this rate are bad files
+    min_source_rate: SampleRate = Field(DEFAULT_MIN_SOURCE_RATE, gt=0)  # recordings below this rate are bad files
 
     _check_classes = field_validator("classes")(_class_list)
 
@@ -99,6 +101,7 @@ class SampleDataSettings(Section):
 
 
 MAX_LIMIT_MB = float(2**40)
+DEFAULT_MAX_TOTAL_DECODED_MB = 1024.0
 PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # Pillow refuses more itself, before our check could name the limit
 
 
@@ -108,7 +111,7 @@ class IngestConfig(Section):
     # At most 2**40 MiB (1 EiB): beyond, the limits' byte counts overflow a float (1e308 MB did, with a traceback).
     max_uncompressed_mb: float = Field(gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
     max_member_mb: float = Field(gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
-    max_total_decoded_mb: float = Field(1024, gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
+    max_total_decoded_mb: float = Field(DEFAULT_MAX_TOTAL_DECODED_MB, gt=0, le=MAX_LIMIT_MB, allow_inf_nan=False)
     report_examples: int = Field(20, ge=1, le=1000)
     max_image_pixels: int = Field(ge=1, le=PILLOW_MAX_IMAGE_PIXELS)
     max_source_samples: int = Field(ge=1)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vapm.config.settings import ParamsError
+from vapm.config.settings import DEFAULT_MAX_TOTAL_DECODED_MB, ParamsError
 from vapm.core.errors import VapmError
 from vapm.core.progress import progress
 from vapm.data.ingest.archive import ArchiveError, check_members, display_name, open_archive
@@ -68,7 +68,7 @@ class IngestSettings:
     max_uncompressed_bytes: int
     n_jobs: int
     limits: IngestLimits = IngestLimits()
-    max_total_decoded_bytes: int = 1024 * 2**20
+    max_total_decoded_bytes: int = int(DEFAULT_MAX_TOTAL_DECODED_MB * 2**20)
     report_examples: int = DEFAULT_EXAMPLES
 
     def __post_init__(self) -> None:

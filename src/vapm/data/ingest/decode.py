@@ -17,6 +17,7 @@ import soundfile as sf
 import soxr
 from PIL import Image
 
+from vapm.config.settings import DEFAULT_MIN_SOURCE_RATE
 from vapm.data.ingest.archive import clean_reason
 from vapm.data.ingest.errors import DecodeError
 from vapm.data.ingest.flac_length import total_samples as flac_total_samples
@@ -42,8 +43,6 @@ _SOUND_KIND = {"WAV": "WAV", "WAVEX": "WAV", "FLAC": "FLAC"}
 # Signatures that libsndfile may still turn out to read (it then names the format, which is checked).
 _SOUND_LIKE = {"WAV", "FLAC", "RIFF", "RF64", "MP3", "Ogg", "AIFF", "IFF"}
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
-# Below any real recorder's rate (telephone audio is 8 kHz): a "3 s clip" of 3 frames at 1 Hz is no recording.
-DEFAULT_MIN_SOURCE_RATE = 4000.0
 # libsndfile's frame count for a file whose header says its length is unknown (FLAC allows it).
 _UNKNOWN_FRAMES = 2**62
 

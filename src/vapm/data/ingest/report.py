@@ -70,5 +70,5 @@ def bad_files_message(bad: list[dict[str, str]]) -> str:
     entries = sorted(bad, key=lambda entry: entry["file"])
     lines = [f"  {entry['file']}: {entry['reason']}" for entry in entries[:LISTED_IN_MESSAGES]]
     if len(entries) > LISTED_IN_MESSAGES:
-        lines.append(f"  ... and {len(entries) - LISTED_IN_MESSAGES} more (see the ingest report)")
+        lines.append(f"  ... and {len(entries) - LISTED_IN_MESSAGES} more (the ingest report counts them by reason)")
     return (f"{len(entries)} bad file(s); set ingest.on_bad_file: skip to leave them out\n" + "\n".join(lines))
