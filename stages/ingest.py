@@ -20,13 +20,14 @@ from vapm.core.errors import VapmError, one_line
 from vapm.data.features.records import clip_record, write_record
 from vapm.data.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
 from vapm.data.ingest.labels import check_class_names
+from vapm.data.ingest.layout import Layout
 from vapm.config.seeding import set_global_seed
 from vapm.config.settings import load_settings
 
 INTERIM = Path("data/interim")
 REPORT = Path("metrics/ingest_report.json")
 DATASETS = ("vision", "acoustic")
-OUTPUTS = {"vision": ("manifest.parquet", "pixels.npy"), "acoustic": ("manifest.parquet", "clips.npy", "record.json")}
+OUTPUTS = {"vision": ("manifest.parquet", "pixels.npy", "masks.npy"), "acoustic": ("manifest.parquet", "clips.npy", "record.json")}
 # `dvc repro` removes a stage's outputs before it runs the command (and before it checks that the
 # dependencies exist), so after a failure the previous outputs are gone from the workspace, not lost.
 RECOVERY = ("dvc removed the earlier ingest outputs before this run; fix the cause and run dvc repro again, "
@@ -60,8 +61,11 @@ def failed(reports: dict[str, Any], error: str) -> dict[str, Any]:
 
 def summary(name: str, report: dict[str, Any], seconds: float) -> str:
     kept = report["kept"]
+    masks = report["decoded"].get("masks")
+    paired = f", {masks['paired']} with a defect mask" if masks else ""
     return (f"{name}: {kept['total']} files kept ({kept['train']} train, {kept['test']} test, split from "
-            f"{report['split_source']}) of {report['members_seen']} members; {report['duplicates_count']} "
+            f"{report['split_source']}) of {report['members_seen']} members, {len(report['classes'])} classes"
+            f"{paired}; {report['duplicates_count']} "
             f"duplicate(s), {report['bad_count']} bad file(s) skipped, {report['ignored_count']} ignored; "
             f"{seconds:.1f} s")
 
@@ -76,21 +80,24 @@ def remove_outputs() -> None:
 def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
     """The two datasets' work, from params validated before any work starts (vapm.config.settings)."""
     ingest = ingest_settings(settings)
-    check_class_names(settings.vision.classes, "vision.classes")
-    check_class_names(settings.audio.classes, "audio.classes")
+    for modality, key in (("vision", "vision.classes"), ("audio", "audio.classes")):
+        if settings.classes(modality) is not None:
+            check_class_names(settings.classes(modality), key)
     set_global_seed(ingest.seed, tensorflow=False)
     target = audio_target(settings)
+    vision_layout = Layout(settings.classes("vision"), settings.ingest.vision_pattern,
+                           settings.ingest.vision_mask_pattern, key="vision")
+    audio_layout = Layout(settings.classes("audio"), settings.ingest.audio_pattern, key="audio")
 
     def acoustic() -> dict[str, Any]:
-        report = ingest_acoustic(settings.ingest.acoustic_archive, settings.audio.classes, INTERIM / "acoustic",
+        report = ingest_acoustic(settings.ingest.acoustic_archive, audio_layout, INTERIM / "acoustic",
                                  ingest, target)
         # What the clips are, for models that read them (and predict, which prepares new files alike).
         write_record(INTERIM / "acoustic", clip_record(settings))
         return report
 
     return {
-        "vision": lambda: ingest_vision(settings.ingest.vision_archive, settings.vision.classes, INTERIM / "vision",
-                                        ingest),
+        "vision": lambda: ingest_vision(settings.ingest.vision_archive, vision_layout, INTERIM / "vision", ingest),
         "acoustic": acoustic,
     }
 

@@ -21,7 +21,8 @@ CLS_PREFIX = ["Cr", "In", "Pa", "PS", "RS", "Sc"]
 SOUNDS = ["Healthy", "LIV"]
 TARGET = AudioTarget(sample_rate=50000 / 3, samples=1000, length_tolerance=0.02)
 VISION_TYPES = {"item": "int64", "file": "string", "class": "string", "label": "int64", "split": "string",
-                "sha256": "string", "height": "int64", "width": "int64", "offset": "int64", "source_archive": "string"}
+                "sha256": "string", "height": "int64", "width": "int64", "offset": "int64", "mask_file": "string",
+                "source_archive": "string"}
 ACOUSTIC_TYPES = {"item": "int64", "file": "string", "class": "string", "label": "int64", "split": "string",
                   "sha256": "string", "source_samples": "int64", "source_sample_rate": "double",
                   "source_archive": "string"}
@@ -244,9 +245,9 @@ def test_a_class_without_test_items_fails(tmp_path, ingest_make_zip, ingest_enco
     members = {f"{split}/{name}/a.png": ingest_encode_image(random_pixels(i * 2 + len(split)))
                for i, name in enumerate(NEU) for split in ("train", "test") if (name, split) != ("Rolled", "test")}
     archive = ingest_make_zip("no_test.zip", members)
-    with pytest.raises(IngestError, match="Rolled has no test items") as caught:
+    with pytest.raises(IngestError, match="too few files to split: Rolled has no test files") as caught:
         ingest_vision(archive, NEU, tmp_path / "out", settings())
-    assert caught.value.report["kept"]["per_class"]["Rolled"] == {"train": 1, "test": 0}
+    assert caught.value.report["status"] == "failed"  # found from the names, before any member was read
     assert outputs(tmp_path / "out") == set()
 
 

@@ -8,6 +8,7 @@ raw dicts.
 from __future__ import annotations
 
 import copy
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal
@@ -58,27 +59,50 @@ def _class_list(names: list[str]) -> list[str]:
 
 
 ClassList = Annotated[list[str], Field(min_length=2)]
+AUTO = "auto"  # classes: auto takes the class names from the archive (sorted), at ingest
+ClassesParam = ClassList | Literal["auto"]
+RESIZE_MODES = ("squash", "pad", "crop")
+
+
+def _member_pattern(pattern: str | None, groups: tuple[str, ...]) -> str | None:
+    """A regular expression over archive member paths, with the named groups it must define."""
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"is not a valid regular expression: {err}") from None
+    missing = [group for group in groups if group not in compiled.groupindex]
+    if missing:
+        raise ValueError("needs the named group(s) " + ", ".join(f"(?P<{group}>...)" for group in missing)
+                         + " that say(s) which part of the path is the " + " and the ".join(missing))
+    return pattern
 
 
 class ComputeSettings(Section):
     threads: int = Field(2, ge=1, le=256)
 
 
-class VisionSettings(Section):
-    classes: ClassList
-    image_size: int = Field(ge=8, le=2048)
+def _classes(value: list[str] | str) -> list[str] | str:
+    return value if value == AUTO else _class_list(value)
 
-    _check_classes = field_validator("classes")(_class_list)
+
+class VisionSettings(Section):
+    classes: ClassesParam
+    image_size: int = Field(ge=8, le=2048)
+    resize: Literal["squash", "pad", "crop"] = "squash"  # how a non-square image becomes a square one
+
+    _check_classes = field_validator("classes")(_classes)
 
 
 class AudioSettings(Section):
-    classes: ClassList
+    classes: ClassesParam
     sample_rate: SampleRate
     clip_seconds: float = Field(gt=0, le=600)
     length_tolerance: float = Field(ge=0, lt=1)
     min_source_rate: SampleRate = Field(DEFAULT_MIN_SOURCE_RATE, gt=0)  # recordings below this rate are bad files
 
-    _check_classes = field_validator("classes")(_class_list)
+    _check_classes = field_validator("classes")(_classes)
 
     @property
     def clip_samples(self) -> int:
@@ -118,6 +142,21 @@ class IngestConfig(Section):
     on_bad_file: Literal["fail", "skip"]
     test_fraction: Fraction01
     n_jobs: int = Field(ge=1, le=64)
+    # Published layouts: a regular expression over each member path whose named group `class` is the class;
+    # members it does not match are ignored (and counted in the report). None: the built-in layouts.
+    vision_pattern: str | None = None
+    audio_pattern: str | None = None
+    vision_mask_pattern: str | None = None   # defect masks: groups `class` and `stem` (the image's file stem)
+
+    @field_validator("vision_pattern", "audio_pattern")
+    @classmethod
+    def _class_pattern(cls, pattern: str | None) -> str | None:
+        return _member_pattern(pattern, ("class",))
+
+    @field_validator("vision_mask_pattern")
+    @classmethod
+    def _mask_pattern(cls, pattern: str | None) -> str | None:
+        return _member_pattern(pattern, ("class", "stem"))
 
 
 class FeaturizeSettings(Section):
@@ -175,6 +214,7 @@ class TrainSettings(Section):
     early_stopping_patience: int = Field(ge=0)
     reduce_lr_patience: int = Field(ge=0)
     reduce_lr_factor: Fraction01
+    class_weight: Literal["balanced", "none"] = "none"  # balanced: each class's loss weighs n / (k x its count)
 
     @model_validator(mode="after")
     def _watchers_need_validation(self) -> "TrainSettings":
@@ -194,6 +234,7 @@ class TrainOverrides(Section):
     early_stopping_patience: int | None = Field(None, ge=0)
     reduce_lr_patience: int | None = Field(None, ge=0)
     reduce_lr_factor: Fraction01 | None = None
+    class_weight: Literal["balanced", "none"] | None = None
 
 
 class CrossvalSettings(Section):
@@ -244,8 +285,10 @@ class Settings(Section):
         except ValidationError as err:
             raise ParamsError(_one_line(err, prefix=f"{name}.train")) from None
 
-    def classes(self, modality: str) -> list[str]:
-        return list(self.vision.classes if modality == "vision" else self.audio.classes)
+    def classes(self, modality: str) -> list[str] | None:
+        """The class list params give, or None for `auto` (the names then come from the archive, at ingest)."""
+        classes = self.vision.classes if modality == "vision" else self.audio.classes
+        return None if classes == AUTO else list(classes)
 
 
 GENERAL_SECTIONS = [name for name in Settings.model_fields if name != "models"]

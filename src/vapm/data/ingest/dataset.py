@@ -14,22 +14,19 @@ from vapm.core.errors import VapmError
 from vapm.core.progress import progress
 from vapm.data.ingest.archive import ArchiveError, check_members, display_name, open_archive
 from vapm.data.ingest.decode import AudioTarget, Clip
-from vapm.data.ingest.labels import (
-    AUDIO_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    UnknownClass,
-    class_from_path,
-    ignore_reason,
-    split_from_path,
-)
+from vapm.data.ingest.candidates import check_class_counts, find_candidates
+from vapm.data.ingest.labels import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from vapm.data.ingest.layout import Layout
 from vapm.data.ingest.limits import IngestLimits, mib
 from vapm.data.ingest.manifest import (
     Candidate,
+    archive_split_counts,
     assign_splits,
     check_every_class_in_both_splits,
     count_kept,
     manifest_frame,
 )
+from vapm.data.ingest.masks import MASKS_FILE, write_masks
 from vapm.data.ingest.npy_stream import NpyAppender
 from vapm.data.ingest.parallel import (
     MemberTask,
@@ -43,7 +40,8 @@ from vapm.data.ingest.parallel import (
 )
 from vapm.data.ingest.report import DEFAULT_EXAMPLES, IngestReport, bad_files_message
 
-VISION_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "height", "width", "offset", "source_archive"]
+VISION_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "height", "width", "offset", "mask_file",
+                  "source_archive"]
 ACOUSTIC_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "source_samples", "source_sample_rate",
                     "source_archive"]
 BAD_FILE_POLICIES = ("fail", "skip")
@@ -100,23 +98,29 @@ def audio_target(settings: Any) -> AudioTarget:
                        min_source_rate=settings.audio.min_source_rate)
 
 
-def ingest_vision(archive: str | Path, classes: list[str], out_dir: str | Path,
+def _layout(classes: list[str] | Layout | None, key: str) -> Layout:
+    return classes if isinstance(classes, Layout) else Layout(None if classes is None else list(classes), key=key)
+
+
+def ingest_vision(archive: str | Path, classes: list[str] | Layout | None, out_dir: str | Path,
                   settings: IngestSettings) -> dict[str, Any]:
-    """Decode every image of `archive` into out_dir/{manifest.parquet,pixels.npy}; return the report."""
-    return _ingest(Path(archive), "vision", list(classes), Path(out_dir), settings, audio_target=None)
+    """Decode every image of `archive` into out_dir/{manifest.parquet,pixels.npy[,masks.npy]}; return the report.
+    `classes`: a class list, None (auto: the classes the archive holds), or a Layout (with patterns)."""
+    return _ingest(Path(archive), "vision", _layout(classes, "vision"), Path(out_dir), settings, audio_target=None)
 
 
-def ingest_acoustic(archive: str | Path, classes: list[str], out_dir: str | Path, settings: IngestSettings,
-                    target: AudioTarget) -> dict[str, Any]:
+def ingest_acoustic(archive: str | Path, classes: list[str] | Layout | None, out_dir: str | Path,
+                    settings: IngestSettings, target: AudioTarget) -> dict[str, Any]:
     """Decode every clip of `archive` into out_dir/{manifest.parquet,clips.npy}; return the report."""
-    return _ingest(Path(archive), "acoustic", list(classes), Path(out_dir), settings, audio_target=target)
+    return _ingest(Path(archive), "acoustic", _layout(classes, "audio"), Path(out_dir), settings,
+                   audio_target=target)
 
 
-def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, settings: IngestSettings,
+def _ingest(archive: Path, kind: str, layout: Layout, out_dir: Path, settings: IngestSettings,
             audio_target: AudioTarget | None) -> dict[str, Any]:
     report = IngestReport(archive=str(archive), kind=kind, examples=settings.report_examples)
     data_name = "pixels.npy" if audio_target is None else "clips.npy"
-    for stale in (out_dir / "manifest.parquet", out_dir / data_name, out_dir / "record.json"):
+    for stale in (out_dir / "manifest.parquet", out_dir / data_name, out_dir / "record.json", out_dir / MASKS_FILE):
         stale.unlink(missing_ok=True)  # a failed run must not leave an earlier run's outputs looking current
 
     def fail(message: str) -> IngestError:
@@ -134,21 +138,28 @@ def _ingest(archive: Path, kind: str, classes: list[str], out_dir: Path, setting
             raise IngestError(f"{kind}: {err}", report.as_dict(error=str(err))) from err
         remember_archive(archive, zf)  # the serial path reuses this one parse of the directory
         try:
-            return _ingest_members(members, archive, kind, classes, out_dir, data_name, settings,
+            return _ingest_members(members, archive, kind, layout, out_dir, data_name, settings,
                                    audio_target, report, fail)
         finally:
             forget_archives()
 
 
 def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
-                    classes: list[str], out_dir: Path, data_name: str, settings: IngestSettings,
+                    layout: Layout, out_dir: Path, data_name: str, settings: IngestSettings,
                     audio_target: AudioTarget | None, report: IngestReport,
                     fail: Callable[[str], Exception]) -> dict[str, Any]:
     report.members_seen = len(members)
-    candidates = _find_candidates(members, kind, classes, report)
+    found = find_candidates(members, kind, layout, report)
+    candidates, classes = found.candidates, found.classes
+    report.classes = classes
     if not candidates and not report.bad:
+        if layout.pattern is not None:
+            examples = ", ".join(info.filename for info in members[:3])
+            raise fail(f"{layout.pattern_key} {layout.pattern!r} matches none of its {len(members)} members "
+                       f"(e.g. {examples})")
         extensions = IMAGE_EXTENSIONS if audio_target is None else AUDIO_EXTENSIONS
         raise fail(f"no data files ({', '.join(extensions)}) among its {len(members)} members")
+    check_class_counts(found, layout, fail)
     # Members over the size limit are refused unread, so they do not count as work.
     work_bytes = sum(min(candidate.info.file_size, settings.limits.max_member_bytes) for candidate in candidates)
     n_jobs = settings.n_jobs if work_bytes >= PARALLEL_MIN_BYTES else 1
@@ -159,6 +170,7 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
     else:
         writer = NpyAppender(out_dir / data_name, np.float32, (audio_target.samples,))
     manifest_partial = out_dir / "manifest.parquet.partial"
+    mask_writer = None
     try:
         with Workers(n_jobs) as workers:
             candidates = _drop_duplicates(_hash(workers, archive, candidates, settings.limits, report,
@@ -166,55 +178,31 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
             _check_total_size(candidates, audio_target, settings, fail)
             kept, details = _decode_into(writer, workers, archive, candidates, settings.limits, audio_target,
                                          report)
+        if audio_target is None:
+            mask_files, mask_writer = write_masks(out_dir, archive, kept,
+                                                  [(entry["height"], entry["width"]) for entry in details],
+                                                  found.masks, settings.limits, report)
+            for entry, mask_file in zip(details, mask_files, strict=True):
+                entry["mask_file"] = mask_file
         if report.bad and settings.on_bad_file == "fail":
             raise fail(bad_files_message(report.bad))
         splits = assign_splits(kept, classes, settings, report, fail)
         count_kept(kept, splits, classes, report)
+        report.kept.update(archive_split_counts(kept))
         check_every_class_in_both_splits(report, fail)
         columns = VISION_COLUMNS if audio_target is None else ACOUSTIC_COLUMNS
         manifest_frame(kept, splits, details, classes, archive, columns).to_parquet(manifest_partial, index=False)
         writer.finish()
+        if mask_writer is not None:
+            mask_writer.finish()
         manifest_partial.replace(out_dir / "manifest.parquet")
     except BaseException:
         writer.discard()
+        if mask_writer is not None:
+            mask_writer.discard()
         manifest_partial.unlink(missing_ok=True)
         raise
     return report.as_dict()
-
-
-def _find_candidates(members: list[zipfile.ZipInfo], kind: str, classes: list[str],
-                     report: IngestReport) -> list[Candidate]:
-    extensions = IMAGE_EXTENSIONS if kind == "vision" else AUDIO_EXTENSIONS
-    name_counts = Counter(info.filename for info in members)
-    candidates: list[Candidate] = []
-    refused_names: set[str] = set()
-    for info in sorted(members, key=lambda info: info.filename):
-        name = info.filename
-        reason = "directory" if info.is_dir() else ignore_reason(name, extensions)
-        if reason:
-            report.add_ignored(name, reason)
-            continue
-        if name_counts[name] > 1:
-            # zipfile (like most readers) would return only the last of them, whichever entry is meant.
-            if name not in refused_names:
-                refused_names.add(name)
-                report.add_bad(name, f"{name_counts[name]} members of the archive have this name; none is read "
-                                     "(re-create the archive with unique names)")
-            continue
-        try:
-            candidates.append(Candidate(info, class_from_path(name, classes), split_from_path(name)))
-        except UnknownClass as err:
-            report.add_bad(name, str(err))
-    if any(candidate.archive_split for candidate in candidates):
-        report.split_source = "archive"
-        for candidate in candidates:
-            if candidate.archive_split is None:
-                report.add_bad(candidate.file, "not inside a train/ or test/ folder, "
-                                               "though the archive splits its other files so")
-        candidates = [candidate for candidate in candidates if candidate.archive_split]
-    else:
-        report.split_source = "stratified"
-    return candidates
 
 
 def _hash(workers: Workers, archive: Path, candidates: list[Candidate], limits: IngestLimits,

@@ -11,6 +11,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 AUDIO_EXTENSIONS = (".dat", ".wav", ".flac")
 
 SPLIT_FOLDERS = ("train", "test")
+# A published train/valid/test split: its validation items join train (the models draw their own stratified
+# validation slice from train by train.validation_fraction; the report counts how many came from these folders).
+VALIDATION_FOLDERS = ("valid", "validation", "val")
+ALL_SPLIT_FOLDERS = (*SPLIT_FOLDERS, *VALIDATION_FOLDERS)
 
 # The names the NEU releases give each defect, keyed by the canonical class name (lower case):
 # folder spellings and file-name prefixes of NEU-CLS (Cr_1.bmp) and NEU-DET (rolled-in_scale_7.jpg).
@@ -47,15 +51,18 @@ def ignore_reason(member_name: str, data_extensions: tuple[str, ...]) -> str | N
 
 
 def split_from_path(member_name: str) -> str | None:
-    """'train' or 'test' when a folder of the path is named so (any case), else None."""
+    """'train', 'test' or 'validation' when a folder of the path is named so (any case; valid, validation and
+    val are 'validation'), else None."""
     folders = {part.lower() for part in path_parts(member_name)[:-1]}
     found = [split for split in SPLIT_FOLDERS if split in folders]
+    if folders & set(VALIDATION_FOLDERS):
+        found.append("validation")
     if len(found) > 1:
-        raise UnknownClass(f"path has both a train and a test folder: {member_name}")
+        raise UnknownClass(f"path has more than one split folder ({' and '.join(found)}): {member_name}")
     return found[0] if found else None
 
 
-def _class_aliases(classes: list[str]) -> dict[str, str]:
+def class_aliases(classes: list[str]) -> dict[str, str]:
     """Lower-case spelling -> class name, for folder names and file-name prefixes."""
     aliases: dict[str, str] = {}
     for name in classes:
@@ -70,7 +77,7 @@ def check_class_names(classes: list[str], key: str) -> None:
     """One params error before any work when two classes share a spelling that paths are matched by (a folder
     name or a NEU file-name prefix, e.g. `Cr` and `Crazing`): otherwise every file would be refused alike."""
     try:
-        _class_aliases(classes)
+        class_aliases(classes)
     except UnknownClass as err:
         raise ParamsError(f"{key}: {err}; rename one of them (or give the folder names the archive uses)") from None
 
@@ -98,7 +105,7 @@ def class_from_path(member_name: str, classes: list[str]) -> str:
     """The class a member belongs to, from its folders (any case) or its NEU file-name prefix."""
     parts = path_parts(member_name)
     folders, file_name = parts[:-1], parts[-1]
-    aliases = _class_aliases(classes)
+    aliases = class_aliases(classes)
     by_folder = _class_from_folders(folders, aliases)
     by_prefix = _class_from_prefix(file_name, aliases)
     if by_folder and by_prefix and by_prefix[0] != by_folder:

@@ -35,8 +35,8 @@ def assign_splits(kept: list[Candidate], classes: list[str], settings: IngestSet
     """The archive's own train/test folders when it has them, else a seeded stratified split."""
     if not kept:
         raise fail("no usable files left")
-    if report.split_source == "archive":
-        return [candidate.archive_split for candidate in kept]
+    if report.split_source == "archive":  # a validation folder joins train (vapm.data.ingest.labels)
+        return ["test" if candidate.archive_split == "test" else "train" for candidate in kept]
     from sklearn.model_selection import train_test_split  # imported here: worker processes never need it
 
     labels = np.array([classes.index(candidate.class_name) for candidate in kept])
@@ -58,6 +58,12 @@ def count_kept(kept: list[Candidate], splits: list[str], classes: list[str], rep
         "test": splits.count("test"),
         "per_class": {name: {"train": counts[name, "train"], "test": counts[name, "test"]} for name in classes},
     }
+
+
+def archive_split_counts(kept: list[Candidate]) -> dict[str, int]:
+    """How many kept items came from the archive's validation folders (they joined train), when any did."""
+    from_validation = sum(1 for candidate in kept if candidate.archive_split == "validation")
+    return {"from_validation_folders": from_validation} if from_validation else {}
 
 
 def check_every_class_in_both_splits(report: IngestReport, fail: Callable[[str], Exception]) -> None:

@@ -26,6 +26,7 @@ class IngestReport:
     bad: list[dict[str, str]] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
     split_source: str | None = None
+    classes: list[str] = field(default_factory=list)  # in label order: given, or found (auto)
     kept: dict[str, Any] = field(default_factory=dict)
     decoded: dict[str, dict[str, int]] = field(default_factory=dict)  # sizes or sample rates seen
     examples: int = DEFAULT_EXAMPLES  # entries listed per list (ingest.report_examples)
@@ -48,7 +49,7 @@ class IngestReport:
             report[f"{name}_count"] = len(entries)
             if reason_key:
                 report[f"{name}_reasons"] = reason_counts(entries, self.examples)
-        report.update({"split_source": self.split_source, "kept": self.kept, "decoded": self.decoded,
+        report.update({"classes": self.classes, "split_source": self.split_source, "kept": self.kept, "decoded": self.decoded,
                        "status": "failed" if error else "ok"})
         if error:
             report["error"] = error
