@@ -11,6 +11,7 @@ from vapm.core.errors import run_stage
 
 
 def main() -> None:
+    from vapm.artefacts.record import read_model_record
     from vapm.config import paths
     from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live, write_headline
     from vapm.evaluation.metrics import EvaluationError
@@ -28,7 +29,8 @@ def main() -> None:
     for name, entry in registry.items():
         evaluate = evaluate_detector if entry.task == "detector" else evaluate_classifier
         try:
-            summary = evaluate(name, paths.model_dir(name), settings.classes(entry.modality), paths.METRICS, live)
+            classes = settings.classes(entry.modality) or read_model_record(paths.model_dir(name))["classes"]
+            summary = evaluate(name, paths.model_dir(name), classes, paths.METRICS, live)
         except EvaluationError as err:
             raise EvaluationError(f"{name}: {err}") from err
         scores[name] = json.loads((paths.METRICS / "scores" / f"{name}.json").read_text())

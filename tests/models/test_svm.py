@@ -51,7 +51,7 @@ def _wavelet_folder(folder: Path, n_train: int = 12, n_test: int = 4, seed: int 
 
 
 def _job(folder: Path, params: acoustic_svm.Params = PARAMS):
-    features = load_features(folder, len(CLASSES))
+    features = load_features(folder, CLASSES)
     job = make_job(features.x, features.labels, features.splits, params)
     return job.__class__(**{**job.__dict__, "features": features, "class_names": CLASSES})
 

@@ -136,6 +136,9 @@ def run_book(name: str, settings: Any, epochs: int, images: str | Path | None = 
     recorder = Recorder(count_flops)
     params, train = settings.model(name), settings.train_for(name)
     classes = settings.classes("vision" if name.startswith("vision") else "audio")
+    if classes is None:
+        raise BookCodeError("the book's loops take their classes from params: list them (vision.classes / "
+                            "audio.classes) instead of auto")
     if name in ("vision_scratch", "vision_transfer"):
         if images is None:
             raise BookCodeError(f"the book's {name} loop reads JPEG folders: pass --images <train folder>")
@@ -169,7 +172,7 @@ def run_book(name: str, settings: Any, epochs: int, images: str | Path | None = 
         from vapm.models.acoustic_cnn import build, row_statistics
         from vapm.models.components.data import load_features
 
-        features = load_features(get_entry(name).input, len(classes))
+        features = load_features(get_entry(name).input, classes)
         train_rows = features.splits == "train"
         x = np.asarray(features.x[train_rows], dtype=np.float32)
         y = features.labels[train_rows]

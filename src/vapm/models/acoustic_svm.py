@@ -37,17 +37,21 @@ def _check_class_counts(y: np.ndarray, class_names: Sequence[str], minimum: int,
         raise TrainingError(f"{what}: classes {short} have fewer than {minimum} rows")
 
 
-def build_pipeline(C: float, max_iter: int, seed: int):
+def build_pipeline(C: float, max_iter: int, seed: int, class_weight: str = "none"):
+    """StandardScaler + LinearSVC; class_weight "balanced" (train.class_weight) weighs each class's hinge loss by
+    n / (classes x its count)."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
+    weights = None if class_weight == "none" else class_weight
     return Pipeline([("scale", StandardScaler()),
-                     ("svm", LinearSVC(C=C, dual="auto", max_iter=max_iter, random_state=seed))])
+                     ("svm", LinearSVC(C=C, dual="auto", max_iter=max_iter, random_state=seed,
+                                       class_weight=weights))])
 
 
 def grid_search(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], C_grid: Sequence[float], cv_folds: int,
-                max_iter: int, seed: int, n_jobs: int = CV_JOBS):
+                max_iter: int, seed: int, n_jobs: int = CV_JOBS, class_weight: str = "none"):
     """Grid search over C with stratified, shuffled, seeded folds; refits the best C on all of x."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -58,7 +62,7 @@ def grid_search(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], C_grid
     if len(np.unique(y)) < 2:
         raise TrainingError("the training split holds a single class: nothing to separate")
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
-    search = GridSearchCV(build_pipeline(C_values[0], max_iter, seed), param_grid={"svm__C": C_values}, cv=folds,
+    search = GridSearchCV(build_pipeline(C_values[0], max_iter, seed, class_weight), param_grid={"svm__C": C_values}, cv=folds,
                           n_jobs=n_jobs, scoring="accuracy", refit=True)
     search.fit(x, y)
     return search
@@ -164,15 +168,16 @@ def train(job: TrainingJob) -> Trained:
     x_fit = pd.DataFrame(features.x[split.fit], columns=columns)
     x_test = pd.DataFrame(features.x[split.test], columns=columns)
     start = time.perf_counter()
+    class_weight = job.settings.train.class_weight if job.settings is not None else "none"
     search = grid_search(x_fit, features.labels[split.fit], job.class_names, params.C_grid, params.cv_folds,
-                         params.max_iter, job.seed)
+                         params.max_iter, job.seed, class_weight=class_weight)
     seconds = time.perf_counter() - start
     table = cv_results_table(search)
     best_C = float(search.best_params_["svm__C"])
     print(f"acoustic_svm: best C={best_C:g} (CV accuracy {search.best_score_:.3f}) of {list(table['C'])}", flush=True)
     return Trained(model=search.best_estimator_, split=split,
                    test_scores=search.best_estimator_.decision_function(x_test), score_kind="decision",
-                   details={"best_C": best_C, "cv_folds": params.cv_folds,
+                   details={"best_C": best_C, "cv_folds": params.cv_folds, "class_weight": class_weight,
                             "cv_best_accuracy": round(float(search.best_score_), 6), "feature_names": columns},
                    tables={"cv_results": table},
                    metrics={"best_C": best_C, "cv_best_accuracy": float(search.best_score_),

@@ -141,7 +141,7 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
     from vapm.tracking.promotion import describe_promotion, register_and_promote
 
     section = job.params.model_dump(mode="json", exclude={"train"})
-    run_params: dict[str, Any] = {"seed": job.seed, entry.name: section}
+    run_params: dict[str, Any] = {"seed": job.seed, entry.name: section, "classes": list(job.class_names)}
     if job.train is not None:
         run_params["train"] = job.train.model_dump(mode="json")
     features = used_features(job, trained)
@@ -172,11 +172,11 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
 
 
 def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) -> TrainingJob:
-    class_names = settings.classes(entry.modality)
+    features = load_features(entry.input, settings.classes(entry.modality))
     manifest = paths.manifest(entry.modality)
     return TrainingJob(name=entry.name, params=settings.model(entry.name),
                        train=settings.train_for(entry.name) if entry.uses_shared_train() else None,
-                       features=load_features(entry.input, len(class_names)), class_names=class_names,
+                       features=features, class_names=list(features.classes),
                        seed=settings.seed, live_dir=live_dir, settings=settings,
                        data_manifest_sha256=file_sha256(manifest) if manifest.is_file() else None)
 

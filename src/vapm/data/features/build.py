@@ -69,6 +69,39 @@ def _open_npy(path: Path) -> np.ndarray:
         raise InterimDataError(f"{path} is not a readable .npy array: {err}") from err
 
 
+def class_names(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    """{"classes": the class list in label order} from the manifest (ingest's manifests have items of every class);
+    {} for a manifest whose labels do not run 0..k-1 one to one with its classes (the models then take the list
+    from params)."""
+    pairs = manifest[["label", "class"]].drop_duplicates().sort_values("label")
+    if not np.array_equal(pairs["label"].to_numpy(), np.arange(len(pairs))) or pairs["class"].duplicated().any():
+        return {}
+    return {"classes": np.asarray(pairs["class"].astype(str).tolist(), dtype=str)}
+
+
+def _resized_masks(interim_dir: Path, manifest: pd.DataFrame, n_pixels: int,
+                   record: ImageRecord) -> tuple[np.ndarray, np.ndarray] | None:
+    """(masks uint8 (N, S, S), has_mask bool (N,)) with each image's geometry, or None when ingest paired none."""
+    from vapm.data.features.vision import resize_mask
+
+    path = interim_dir / MASKS_NPY
+    if not path.is_file():
+        return None
+    masks = _open_npy(path)
+    if masks.shape != (n_pixels,) or masks.dtype != np.uint8:
+        raise InterimDataError(f"{path} must be 1-D uint8 like pixels.npy ({n_pixels} bytes), got {masks.dtype} "
+                               f"{masks.shape}: rerun ingest")
+    has_mask = manifest["mask_file"].astype(str).to_numpy() != "" if "mask_file" in manifest else \
+        np.zeros(len(manifest), dtype=bool)
+    side = record.image_size
+    resized = np.zeros((len(manifest), side, side), dtype=np.uint8)
+    for i in np.flatnonzero(has_mask):
+        offset, height, width = (int(manifest[column].iloc[i]) for column in ("offset", "height", "width"))
+        mask = np.asarray(masks[offset:offset + height * width]).reshape(height, width)
+        resized[i] = resize_mask(mask, side, record.resize)
+    return resized, has_mask
+
+
 def _labels_splits_files(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"labels": manifest["label"].to_numpy(dtype=np.int64),
             "splits": np.asarray(manifest["split"].astype(str).tolist(), dtype=str),
@@ -96,6 +129,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 FEATURES_NPZ = "features.npz"
 FEATURES_PARQUET = "features.parquet"
+MASKS_NPY = "masks.npy"  # data/interim/vision, when ingest paired defect masks (vapm.data.ingest.masks)
 
 
 def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord) -> int:
@@ -118,7 +152,11 @@ def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord) -> i
     rows = progress(zip(offsets, heights, widths), desc="resize images", total=len(manifest), unit="image")
     for i, (offset, height, width) in enumerate(rows):
         images[i] = record.from_grey(np.asarray(pixels[offset:offset + height * width]).reshape(height, width))
-    _save_npz(Path(out_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest)})
+    arrays = {"images": images, **_labels_splits_files(manifest), **class_names(manifest)}
+    masks = _resized_masks(interim_dir, manifest, pixels.size, record)
+    if masks is not None:
+        arrays["masks"], arrays["has_mask"] = masks
+    _save_npz(Path(out_dir) / FEATURES_NPZ, arrays)
     write_record(out_dir, record)
     return len(manifest)
 
@@ -201,7 +239,8 @@ def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, i
     images, energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
         clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips, parallel_worth_seconds)
 
-    _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest)})
+    _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest),
+                                                **class_names(manifest)})
     write_record(images_dir, image_record)
     table = pd.DataFrame(energies, columns=wavelet_record.feature_names)
     table["class"] = manifest["class"].astype(str).to_numpy()

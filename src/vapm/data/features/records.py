@@ -69,9 +69,11 @@ class ClipRecord(_Record):
 
 
 class ImageRecord(_Record):
-    """Grey (luminance), resized to `image_size` square with Lanczos, uint8; the models scale pixels themselves."""
+    """Grey (luminance), made square as `resize` says and resized to `image_size` with Lanczos, uint8; the models
+    scale pixels themselves."""
     kind: Literal["image"] = "image"
     image_size: int
+    resize: Literal["squash", "pad", "crop"] = "squash"  # records written before vision.resize existed squashed
 
     @property
     def modality(self) -> str:
@@ -80,7 +82,7 @@ class ImageRecord(_Record):
     def from_grey(self, image: np.ndarray) -> np.ndarray:
         from vapm.data.features.vision import resize_image
 
-        return resize_image(image, self.image_size)
+        return resize_image(image, self.image_size, self.resize)
 
     def prepare(self, name: str, data: bytes) -> np.ndarray:
         from vapm.data.ingest.decode import decode_image
@@ -191,7 +193,7 @@ def clip_record(settings) -> ClipRecord:
 
 
 def image_record(settings) -> ImageRecord:
-    return ImageRecord(image_size=settings.vision.image_size)
+    return ImageRecord(image_size=settings.vision.image_size, resize=settings.vision.resize)
 
 
 def acoustic_image_record(settings) -> AcousticImageRecord:

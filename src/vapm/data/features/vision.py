@@ -1,4 +1,9 @@
-"""Grey images resized to the square side the vision models take."""
+"""Grey images made square and resized to the side the vision models take.
+
+How a non-square image becomes square is `vision.resize`: `squash` stretches it (the book's way), `pad` keeps the
+aspect ratio and extends the short side with the image's edge pixels, `crop` keeps the centre square. A defect
+mask takes the same geometry (padded with zeros, resized by nearest neighbour so it stays binary).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -9,19 +14,51 @@ from PIL import Image
 # Lanczos with Pillow's support scaling low-pass filters when shrinking (no aliasing of the
 # fine defect texture) and stays sharp when enlarging.
 RESAMPLING = Image.Resampling.LANCZOS
+RESIZE_MODES = ("squash", "pad", "crop")
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (size, size) from a 2-D uint8 grey image of any shape; non-square images are stretched."""
+def _square(image: np.ndarray, mode: str, fill: str) -> np.ndarray:
+    height, width = image.shape
+    if mode == "squash" or height == width:
+        return image
+    if mode == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[top:top + side, left:left + side]
+    if mode == "pad":
+        side = max(height, width)
+        top, left = (side - height) // 2, (side - width) // 2
+        padding = ((top, side - height - top), (left, side - width - left))
+        return np.pad(image, padding, mode="edge") if fill == "edge" else np.pad(image, padding)
+    raise ValueError(f"vision.resize must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def _checked(image: np.ndarray) -> None:
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 grey image, got {image.dtype} with shape {image.shape}")
-    if image.shape == (size, size):
-        return np.array(image)
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((size, size), RESAMPLING)
+
+
+def resize_image(image: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """uint8 (size, size) from a 2-D uint8 grey image of any shape, made square as `mode` says."""
+    _checked(image)
+    square = _square(image, mode, fill="edge")
+    if square.shape == (size, size):
+        return np.array(square)
+    resized = Image.fromarray(np.ascontiguousarray(square)).resize((size, size), RESAMPLING)
     return np.asarray(resized, dtype=np.uint8)
 
 
-def resize_images(images: Iterable[np.ndarray], size: int) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """uint8 0/1 (size, size) from a 0/1 mask of its image's shape, with the image's geometry (resize_image)."""
+    _checked(mask)
+    square = _square(mask, mode, fill="zero")
+    if square.shape == (size, size):
+        return np.array(square)
+    resized = Image.fromarray(np.ascontiguousarray(square)).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def resize_images(images: Iterable[np.ndarray], size: int, mode: str = "squash") -> np.ndarray:
     """uint8 (N, size, size) from grey images that may each have a different shape."""
-    resized = [resize_image(image, size) for image in images]
+    resized = [resize_image(image, size, mode) for image in images]
     return np.stack(resized) if resized else np.empty((0, size, size), dtype=np.uint8)

@@ -31,6 +31,7 @@ class FeatureSet:
     files: np.ndarray             # member path in the archive
     record: dict[str, Any]        # the preprocessing record that made them (vapm.data.features.records)
     columns: tuple[str, ...] = () # feature names, for tables
+    classes: tuple[str, ...] = () # class names in label order (given in params, or found by ingest for auto)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,8 +75,16 @@ def _read_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def load_features(folder: str | Path, n_classes: int) -> FeatureSet:
-    """A features folder written by featurize (features.npz or features.parquet, and record.json), checked."""
+def _classes_of(frame: Any) -> tuple[str, ...]:
+    """The class names in label order from a table with `label` and `class` columns."""
+    pairs = frame[["label", "class"]].drop_duplicates().sort_values("label")
+    return tuple(pairs["class"].astype(str)) if np.array_equal(pairs["label"], np.arange(len(pairs))) else ()
+
+
+def load_features(folder: str | Path, classes: list[str] | None = None) -> FeatureSet:
+    """A features folder written by featurize (features.npz or features.parquet, and record.json), checked.
+
+    `classes`: the list params give (None for `auto`); the features' own list (ingest's) must agree with it."""
     import pandas as pd
 
     folder = Path(folder)
@@ -85,14 +94,15 @@ def load_features(folder: str | Path, n_classes: int) -> FeatureSet:
         manifest = pd.read_parquet(folder / "manifest.parquet").sort_values("item", kind="stable")
         features = FeatureSet(np.load(clips, mmap_mode="r"), manifest["label"].to_numpy(np.int64),
                               manifest["split"].astype(str).to_numpy(), manifest["file"].astype(str).to_numpy(),
-                              record)
+                              record, classes=_classes_of(manifest))
     elif npz.is_file():
         with np.load(npz, allow_pickle=False) as data:
             missing = [key for key in NPZ_KEYS if key not in data.files]
             if missing:
                 raise TrainingError(f"{npz} lacks arrays {missing}: rerun featurize")
+            found = tuple(data["classes"].astype(str).tolist()) if "classes" in data.files else ()
             features = FeatureSet(data["images"], data["labels"].astype(np.int64), data["splits"].astype(str),
-                                  data["files"].astype(str), record)
+                                  data["files"].astype(str), record, classes=found)
     elif table.is_file():
         frame = pd.read_parquet(table)
         missing = [column for column in TABLE_COLUMNS if column not in frame.columns]
@@ -103,12 +113,28 @@ def load_features(folder: str | Path, n_classes: int) -> FeatureSet:
             raise TrainingError(f"{table} has no feature columns: rerun featurize")
         features = FeatureSet(frame[list(columns)].to_numpy(np.float64), frame["label"].to_numpy(np.int64),
                               frame["split"].astype(str).to_numpy(), frame["file"].astype(str).to_numpy(),
-                              record, columns)
+                              record, columns, classes=_classes_of(frame))
     else:
         raise TrainingError(f"{folder} holds neither {FEATURES_NPZ} nor {FEATURES_PARQUET}: run the featurize "
                             "stage first (dvc repro featurize)")
-    check_feature_arrays(features.x, features.labels, features.splits, n_classes, str(folder))
+    features = _with_classes(features, classes, folder)
+    check_feature_arrays(features.x, features.labels, features.splits, len(features.classes), str(folder))
     return features
+
+
+def _with_classes(features: FeatureSet, classes: list[str] | None, folder: Path) -> FeatureSet:
+    """The features with their class list checked against params' (features without one take params')."""
+    from dataclasses import replace
+
+    if classes is None:
+        if not features.classes:
+            raise TrainingError(f"{folder} does not say its classes (written by an older vapm) and params say "
+                                "classes: auto; rerun ingest and featurize (dvc repro)")
+        return features
+    if features.classes and list(features.classes) != list(classes):
+        raise TrainingError(f"{folder} was made for classes {list(features.classes)}, but params say {list(classes)}: "
+                            "rerun ingest and featurize (dvc repro)")
+    return replace(features, classes=tuple(classes))
 
 
 def split_indices(labels: np.ndarray, splits: np.ndarray, validation_fraction: float, seed: int) -> DataSplit:

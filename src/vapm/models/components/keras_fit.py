@@ -179,8 +179,10 @@ class LiveLog:
 def fit_classifier(model, fit_data: tuple[np.ndarray, np.ndarray], val_data: tuple[np.ndarray, np.ndarray] | None,
                    *, epochs: int, batch_size: int, seed: int, phase: str, first_epoch: int = 1,
                    early_stopping_patience: int = 0, reduce_lr_patience: int = 0, reduce_lr_factor: float = 0.5,
-                   callbacks: Sequence[Any] = ()) -> pd.DataFrame:
-    """Fit a compiled model; returns one history row per epoch run, numbered from `first_epoch`."""
+                   class_weight: str = "none", callbacks: Sequence[Any] = ()) -> pd.DataFrame:
+    """Fit a compiled model; returns one history row per epoch run, numbered from `first_epoch`.
+
+    class_weight "balanced" weighs each class's loss by n / (classes x its count in `fit_data`)."""
     import keras
 
     all_callbacks = [c for c in callbacks if c is not None]
@@ -197,8 +199,23 @@ def fit_classifier(model, fit_data: tuple[np.ndarray, np.ndarray], val_data: tup
     all_callbacks += [c for c in (observer.fit_callback(model, info) for observer in _OBSERVERS) if c is not None]
     fitted = model.fit(make_dataset(*fit_data, batch_size, shuffle_seed=seed),
                        validation_data=make_dataset(*val_data, validation_batch_size) if has_val else None,
-                       epochs=epochs, callbacks=all_callbacks, shuffle=False, verbose=2)
+                       epochs=epochs, callbacks=all_callbacks, shuffle=False, verbose=2,
+                       class_weight=class_weights(fit_data[1], class_weight))
     return history_frame(fitted.history, phase, first_epoch)
+
+
+def class_weights(labels: np.ndarray, how: str) -> dict[int, float] | None:
+    """Keras's class_weight for `train.class_weight`: None for "none"; for "balanced", sklearn's balanced weights
+    n / (k x count) of the classes present (a rare class's every example counts as much as a common one's)."""
+    if how == "none":
+        return None
+    if how != "balanced":
+        raise ValueError(f"train.class_weight must be balanced or none, got {how!r}")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(label): float(weight) for label, weight in zip(present, weights)}
 
 
 def predict_in_batches(model, x: np.ndarray) -> np.ndarray:
@@ -210,9 +227,10 @@ def predict_in_batches(model, x: np.ndarray) -> np.ndarray:
 
 
 def watchers(train) -> dict[str, Any]:
-    """The val_loss watchers of the train settings: early stopping and learning-rate reduction."""
+    """How the train settings shape a fit: the val_loss watchers (early stopping, learning-rate reduction) and the
+    loss's class weights."""
     return dict(early_stopping_patience=train.early_stopping_patience, reduce_lr_patience=train.reduce_lr_patience,
-                reduce_lr_factor=train.reduce_lr_factor)
+                reduce_lr_factor=train.reduce_lr_factor, class_weight=train.class_weight)
 
 
 def validation(x: np.ndarray, y: np.ndarray, split: DataSplit) -> tuple[np.ndarray, np.ndarray] | None:
