@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vapm.config.settings import read_params
 
-        overrides = override_args(load_preset(args.preset), read_params(args.params))
+        overrides = override_args(load_preset(args.preset), read_params(args.params), for_shell=not args.run)
     except VapmError as err:
         print(f"preset: {one_line(str(err))}", file=sys.stderr)
         return 1

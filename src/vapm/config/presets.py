@@ -11,6 +11,7 @@ params.yaml, so a typo fails here instead of silently adding an unused param. Ar
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,30 @@ def check_key(params: dict[str, Any], dotted: str) -> None:
         node = node[key]
 
 
-def override_args(preset: dict[str, Any], params: dict[str, Any]) -> list[str]:
+def hydra_value(value: Any) -> str:
+    """A value as DVC's `-S` reads it (Hydra's override grammar): strings single-quoted, so a regular expression's
+    brackets, parentheses and backslashes arrive as written; lists and mappings in flow syntax; JSON otherwise."""
+    if isinstance(value, str):
+        # Inside quotes Hydra reads a backslash literally, except in a run of them just before a quote (or the
+        # closing quote), which must be doubled.
+        text = re.sub(r"(\\*)'", lambda match: match.group(1) * 2 + "\\'", value)
+        text = re.sub(r"(\\+)$", lambda match: match.group(1) * 2, text)
+        return f"'{text}'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{hydra_value(item)}" for key, item in value.items()) + "}"
+    return json.dumps(value)
+
+
+def override_args(preset: dict[str, Any], params: dict[str, Any], for_shell: bool = False) -> list[str]:
+    """`-S key=value` per preset key. `for_shell`: the arguments will be printed for `$(...)`, where a value with
+    white space would be split, so it is refused."""
     args = []
     for key, value in flatten(preset).items():
         check_key(params, key)
-        # Compact JSON is valid YAML flow syntax (what `-S` parses) and has no spaces, so the printed
-        # arguments survive the shell's word splitting in `$(...)` unquoted.
-        text = json.dumps(value, separators=(",", ":"))
-        if any(ch.isspace() for ch in text):
+        text = hydra_value(value)
+        if for_shell and any(ch.isspace() for ch in text):
             raise PresetError(f"{key}: value {text} contains white space; use --run instead of $(...)")
         args += ["-S", f"{key}={text}"]
     return args
