@@ -155,7 +155,7 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
     if not candidates and not report.bad:
         if layout.pattern is not None:
             examples = ", ".join(info.filename for info in members[:3])
-            raise fail(f"{layout.pattern_key} {layout.pattern!r} matches none of its {len(members)} members "
+            raise fail(f"{layout.pattern_key} '{layout.pattern}' matches none of its {len(members)} members "
                        f"(e.g. {examples})")
         extensions = IMAGE_EXTENSIONS if audio_target is None else AUDIO_EXTENSIONS
         raise fail(f"no data files ({', '.join(extensions)}) among its {len(members)} members")
