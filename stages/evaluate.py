@@ -11,9 +11,8 @@ from vapm.core.errors import run_stage
 
 
 def main() -> None:
-    from vapm.artefacts.record import read_model_record
     from vapm.config import paths
-    from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live, write_headline
+    from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live, read_record, write_headline
     from vapm.evaluation.metrics import EvaluationError
     from vapm.config.model_registry import load_registry
     from vapm.config.settings import load_settings
@@ -29,7 +28,7 @@ def main() -> None:
     for name, entry in registry.items():
         evaluate = evaluate_detector if entry.task == "detector" else evaluate_classifier
         try:
-            classes = settings.classes(entry.modality) or read_model_record(paths.model_dir(name))["classes"]
+            classes = settings.classes(entry.modality) or read_record(paths.model_dir(name))["classes"]
             summary = evaluate(name, paths.model_dir(name), classes, paths.METRICS, live)
         except EvaluationError as err:
             raise EvaluationError(f"{name}: {err}") from err

@@ -25,10 +25,6 @@ pytestmark = pytest.mark.slow
 CLASS_COUNTS = {"Free": 150, "Fray": 20, "Crack": 12, "Blowhole": 8}
 SIZES = [(60, 150), (46, 58), (90, 40)]  # (height, width): wide, near square, tall
 ARCHIVE = "data/raw/my-defects.zip"
-RUN = ("vapm preset presets/real-data.yaml --run --name my-defects -S ingest.vision_archive=data/raw/my-defects.zip "
-       "-S vision.classes=auto -S vision.resize=pad "
-       "-S \"ingest.vision_pattern='[^/]+_(?P<class>[^/_]+)/Imgs/[^/]+\\.jpg$'\" "
-       "-S \"ingest.vision_mask_pattern='[^/]+_(?P<class>[^/_]+)/Imgs/(?P<stem>[^/]+)\\.png$'\"")
 
 
 def tile(rng: np.random.Generator, class_index: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +74,11 @@ def test_your_own_data_runs_every_stage_with_auto_classes_a_pattern_and_masks(tm
     shrink_preset(repo / "presets" / "real-data.yaml")
     git_commit(repo, "my archive in data/raw, a two-epoch preset")
 
-    proc = readme_command(RUN, repo, timeout=3600)
+    proc = readme_command("vapm preset presets/real-data.yaml --run --name my-defects -S ingest.vision_archive=data/raw/my-defects.zip "
+                           "-S vision.classes=auto -S vision.resize=pad "
+                           "-S \"ingest.vision_pattern='[^/]+_(?P<class>[^/_]+)/Imgs/[^/]+\\.jpg$'\" "
+                           "-S \"ingest.vision_mask_pattern='[^/]+_(?P<class>[^/_]+)/Imgs/(?P<stem>[^/]+)\\.png$'\"",
+                          repo, timeout=3600)
     ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
     assert {"sample_data", "ingest", "featurize", "train@vision_scratch", "train@vision_transfer", "evaluate"} <= ran
     shown = readme_command("dvc exp show --only-changed --md", repo, env={"COLUMNS": "4000"}).stdout
