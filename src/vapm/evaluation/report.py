@@ -194,11 +194,11 @@ def _balanced(scores: dict[str, Any] | None) -> str:
 
 
 def _baseline(base: dict[str, Any] | None, head: dict[str, Any] | None) -> str:
-    """The majority-class baseline: one number when both sides agree, else before → after."""
-    values = ["—" if not s or "baseline" not in s else f"{s['baseline']:.3f}" for s in (base, head)]
-    if values[1] == "—" and values[0] == "—":
+    """The majority-class baseline: one number when both sides agree or only one has it, else before → after."""
+    values = [f"{s['baseline']:.3f}" for s in (base, head) if s and "baseline" in s]
+    if not values:
         return "—"
-    return values[1] if values[0] == values[1] else f"{values[0]} → {values[1]}"
+    return values[-1] if len(set(values)) == 1 or len(values) == 1 else f"{values[0]} → {values[1]}"
 
 
 def _verdict(test: dict[str, Any]) -> str:
