@@ -39,7 +39,9 @@ def main() -> None:
             continue
         low, high = summary["accuracy_ci95_low"], summary["accuracy_ci95_high"]
         print(f"{name}: accuracy {summary['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), "
-              f"macro-F1 {summary['macro_f1']:.3f}, n={summary['n_test']}")
+              f"macro-F1 {summary['macro_f1']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}, "
+              f"majority baseline {summary['majority_baseline']:.3f} ({summary['majority_class']}, the "
+              f"{summary['majority_from']} split's most frequent class), n={summary['n_test']}")
     write_headline(paths.METRICS, scores)
 
 

@@ -27,6 +27,10 @@ def test_repository_params_parse_into_typed_settings():
     assert settings.ingest.on_bad_file in ("fail", "skip")
     assert set(settings.models) == set(REGISTRY)
     assert settings.train_for("vision_scratch") == settings.train  # empty overrides keep the shared values
+    assert settings.mlflow.champion_metric == "macro_f1"
+    without = copy.deepcopy(PARAMS)
+    del without["mlflow"]["champion_metric"]
+    assert parse(without).mlflow.champion_metric == "macro_f1"  # the default, for params.yaml files before it
 
 
 def test_a_models_train_mapping_overrides_only_its_own_keys():
@@ -70,6 +74,7 @@ def test_every_bad_value_is_reported_at_once_with_its_dotted_name():
 @pytest.mark.parametrize("section, key, value", [
     ("audio", "clip_seconds", -3), ("audio", "clip_seconds", 0), ("audio", "sample_rate", "fast"),
     ("audio", "sample_rate", "1/0"), ("vision", "classes", ["A", "a"]), ("train", "reduce_lr_factor", 1.0),
+    ("mlflow", "champion_metric", "f1"), ("mlflow", "champion_metric", "auc"),
 ])
 def test_out_of_range_values_are_refused(section, key, value):
     params = copy.deepcopy(PARAMS)

@@ -72,12 +72,55 @@ def test_classification_summary_matches_hand_counts():
     # Plain JSON types only.
     assert json.loads(json.dumps(summary)) == summary
     assert type(summary["n_test"]) is int and type(summary["per_class"]["a"]["support"]) is int
+    # Balanced accuracy: mean recall (2/3 + 1 + 3/5) / 3; majority baseline: c, the most frequent test class, 5/10.
+    assert summary["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0.6) / 3)
+    assert (summary["majority_baseline"], summary["majority_class"], summary["majority_from"]) == (0.5, "c", "test")
+
+
+def test_balanced_accuracy_and_majority_baseline_on_an_imbalanced_split():
+    # 95 healthy and 5 faulty test items, and a model that always answers healthy: 95 % accurate, and no better
+    # than the majority baseline; balanced accuracy (recall 1 on healthy, 0 on faulty) shows it: 0.5.
+    from sklearn.metrics import balanced_accuracy_score
+
+    y_true = np.array([0] * 95 + [1] * 5)
+    y_pred = np.zeros(100, dtype=np.int64)
+    summary = classification_summary(y_true, y_pred, ["healthy", "faulty"], train_counts=[380, 20])
+    assert summary["accuracy"] == pytest.approx(0.95)
+    assert summary["balanced_accuracy"] == pytest.approx(0.5) == balanced_accuracy_score(y_true, y_pred)
+    assert summary["majority_baseline"] == pytest.approx(0.95)
+    assert (summary["majority_class"], summary["majority_from"]) == ("healthy", "train")
+    # A model that finds 4 of the 5 faults at the cost of 5 false alarms: accuracy 0.94 is below the baseline,
+    # balanced accuracy (90/95 + 4/5) / 2 is far above 0.5.
+    y_pred = np.array([0] * 90 + [1] * 5 + [1] * 4 + [0])
+    summary = classification_summary(y_true, y_pred, ["healthy", "faulty"], train_counts=[380, 20])
+    assert summary["accuracy"] == pytest.approx(0.94) and summary["majority_baseline"] == pytest.approx(0.95)
+    assert summary["balanced_accuracy"] == pytest.approx((90 / 95 + 4 / 5) / 2) == balanced_accuracy_score(
+        y_true, y_pred)
+
+
+def test_majority_baseline_takes_the_training_split_majority_not_the_test_one():
+    # Training was mostly b, the test split is mostly a: always answering b scores b's share of the test split.
+    summary = classification_summary([0, 0, 0, 1], [0, 0, 0, 1], ["a", "b"], train_counts=[10, 30])
+    assert (summary["majority_baseline"], summary["majority_class"], summary["majority_from"]) == (0.25, "b", "train")
+    summary = classification_summary([0, 0, 0, 1], [0, 0, 0, 1], ["a", "b"])
+    assert (summary["majority_baseline"], summary["majority_class"], summary["majority_from"]) == (0.75, "a", "test")
+    # A tie goes to the first class in class order.
+    assert classification_summary([0, 1], [0, 1], ["a", "b"], train_counts=[4, 4])["majority_class"] == "a"
+
+
+@pytest.mark.parametrize("train_counts, message", [([1, 2], "one integer count per class"),
+                                                   ([0, 0, 0], "not all zero"), ([1, -1, 2], "non-negative"),
+                                                   ([0.5, 1, 1], "one integer count per class")])
+def test_classification_summary_rejects_bad_train_counts(train_counts, message):
+    with pytest.raises(EvaluationError, match=message):
+        classification_summary([0, 1], [0, 1], ["a", "b", "c"], train_counts=train_counts)
 
 
 def test_classification_summary_class_absent_from_test_split():
     summary = classification_summary(np.array([0, 0, 1]), np.array([0, 0, 1]), ["a", "b", "c"])
     assert summary["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert summary["macro_f1"] == 1.0  # the absent class does not drag macro-F1 down
+    assert summary["balanced_accuracy"] == 1.0  # nor balanced accuracy (the mean recall of the classes present)
 
 
 @pytest.mark.parametrize("y_true, y_pred, message", [
@@ -160,7 +203,7 @@ def test_metrics_json_is_rounded_and_sorted(tmp_path):
 # ---- the evaluate stage ----------------------------------------------------------------------
 
 def _fake_model_dir(root: Path, name: str, classes: list[str], seed: int, with_history: bool, score_kind: str,
-                    details: dict | None = None) -> None:
+                    details: dict | None = None, train_class_counts: dict | None = None) -> None:
     rng = np.random.default_rng(seed)
     n = 3 * len(classes)
     y_true = np.repeat(np.arange(len(classes)), 3)
@@ -181,7 +224,14 @@ def _fake_model_dir(root: Path, name: str, classes: list[str], seed: int, with_h
         }).to_csv(model_dir / "history.csv", index=False)
     record = {"model": name, "task": "classifier", "score_kind": score_kind, "input": {"kind": "test"},
               "n_fit": 10, "n_val": 2, "details": details or {}, "data_manifest_sha256": "ab" * 32}
+    if train_class_counts is not None:
+        record["train_class_counts"] = train_class_counts
     (model_dir / "record.json").write_text(json.dumps(record))
+
+
+# acoustic_svm's record says NRV was the most frequent class in training; the other models' records predate
+# train_class_counts, so their baseline takes the test split's most frequent class.
+TRAIN_COUNTS = {name: 3 for name in AUDIO} | {"NRV": 5}
 
 
 def _evaluate_workspace(tmp_path: Path, vision_classes: list[str] = VISION) -> Path:
@@ -192,7 +242,8 @@ def _evaluate_workspace(tmp_path: Path, vision_classes: list[str] = VISION) -> P
     _fake_model_dir(tmp_path, "vision_scratch", VISION, 1, True, "probability")
     _fake_model_dir(tmp_path, "vision_transfer", VISION, 2, True, "probability",
                     {"weights": {"used": "none (random init)", "reason": "weights: none in params"}})
-    _fake_model_dir(tmp_path, "acoustic_svm", AUDIO, 3, False, "decision", {"best_C": 0.1})
+    _fake_model_dir(tmp_path, "acoustic_svm", AUDIO, 3, False, "decision", {"best_C": 0.1},
+                    train_class_counts=TRAIN_COUNTS)
     _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, True, "probability")
     _fake_detector_dir(tmp_path / "models" / "acoustic_anomaly")
     return tmp_path
@@ -235,14 +286,22 @@ def test_evaluate_stage_writes_scores_details_and_plots(tmp_path):
     for name, classes in [("vision_scratch", VISION), ("vision_transfer", VISION),
                           ("acoustic_svm", AUDIO), ("acoustic_cnn", AUDIO)]:
         predictions = read_predictions(workspace / "models" / name / "predictions.parquet", classes)
-        expected = classification_summary(predictions["y_true"], predictions["y_pred"], classes)
+        train_counts = [TRAIN_COUNTS[c] for c in classes] if name == "acoustic_svm" else None
+        expected = classification_summary(predictions["y_true"], predictions["y_pred"], classes, train_counts)
         scores = json.loads((metrics / "scores" / f"{name}.json").read_text())
         assert scores == {"acc": round(expected["accuracy"], 4), "acc_lo": round(expected["accuracy_ci95_low"], 4),
                           "acc_hi": round(expected["accuracy_ci95_high"], 4), "f1": round(expected["macro_f1"], 4),
-                          "n": len(predictions)}
+                          "bal_acc": round(expected["balanced_accuracy"], 4),
+                          "baseline": round(expected["majority_baseline"], 4), "n": len(predictions)}
+        # Each class has 3 test items: every majority class scores 3 of 3 * n_classes.
+        assert scores["baseline"] == round(1 / len(classes), 4)
         headline = json.loads((metrics / "headline.json").read_text())
-        assert headline[name] == {"acc": scores["acc"]}  # one number per model: dvc exp show stays readable
+        # two numbers per model: dvc exp show stays readable
+        assert headline[name] == {"acc": scores["acc"], "bal_acc": scores["bal_acc"]}
         details = json.loads((metrics / "details" / f"{name}.json").read_text())
+        assert (details["majority_class"], details["majority_from"]) == (
+            ("NRV", "train") if name == "acoustic_svm" else (classes[0], "test"))
+        assert details["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"], abs=1e-6)
         assert sorted(details["per_class"]) == sorted(classes)
         assert details["data_manifest_sha256"] == "ab" * 32
         confusion = json.loads((metrics / "plots" / "sklearn" / "confusion" / f"{name}.json").read_text())

@@ -22,7 +22,8 @@ def git(repo: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def write_side(repo: Path, learning_rate: float, predicted: list[str], manifest: str = "ab" * 32) -> None:
+def write_side(repo: Path, learning_rate: float, predicted: list[str], manifest: str = "ab" * 32,
+               balanced: bool = True) -> None:
     """What `dvc repro` leaves in git for one model: params, registry, scores, details, predictions, pictures."""
     (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"learning_rate": learning_rate, "epochs": 3}}))
     (repo / "models.yaml").write_text(yaml.safe_dump({"models": {"toy": {}}}))
@@ -31,8 +32,11 @@ def write_side(repo: Path, learning_rate: float, predicted: list[str], manifest:
     pd.DataFrame({"file": [f"item_{i:02d}.jpg" for i in range(len(actual))], "actual": actual,
                   "predicted": predicted}).to_csv(_mkdir(metrics / "predictions") / "toy.csv", index=False)
     right = sum(a == p for a, p in zip(actual, predicted))
-    (_mkdir(metrics / "scores") / "toy.json").write_text(json.dumps(
-        {"acc": right / len(actual), "acc_lo": 0.1, "acc_hi": 0.9, "f1": 0.5, "n": len(actual)}))
+    scores = {"acc": right / len(actual), "acc_lo": 0.1, "acc_hi": 0.9, "f1": 0.5, "n": len(actual)}
+    if balanced:  # scores from before balanced accuracy and the baseline were added have neither
+        recalls = [sum(a == p == name for a, p in zip(actual, predicted)) / actual.count(name) for name in CLASSES]
+        scores |= {"bal_acc": round(sum(recalls) / len(CLASSES), 4), "baseline": round(4 / 12, 4)}
+    (_mkdir(metrics / "scores") / "toy.json").write_text(json.dumps(scores))
     (_mkdir(metrics / "details") / "toy.json").write_text(json.dumps({"data_manifest_sha256": manifest}))
     index = {name: i for i, name in enumerate(CLASSES)}
     save_confusion_png([index[a] for a in actual], [index[p] for p in predicted], CLASSES,
@@ -50,7 +54,8 @@ def branch_with_a_changed_learning_rate(tmp_path) -> Path:
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     #                  a    a    b    b    c    c    a    b    c    a    b    c
-    write_side(repo, 0.001, ["a", "b", "b", "a", "c", "a", "a", "c", "c", "b", "b", "a"])  # 6 of 12 right
+    write_side(repo, 0.001, ["a", "b", "b", "a", "c", "a", "a", "c", "c", "b", "b", "a"],  # 6 of 12 right
+               balanced=False)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "base")
     git(repo, "checkout", "-q", "-b", "faster")
@@ -79,6 +84,11 @@ def test_report_pairs_predictions_and_computes_mcnemar_by_hand(branch_with_a_cha
     assert test["p_value"] == pytest.approx(2 / 32) and test["n"] == 12
     markdown = (repo / "reports" / "report.md").read_text()
     assert "McNemar p = 0.0625 (not significant at 0.05)" in markdown
+    # After: recalls a 4/4, b 4/4, c 3/4, so balanced accuracy 11/12; the baseline is 4 of 12 (classes are even);
+    # the base side's scores predate both and show a dash.
+    assert "| balanced acc. before | after | majority baseline |" in markdown
+    assert "| 0.500 | 0.500 | — | 0.917 | 0.333 |" in markdown
+    assert data["models"]["toy"]["after"]["bal_acc"] == 0.9167
     assert "`train.learning_rate` | 0.001 | 0.01" in markdown
     assert "![confusion before](pictures/toy-confusion-base.png)" in markdown
     assert (repo / "reports" / "pictures" / "toy-confusion-head.png").is_file()

@@ -114,6 +114,9 @@ def test_test_results_metrics_and_artifacts(logged):
     assert metrics["test_accuracy_ci95_low"] == pytest.approx(summary["accuracy_ci95_low"])
     assert metrics["test_accuracy_ci95_high"] == pytest.approx(summary["accuracy_ci95_high"])
     assert metrics["test_macro_f1"] == pytest.approx(summary["macro_f1"])
+    # y_true [0, 1, 2, 2], y_pred [0, 1, 1, 2]: recalls 1, 1, 1/2; the test split's majority class c is half of it.
+    assert metrics["test_balanced_accuracy"] == pytest.approx(2.5 / 3)
+    assert metrics["test_majority_baseline"] == pytest.approx(0.5)
     assert metrics["test_f1_b"] == pytest.approx(summary["per_class"]["b"]["f1"])
     artifacts = sorted(a.path for a in client.list_artifacts(logged["keras_run"], "evaluation"))
     assert artifacts == ["evaluation/confusion.png", "evaluation/test_summary.json"]
@@ -166,3 +169,106 @@ def test_tracking_uri_and_git_outside_a_repository(tmp_path, monkeypatch):
 def test_flatten_params():
     assert tracking.flatten_params({"a": {"b": 1, "c": [0.1, 1]}, "d": None, "e": {}, "f": "x"}) == {
         "a.b": "1", "a.c": "[0.1, 1]", "d": "None", "e": "{}", "f": "x"}
+
+
+# ---- the champion alias (vapm.tracking.promotion) --------------------------------------------------------------
+
+# A 95/5 test split. Model A always answers the majority class: accuracy 0.95, macro-F1 (0.974 + 0) / 2 = 0.487.
+# Model B finds 4 of the 5 faults at the cost of 5 false alarms: accuracy 0.94, macro-F1 about 0.75.
+IMBALANCED_TRUTH = [0] * 95 + [1] * 5
+ALWAYS_MAJORITY = [0] * 100
+FINDS_FAULTS = [0] * 90 + [1] * 5 + [1] * 4 + [0]
+
+
+@pytest.fixture
+def registry_store(tmp_path, monkeypatch):
+    """An empty SQLite store with one logged pyfunc model; returns a function that registers it under a name."""
+    import mlflow
+    from mlflow.pyfunc import PythonModel
+
+    class Constant(PythonModel):
+        def predict(self, context, model_input: list[float], params=None) -> list[int]:
+            return [0] * len(model_input)
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=["mlflow"])
+    return info
+
+
+def _summaries():
+    return (classification_summary(IMBALANCED_TRUTH, ALWAYS_MAJORITY, ["healthy", "faulty"]),
+            classification_summary(IMBALANCED_TRUTH, FINDS_FAULTS, ["healthy", "faulty"]))
+
+
+def test_champion_by_macro_f1_and_by_accuracy_choose_differently(registry_store):
+    from mlflow.tracking import MlflowClient
+
+    from vapm.tracking.promotion import register_and_promote
+
+    majority, finder = _summaries()
+    assert majority["accuracy"] > finder["accuracy"] and majority["macro_f1"] < finder["macro_f1"]
+    outcomes = {}
+    for metric in ("accuracy", "macro_f1"):
+        model = f"toy_{metric}"
+        first = register_and_promote(registry_store, model, majority[metric], "m1", 0.0, metric=metric)
+        assert first == ("1", "champion", "the first registered version")
+        outcomes[metric] = register_and_promote(registry_store, model, finder[metric], "m1", 0.0, metric=metric)
+    assert outcomes["accuracy"] == ("2", "challenger", "test accuracy 0.9400 is below champion version 1's 0.9500 by "
+                                    "more than the tolerance 0 (mlflow.champion_tolerance)")
+    assert outcomes["macro_f1"][:2] == ("2", "champion")
+    assert outcomes["macro_f1"][2] == (f"test macro_f1 {finder['macro_f1']:.4f} >= champion version 1's "
+                                       f"{majority['macro_f1']:.4f} - tolerance 0")
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("vapm-toy_macro_f1", "champion")
+    assert str(champion.version) == "2"
+    assert champion.tags["champion_metric"] == "macro_f1"
+    assert float(champion.tags["champion_score"]) == pytest.approx(finder["macro_f1"], abs=1e-6)
+    assert champion.tags["data_manifest_sha256"] == "m1"
+    assert str(client.get_model_version_by_alias("vapm-toy_accuracy", "champion").version) == "1"
+    # Scored by accuracy, a version keeps the tag older versions carry.
+    assert float(client.get_model_version("vapm-toy_accuracy", "2").tags["test_accuracy"]) == pytest.approx(0.94)
+
+
+def test_a_champion_scored_by_another_metric_gives_a_challenger(registry_store):
+    from mlflow.tracking import MlflowClient
+
+    from vapm.tracking.promotion import register_and_promote
+
+    majority, finder = _summaries()
+    register_and_promote(registry_store, "toy", majority["accuracy"], "m1", 0.0, metric="accuracy",
+                         tags={"test_accuracy": majority["accuracy"], "test_macro_f1": majority["macro_f1"]})
+    version, alias, why = register_and_promote(registry_store, "toy", finder["macro_f1"], "m1", 0.0,
+                                               metric="macro_f1")
+    assert (version, alias) == ("2", "challenger")
+    assert why == ("scored by test macro_f1 but champion version 1 by test accuracy (mlflow.champion_metric "
+                   "changed): compare them yourself, then move the alias with "
+                   "MlflowClient().set_registered_model_alias('vapm-toy', 'champion', 2)")
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("vapm-toy", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("vapm-toy", "challenger").version) == "2"
+    tags = client.get_model_version("vapm-toy", "1").tags
+    assert float(tags["test_macro_f1"]) == pytest.approx(majority["macro_f1"], abs=1e-6)
+
+
+def test_a_champion_registered_before_champion_metric_counts_as_scored_by_accuracy(registry_store):
+    from mlflow.tracking import MlflowClient
+
+    from vapm.tracking.promotion import register_and_promote
+
+    register_and_promote(registry_store, "old", 0.9, "m1", 0.0)
+    client = MlflowClient()
+    for key in ("champion_metric", "champion_score"):  # what a version from before champion_metric carries
+        client.delete_model_version_tag("vapm-old", "1", key)
+    assert client.get_model_version("vapm-old", "1").tags == {"test_accuracy": "0.900000",
+                                                              "data_manifest_sha256": "m1"}
+    version, alias, why = register_and_promote(registry_store, "old", 0.95, "m1", 0.0, metric="macro_f1")
+    assert alias == "challenger" and "champion version 1 by test accuracy" in why
+    version, alias, why = register_and_promote(registry_store, "old", 0.91, "m1", 0.0, metric="accuracy")
+    assert (version, alias, why) == ("3", "champion", "test accuracy 0.9100 >= champion version 1's 0.9000 - "
+                                                      "tolerance 0")
+    with pytest.raises(ValueError, match="champion metric must be one of"):
+        register_and_promote(registry_store, "old", 0.9, "m1", 0.0, metric="f1")

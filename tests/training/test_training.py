@@ -233,6 +233,11 @@ def test_train_stage_writes_its_outputs_and_repeats_bit_identically(tmp_path):
     assert record["model"] == "vision_scratch" and record["classes"] == ["Left", "Top", "Stripes"]
     assert record["input"] == {"kind": "image", "image_size": 32} and record["input_shape"] == [32, 32]
     assert (record["task"], record["artefact"], record["score_kind"]) == ("classifier", "keras", "probability")
+    with np.load(workdir / "data" / "features" / "image" / "features.npz") as features:
+        in_training = features["labels"][features["splits"] == "train"]
+        in_test = features["labels"][features["splits"] == "test"]
+    assert record["train_class_counts"] == {name: int(np.sum(in_training == i))  # the evaluate stage's baseline
+                                            for i, name in enumerate(["Left", "Top", "Stripes"])}
     history = pd.read_csv(model_dir / "history.csv")
     assert list(history.columns) == HISTORY_COLUMNS and history["epoch"].tolist() == [1, 2]
     live_loss = pd.read_csv(model_dir / "live" / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
@@ -245,6 +250,18 @@ def test_train_stage_writes_its_outputs_and_repeats_bit_identically(tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0),
                                predictions[["prob_Left", "prob_Top", "prob_Stripes"]].to_numpy(), rtol=1e-5)
     assert (workdir / "mlflow.db").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("vapm-vision_scratch", "champion")  # version 1: the first
+    metrics = client.get_run(champion.run_id).data.metrics
+    assert champion.tags["champion_metric"] == "macro_f1"  # params.yaml mlflow.champion_metric
+    assert float(champion.tags["champion_score"]) == pytest.approx(metrics["test_macro_f1"], abs=1e-6)
+    assert float(champion.tags["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert 0 <= metrics["test_balanced_accuracy"] <= 1
+    # Always answering the training split's most frequent class (the first of a tie):
+    majority = int(np.argmax(np.bincount(in_training, minlength=3)))
+    assert metrics["test_majority_baseline"] == pytest.approx(float(np.mean(in_test == majority)))
 
 
 def test_train_stage_reports_a_missing_features_folder_in_one_line(tmp_path):

@@ -203,6 +203,8 @@ class FeaturizeSettings(Section):
 class MlflowSettings(Section):
     experiment: str = Field(min_length=1)
     champion_tolerance: float = Field(0.0, ge=0, le=1)  # a new version becomes champion unless it is worse by more
+    # the test score a classifier's champion alias compares (a detector: AUC); see vapm.tracking.promotion
+    champion_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = "macro_f1"
 
 
 class TrainSettings(Section):

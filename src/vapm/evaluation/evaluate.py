@@ -1,8 +1,11 @@
 """The evaluate stage's work for one model: its headline numbers, its details, and the plots DVC shows.
 
-    metrics/headline.json           DVC metrics: one number per model, {model: {acc}} ({model: {auc}} for a detector),
-                                    so that `dvc exp show` and `dvc metrics show` stay narrow enough to read
-    metrics/scores/<model>.json     acc, its 95 % Wilson interval (acc_lo, acc_hi), f1 (macro), n (make report)
+    metrics/headline.json           DVC metrics: a number or two per model, {model: {acc, bal_acc}} ({model: {auc}} for a
+                                    detector), so that `dvc exp show` and `dvc metrics show` stay narrow enough to read
+    metrics/scores/<model>.json     acc, its 95 % Wilson interval (acc_lo, acc_hi), f1 (macro), bal_acc (balanced
+                                    accuracy: mean per-class recall), baseline (accuracy of always answering the
+                                    training split's most frequent class; the test split's for a model folder whose
+                                    record has no train_class_counts), n (make report)
     metrics/details/<model>.json    per-class scores, the model's training details, its data's fingerprint
     metrics/predictions/<model>.csv per test item: file, actual, predicted (the report pairs them: McNemar)
     metrics/plots/                  written by DVCLive, one folder per kind of plot (dvc.yaml `plots:`):
@@ -74,20 +77,22 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The few numbers `dvc metrics show` and `dvc exp show` print for a classifier."""
     return {"acc": round(summary["accuracy"], SCORE_DECIMALS), "acc_lo": round(summary["accuracy_ci95_low"], SCORE_DECIMALS),
             "acc_hi": round(summary["accuracy_ci95_high"], SCORE_DECIMALS), "f1": round(summary["macro_f1"], SCORE_DECIMALS),
-            "n": summary["n_test"]}
+            "bal_acc": round(summary["balanced_accuracy"], SCORE_DECIMALS),
+            "baseline": round(summary["majority_baseline"], SCORE_DECIMALS), "n": summary["n_test"]}
 
 
 HEADLINE_FILE = "headline.json"
 
 
 def write_headline(metrics_dir: Path, scores: dict[str, dict[str, Any]]) -> Path:
-    """metrics/headline.json: each model's one headline number (a detector's AUC, a classifier's accuracy).
+    """metrics/headline.json: each model's headline numbers (a detector's AUC, a classifier's accuracy and balanced
+    accuracy).
 
     DVC names a metric column `file:key` when the key is in several metric files, so per-model files of the
     same keys made `dvc exp show` hundreds of columns wide; one file of distinct keys keeps it readable.
     """
-    headline_scores = {name: {key: values[key]} for name, values in scores.items()
-                       for key in (("auc",) if "auc" in values else ("acc",))}
+    headline_scores = {name: {key: values[key] for key in (("auc",) if "auc" in values else ("acc", "bal_acc"))
+                              if key in values} for name, values in scores.items()}
     return write_metrics_json(metrics_dir / HEADLINE_FILE, headline_scores)
 
 
@@ -126,20 +131,32 @@ def open_live(metrics_dir: Path):
     return Live(dir=str(metrics_dir), resume=True, dvcyaml=False, save_dvc_exp=False, report=None)
 
 
+def train_counts(record: dict[str, Any], class_names: Sequence[str]) -> list[int] | None:
+    """The training split's items per class from the model's record, in class order; None when the record has
+    none for these classes (a model trained before records kept them)."""
+    counts = record.get("train_class_counts")
+    if not isinstance(counts, dict) or any(name not in counts for name in class_names):
+        return None
+    return [int(counts[name]) for name in class_names]
+
+
 def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], metrics_dir: Path,
                         live) -> dict[str, Any]:
-    """Write the model's scores, details and plots; returns its summary (accuracy, interval, macro-F1, ...)."""
+    """Write the model's scores, details and plots; returns its summary (accuracy, interval, macro-F1, balanced
+    accuracy, majority baseline, ...)."""
     model_dir, metrics_dir = Path(model_dir), Path(metrics_dir)
     record = read_record(model_dir)
     predictions = read_predictions(model_dir / "predictions.parquet", class_names)
     y_true, y_pred = predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy()
-    summary = classification_summary(y_true, y_pred, class_names)
+    summary = classification_summary(y_true, y_pred, class_names, train_counts(record, class_names))
 
     write_metrics_json(metrics_dir / "scores" / f"{name}.json", headline(summary))
     details = {"model": name, "task": record.get("task"), "score_kind": record.get("score_kind"),
                "input": record.get("input", {}).get("kind"), "n_fit": record.get("n_fit"),
                "n_val": record.get("n_val"), "n_test": summary["n_test"], "accuracy": summary["accuracy"],
-               "macro_f1": summary["macro_f1"], "per_class": summary["per_class"],
+               "macro_f1": summary["macro_f1"], "balanced_accuracy": summary["balanced_accuracy"],
+               "majority_baseline": summary["majority_baseline"], "majority_class": summary["majority_class"],
+               "majority_from": summary["majority_from"], "per_class": summary["per_class"],
                "training": record.get("details", {}), "data_manifest_sha256": record.get("data_manifest_sha256")}
     write_metrics_json(metrics_dir / "details" / f"{name}.json", details)
     names = np.asarray(class_names, dtype=object)

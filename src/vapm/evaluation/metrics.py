@@ -1,5 +1,5 @@
-"""Test-set metrics: accuracy with its Wilson interval, macro-F1, per-class scores, confusion counts,
-and the exact McNemar test that compares two models on the same test items."""
+"""Test-set metrics: accuracy with its Wilson interval, macro-F1, balanced accuracy, the majority-class baseline,
+per-class scores, confusion counts, and the exact McNemar test that compares two models on the same test items."""
 from __future__ import annotations
 
 import json
@@ -58,11 +58,26 @@ def _checked_pair(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> tuple
     return truth, predicted
 
 
-def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy with its 95 % Wilson interval, macro-F1 and per-class scores, as plain JSON types.
+def _train_counts(counts: Any, n_classes: int) -> np.ndarray:
+    array = np.asarray(counts)
+    if array.shape != (n_classes,) or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise EvaluationError(f"train_counts must be one integer count per class ({n_classes}), got {counts!r}")
+    if np.any(array < 0) or array.sum() == 0:
+        raise EvaluationError(f"train_counts must be non-negative and not all zero, got {array.tolist()}")
+    return array.astype(np.int64)
+
+
+def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str],
+                           train_counts: Sequence[int] | None = None) -> dict[str, Any]:
+    """Accuracy with its 95 % Wilson interval, macro-F1, balanced accuracy, the majority-class baseline and
+    per-class scores, as plain JSON types.
 
     Macro-F1 averages over the classes that occur in the test labels or the predictions (as
     scikit-learn does), so a class absent from a small test split does not count as F1 = 0.
+    Balanced accuracy is the mean recall over the classes that occur in the test labels (scikit-learn's
+    balanced_accuracy_score). The majority baseline is the test accuracy of always answering the most
+    frequent class of the training split, given as `train_counts` (items per class, in class order); without
+    them, the most frequent class of the test split (`majority_from` says which). Ties go to the first class.
     """
     truth, predicted = _checked_pair(y_true, y_pred, class_names)
     all_labels = list(range(len(class_names)))
@@ -70,6 +85,10 @@ def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str])
         truth, predicted, labels=all_labels, zero_division=0)
     correct = int(np.sum(truth == predicted))
     low, high = wilson_interval(correct, truth.size)
+    if train_counts is None:
+        majority, majority_from = int(np.argmax(np.bincount(truth, minlength=len(class_names)))), "test"
+    else:
+        majority, majority_from = int(np.argmax(_train_counts(train_counts, len(class_names)))), "train"
     per_class = {
         name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                "support": int(support[i])}
@@ -80,6 +99,10 @@ def classification_summary(y_true: Any, y_pred: Any, class_names: Sequence[str])
         "accuracy_ci95_low": low,
         "accuracy_ci95_high": high,
         "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        "balanced_accuracy": float(np.mean(recall[support > 0])),
+        "majority_baseline": float(np.mean(truth == majority)),
+        "majority_class": str(class_names[majority]),
+        "majority_from": majority_from,
         "n_test": int(truth.size),
         "per_class": per_class,
     }

@@ -4,8 +4,8 @@
     make report BASE=main
 
 The base side is read from git (`git show <ref>:<path>`), the other side from the workspace, so it works in
-any clone, after `dvc repro`, without a DVC remote or a CI vendor. For each model: accuracy and macro-F1 before
-and after with their 95 % intervals; when both sides scored the same test items (same data manifest and the
+any clone, after `dvc repro`, without a DVC remote or a CI vendor. For each model: accuracy (with its 95 %
+interval), macro-F1 and balanced accuracy before and after, and the majority-class baseline; when both sides scored the same test items (same data manifest and the
 same files), an exact McNemar test on the paired predictions, else a note that the test sets differ and only
 the intervals can be compared. Then the params that changed, confusion matrices and training curves side by
 side, stage times where MLflow recorded them, and the data manifest hashes of both sides. The HTML page is
@@ -189,6 +189,18 @@ def _f1(scores: dict[str, Any] | None) -> str:
     return "—" if not scores or "f1" not in scores else f"{scores['f1']:.3f}"
 
 
+def _balanced(scores: dict[str, Any] | None) -> str:
+    return "—" if not scores or "bal_acc" not in scores else f"{scores['bal_acc']:.3f}"
+
+
+def _baseline(base: dict[str, Any] | None, head: dict[str, Any] | None) -> str:
+    """The majority-class baseline: one number when both sides agree or only one has it, else before → after."""
+    values = [f"{s['baseline']:.3f}" for s in (base, head) if s and "baseline" in s]
+    if not values:
+        return "—"
+    return values[-1] if len(set(values)) == 1 or len(values) == 1 else f"{values[0]} → {values[1]}"
+
+
 def _verdict(test: dict[str, Any]) -> str:
     if not test["paired"]:
         return test["why"]
@@ -210,10 +222,12 @@ def render_markdown(report: dict[str, Any], picture_links: dict[tuple[str, str, 
     else:
         lines.append("None.")
     lines += ["", "## Models", "", "| model | accuracy (detector: AUC) before (95 % CI) | after | macro-F1 before | after | "
-              "paired test on the same items |", "|---|---:|---:|---:|---:|---|"]
+              "balanced acc. before | after | majority baseline | paired test on the same items |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for model in report["models"]:
         lines.append(f"| {model.name} | {_pct(model.base)} | {_pct(model.head)} | {_f1(model.base)} | "
-                     f"{_f1(model.head)} | {_verdict(model.test)} |")
+                     f"{_f1(model.head)} | {_balanced(model.base)} | {_balanced(model.head)} | "
+                     f"{_baseline(model.base, model.head)} | {_verdict(model.test)} |")
     lines += ["", "## Data and time", "", "| model | data manifest before | after | training time before | after |",
               "|---|---|---|---:|---:|"]
     for model in report["models"]:
@@ -243,7 +257,8 @@ def render_html(report: dict[str, Any]) -> str:
                    for k, b, a in report["params"]) or "<tr><td colspan=3>None.</td></tr>"
     models = "".join(
         f"<tr><td>{esc(m.name)}</td><td>{esc(_pct(m.base))}</td><td>{esc(_pct(m.head))}</td><td>{esc(_f1(m.base))}"
-        f"</td><td>{esc(_f1(m.head))}</td><td class='{'sig' if m.test.get('significant') else ''}'>"
+        f"</td><td>{esc(_f1(m.head))}</td><td>{esc(_balanced(m.base))}</td><td>{esc(_balanced(m.head))}</td>"
+        f"<td>{esc(_baseline(m.base, m.head))}</td><td class='{'sig' if m.test.get('significant') else ''}'>"
         f"{esc(_verdict(m.test))}</td></tr>" for m in report["models"])
     data = "".join(
         f"<tr><td>{esc(m.name)}</td>" + "".join(
@@ -269,7 +284,8 @@ figure {{ margin: 0; }} img {{ max-width: 640px; border: 1px solid #ddd; }}
 <h1>{esc(title)}</h1>
 <h2>Params that changed</h2><table><tr><th>param</th><th>before</th><th>after</th></tr>{rows}</table>
 <h2>Models</h2><table><tr><th>model</th><th>accuracy (detector: AUC) before (95 % CI)</th><th>after</th><th>macro-F1 before</th>
-<th>after</th><th>paired test on the same items</th></tr>{models}</table>
+<th>after</th><th>balanced acc. before</th><th>after</th><th>majority baseline</th><th>paired test on the same items</th>
+</tr>{models}</table>
 <h2>Data and time</h2><table><tr><th>model</th><th>data manifest before</th><th>after</th><th>training time before</th>
 <th>after</th></tr>{data}</table>
 <h2>Pictures</h2>{pictures}

@@ -287,12 +287,15 @@ def _metric_key(text: str) -> str:
 
 
 def log_test_results(summary: dict[str, Any], confusion_png: Path) -> None:
-    """Test metrics (accuracy with CI, macro-F1, per-class F1), the confusion PNG and the summary JSON."""
+    """Test metrics (accuracy with CI, macro-F1, balanced accuracy, majority baseline, per-class F1), the confusion
+    PNG and the summary JSON."""
     metrics = {
         "test_accuracy": summary["accuracy"],
         "test_accuracy_ci95_low": summary["accuracy_ci95_low"],
         "test_accuracy_ci95_high": summary["accuracy_ci95_high"],
         "test_macro_f1": summary["macro_f1"],
+        "test_balanced_accuracy": summary["balanced_accuracy"],
+        "test_majority_baseline": summary["majority_baseline"],
         "test_n": summary["n_test"],
     }
     for name, scores in summary.get("per_class", {}).items():

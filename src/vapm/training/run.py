@@ -3,7 +3,8 @@
     models/<name>/
       model.keras | model.skops   the trained model (registry `artefact`)
       record.json                 what the model is and takes: task, artefact, classes, score kind, input
-                                  record (its preprocessing), seed, split sizes, trainer details
+                                  record (its preprocessing), seed, split sizes, the training split's items per
+                                  class (the evaluate stage's majority baseline), trainer details
       predictions.parquet         the test split: file, y_true, y_pred and one score column per class
       history.csv                 neural models: one row per epoch (epoch, phase, loss, accuracy, val_*)
       live/                       neural models: DVCLive's per-epoch metrics
@@ -57,8 +58,24 @@ def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[
         "data_manifest_sha256": data_sha256(job, trained),
         "n_fit": int(len(trained.split.fit)), "n_val": int(len(trained.split.val)),
         "n_test": int(len(trained.split.test)),
+        "train_class_counts": dict(zip(job.class_names, train_labels(job, trained, len(job.class_names)).tolist())),
         "details": trained.details,
     }
+
+
+def train_labels(job: TrainingJob, trained: Trained, n_classes: int) -> np.ndarray:
+    """Items per class in the training split (fit and validation: everything but the test split)."""
+    rows = np.concatenate([trained.split.fit, trained.split.val]).astype(np.int64)
+    return np.bincount(used_features(job, trained).labels[rows], minlength=n_classes)
+
+
+def train_outcome_counts(job: TrainingJob, trained: Trained) -> np.ndarray:
+    """Training-split items per outcome of `test_outcome`: per class, or normal/abnormal for a detector."""
+    counts = train_labels(job, trained, len(job.class_names))
+    if trained.score_kind != "anomaly":
+        return counts
+    normal = job.class_names.index(trained.details["normal_class"])
+    return np.array([counts[normal], counts.sum() - counts[normal]], dtype=np.int64)
 
 
 def test_outcome(job: TrainingJob, trained: Trained) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -155,7 +172,7 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
             tracking.log_history(trained.history)
         tracking.log_metrics({**{f"{name}_seconds": value for name, value in trained.seconds.items()},
                               **trained.metrics})
-        summary = classification_summary(y_true, y_pred, outcome_names)
+        summary = classification_summary(y_true, y_pred, outcome_names, train_outcome_counts(job, trained))
         with tempfile.TemporaryDirectory() as scratch:
             png = save_confusion_png(y_true, y_pred, outcome_names, Path(scratch) / "confusion_test.png",
                                      title=f"{entry.name}: test accuracy {summary['accuracy']:.3f}")
@@ -163,11 +180,16 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
         for document in sorted(paths.model_dir(entry.name).glob("*.json")):
             tracking.log_artifact(document)
         logged = log_raw_file_model(paths.model_dir(entry.name))
-        # Classifiers compete on test accuracy; a detector on its threshold-free AUC.
-        score = trained.metrics["test_auc"] if trained.score_kind == "anomaly" else summary["accuracy"]
-        promotion = register_and_promote(logged, entry.name, score,
-                                                 data_sha256(job, trained) or "unknown",
-                                                 settings.mlflow.champion_tolerance)
+        # Classifiers compete on mlflow.champion_metric; a detector on its threshold-free AUC.
+        if trained.score_kind == "anomaly":
+            metric, score = "auc", trained.metrics["test_auc"]
+            tags = {"test_auc": score}
+        else:
+            metric = settings.mlflow.champion_metric
+            score = summary[metric]
+            tags = {f"test_{key}": summary[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")}
+        promotion = register_and_promote(logged, entry.name, score, data_sha256(job, trained) or "unknown",
+                                         settings.mlflow.champion_tolerance, metric=metric, tags=tags)
     print(describe_promotion(entry.name, *promotion), flush=True)
 
 
