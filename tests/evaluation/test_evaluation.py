@@ -296,8 +296,8 @@ def test_evaluate_stage_writes_scores_details_and_plots(tmp_path):
         # Each class has 3 test items: every majority class scores 3 of 3 * n_classes.
         assert scores["baseline"] == round(1 / len(classes), 4)
         headline = json.loads((metrics / "headline.json").read_text())
-        # two numbers per model: dvc exp show stays readable
-        assert headline[name] == {"acc": scores["acc"], "bal_acc": scores["bal_acc"]}
+        # the numbers dvc metrics show and dvc exp show give per classifier
+        assert headline[name] == {key: scores[key] for key in ("acc", "bal_acc", "f1", "baseline")}
         details = json.loads((metrics / "details" / f"{name}.json").read_text())
         assert (details["majority_class"], details["majority_from"]) == (
             ("NRV", "train") if name == "acoustic_svm" else (classes[0], "test"))

@@ -85,13 +85,13 @@ HEADLINE_FILE = "headline.json"
 
 
 def write_headline(metrics_dir: Path, scores: dict[str, dict[str, Any]]) -> Path:
-    """metrics/headline.json: each model's headline numbers (a detector's AUC, a classifier's accuracy and balanced
-    accuracy).
+    """metrics/headline.json: each model's headline numbers (a detector's AUC; a classifier's accuracy, balanced
+    accuracy, macro-F1 and the majority-class baseline they should beat).
 
     DVC names a metric column `file:key` when the key is in several metric files, so per-model files of the
     same keys made `dvc exp show` hundreds of columns wide; one file of distinct keys keeps it readable.
     """
-    headline_scores = {name: {key: values[key] for key in (("auc",) if "auc" in values else ("acc", "bal_acc"))
+    headline_scores = {name: {key: values[key] for key in (("auc",) if "auc" in values else ("acc", "bal_acc", "f1", "baseline"))
                               if key in values} for name, values in scores.items()}
     return write_metrics_json(metrics_dir / HEADLINE_FILE, headline_scores)
 
