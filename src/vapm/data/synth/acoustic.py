@@ -19,7 +19,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vapm.core.progress import progress
-from vapm.data.synth.archive import BuiltArchive, SynthError, check_class_list, digest_unit, member_rng, name_digest, write_zip
+from vapm.data.synth.archive import (BuiltArchive, SynthError, check_class_list, digest_unit, member_rng, name_digest,
+                                     write_zip)
 
 ACOUSTIC_ROOT = "AirCompressor_Data"
 DAT_FORMAT = "%.6f\n"
@@ -164,7 +165,8 @@ def derived_signature(class_name: str) -> Signature:
         hz = min(centre * rng.uniform(0.97, 1.03), 0.45 * clip.rate)
         if kind == "tone":
             tone = np.sin(2 * np.pi * hz * clip.t + rng.uniform(0, 2 * np.pi))
-            modulation = 1 + 0.8 * np.sin(2 * np.pi * (0.5 + 20 * shape) * clip.t + rng.uniform(0, 2 * np.pi))
+            wobble_hz = 0.5 + 20 * shape
+            modulation = 1 + 0.8 * np.sin(2 * np.pi * wobble_hz * clip.t + rng.uniform(0, 2 * np.pi))
             return rng.uniform(0.1, 0.35) * tone * modulation
         if kind == "hiss":
             high = min(hz * (1.3 + shape), clip.rate / 2)

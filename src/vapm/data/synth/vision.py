@@ -248,7 +248,8 @@ def file_prefix(class_name: str) -> str:
 
 
 def _example_paths(class_name: str) -> list[tuple[str, str | None]]:
-    return [(f"{VISION_ROOT}/{split}/{class_name}/{file_prefix(class_name)}_1.jpg", split) for split in ("train", "test")]
+    prefix = file_prefix(class_name)
+    return [(f"{VISION_ROOT}/{split}/{class_name}/{prefix}_1.jpg", split) for split in ("train", "test")]
 
 
 def check_classes(classes: Sequence[str]) -> None:
