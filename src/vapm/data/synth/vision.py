@@ -216,9 +216,9 @@ class VisionLook:
     across: bool = False  # drawn across the rolling direction (the mask transposed)
 
 
-# Derived looks: the strip's brightness comes in bands this far apart (each band is +-BAND_HALF_WIDTH
-# wide), the grain in steps of GRAIN_STEP; with the shape, its direction and polarity that makes
-# 6 x 2 x 2 x 5 x 4 = 480 distinct looks, before the contrast gain.
+# Derived looks: the strip's brightness is one of these bands (centre +- _BAND_HALF_WIDTH), its grain
+# one of these steps (to step + _GRAIN_WIDTH); with the defect shape (6), its direction (2) and polarity (2)
+# that makes 6 x 2 x 2 x 5 x 4 = 480 distinct looks, before the contrast gain (0.7-1.3).
 _BRIGHTNESS_BANDS = (90.0, 110.0, 130.0, 150.0, 170.0)
 _BAND_HALF_WIDTH = 12.0
 _GRAIN_STEPS = (2.0, 5.0, 8.0, 11.0)
