@@ -1,6 +1,9 @@
 """Stage sample_data: write small synthetic NEU and air-compressor archives to sample_data.out_dir.
 
 They have the layouts of the real archives, so ingest and everything after it run unchanged on them.
+Any class names work (vision.classes, audio.classes): the book's keep their hand-made look, others get
+one derived from a hash of the name. The only refusals are names that cannot be a class folder, the same
+name twice in any case, or names ingest would read back as another class or split.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ def main() -> None:
 
     settings = load_settings(models=())
     sample = settings.sample_data
-    # Every setting is checked before anything is written, so a bad one leaves no half-made output.
+    # Every setting is checked before anything is written, so a bad one leaves no half-made output:
+    # class names that cannot be folders, repeat in another case, or that ingest would read back wrongly.
     check_vision_classes(settings.vision.classes)
     check_audio_classes(settings.audio.classes)
     set_global_seed(settings.seed, tensorflow=False)

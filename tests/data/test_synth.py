@@ -21,13 +21,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from vapm.data.synth import build_acoustic_archive, build_vision_archive, render_clip, render_defect, write_zip
-from vapm.data.synth.archive import FIXED_DATE_TIME, member_rng
+from vapm.data.synth.acoustic import check_classes as check_audio_classes
+from vapm.data.synth.acoustic import derived_signature
+from vapm.data.synth.archive import FIXED_DATE_TIME, SynthError, member_rng, slug
+from vapm.data.synth.vision import check_classes as check_vision_classes
+from vapm.data.synth.vision import file_prefix, vision_look
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_DATA = REPO.parent / "shared" / "data"
 VISION_CLASSES = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]
 AUDIO_CLASSES = ["Bearing", "Flywheel", "Healthy", "LIV", "LOV", "NRV", "Piston", "Riderbelt"]
 RATE = 50000 / 3
+CUSTOM_CLASSES = ["Dent", "Rust spot", "Öl"]  # none of them known to the builders
 
 needs_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data is absent")
 
@@ -132,9 +137,89 @@ def test_render_defect_varies_within_a_class_and_repeats_with_the_same_stream():
         assert np.array_equal(images[0], render_defect(name, 48, np.random.default_rng(0)))
 
 
-def test_unknown_vision_class_is_refused_clearly(tmp_path):
-    with pytest.raises(ValueError, match="no synthetic defect.*'Dents'"):
-        build_vision_archive(tmp_path / "v.zip", ["Crazing", "Dents"], 32, 1, 1, seed=0)
+def test_vision_archive_for_any_class_names(tmp_path):
+    build_vision_archive(tmp_path / "a.zip", CUSTOM_CLASSES, 32, 2, 1, seed=5)
+    build_vision_archive(tmp_path / "b.zip", CUSTOM_CLASSES, 32, 2, 1, seed=5)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        names = archive.namelist()
+        # The folder is the class itself (ingest reads the class from it); the file prefix is a slug.
+        assert names[:3] == ["NEU-data-TrainTest/train/Dent/dent_1.jpg", "NEU-data-TrainTest/train/Dent/dent_2.jpg",
+                             "NEU-data-TrainTest/test/Dent/dent_3.jpg"]
+        assert "NEU-data-TrainTest/train/Rust spot/rust-spot_1.jpg" in names
+        assert "NEU-data-TrainTest/test/Öl/öl_3.jpg" in names
+        images = {name: np.asarray(Image.open(io.BytesIO(archive.read(name)))) for name in names}
+    assert all(image.shape == (32, 32) for image in images.values())
+    assert len({image.tobytes() for image in images.values()}) == len(images)
+
+
+def test_a_class_looks_the_same_whatever_else_is_in_the_list(tmp_path):
+    build_vision_archive(tmp_path / "a.zip", ["Dent", "Oil"], 32, 1, 1, seed=5)
+    build_vision_archive(tmp_path / "b.zip", ["Crazing", "Dent", "Grime"], 32, 1, 1, seed=5)
+    member = "NEU-data-TrainTest/train/Dent/dent_1.jpg"
+    with zipfile.ZipFile(tmp_path / "a.zip") as a, zipfile.ZipFile(tmp_path / "b.zip") as b:
+        assert a.read(member) == b.read(member)
+
+
+def test_known_vision_classes_keep_their_hand_made_look():
+    from vapm.data.synth.vision import BACKGROUNDS, DEFECT_RENDERERS, NEU_DET_PREFIXES
+    for name in VISION_CLASSES:
+        look = vision_look(name)
+        assert (look.renderer, look.brightness, look.grain) == (DEFECT_RENDERERS[name], *BACKGROUNDS[name])
+        assert (look.contrast_gain, look.across) == (1.0, False)
+        assert file_prefix(name) == NEU_DET_PREFIXES[name]
+
+
+def test_derived_looks_are_stable_and_rarely_alike():
+    assert vision_look("Dent") == vision_look("Dent")
+    looks = [vision_look(f"defect {k}") for k in range(200)]
+    kinds = {(look.renderer, look.brightness, look.grain, look.contrast_gain > 0, look.across) for look in looks}
+    assert len(kinds) > 150  # of 480 kinds, before the contrast gain: the hash spreads names over them
+    assert {look.renderer for look in looks} == set(vision_look(n).renderer for n in VISION_CLASSES)
+
+
+def test_distinct_custom_classes_give_different_images():
+    for first, second in [("Dent", "Rust spot"), ("Dent", "Öl"), ("Rust spot", "Öl")]:
+        a = render_defect(first, 48, np.random.default_rng(0))
+        b = render_defect(second, 48, np.random.default_rng(0))
+        assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name, expected", [("Dent", "dent"), ("Rust spot", "rust-spot"), ("Öl / Fett", "öl-fett"),
+                                            ("pitted_surface", "pitted-surface"), ("  A  b ", "a-b")])
+def test_slug(name, expected):
+    assert slug(name) == expected
+
+
+def test_slug_of_a_name_without_letters_or_digits_and_of_a_long_name():
+    assert re.fullmatch(r"class-[0-9a-f]{8}", slug("★ ★"))
+    assert slug("★ ★") != slug("☆")
+    long = slug("x" * 100)
+    assert len(long) < 60 and long != slug("x" * 101)
+
+
+@pytest.mark.parametrize("classes, message", [
+    (["Dent", "dent"], r"distinct regardless of case.*'Dent', 'dent'"),
+    (["Crazing", "crazing"], r"distinct regardless of case"),
+    (["Dent", "Rust/Spot"], r"'Rust/Spot' contains a path separator"),
+    (["Dent", "Rust\\Spot"], r"'Rust\\\\Spot' contains a path separator"),
+    (["Dent", "Nul\0"], r"'Nul\\x00' contains a control character"),
+    (["Dent", ".."], r"'\.\.' is a relative folder reference"),
+    (["Dent", " "], r"' ' is empty"),
+    (["Crazing", "Cr"], r"ingest could not read back.*share the spelling 'cr'"),
+    (["Dent", "Test"], r"class 'Test': ingest could not read back.*both a train and a test folder"),
+    (["Dent", "__MACOSX"], r"class '__MACOSX': ingest would skip"),
+    (["Rust-spot", "Rust spot"], r"ingest could not read back.*file-name prefix"),
+])
+def test_bad_vision_class_lists_are_refused_clearly(tmp_path, classes, message):
+    with pytest.raises(SynthError, match=message):
+        check_vision_classes(classes)
+    with pytest.raises(SynthError, match=message):
+        build_vision_archive(tmp_path / "v.zip", classes, 32, 1, 1, seed=0)
+    assert not (tmp_path / "v.zip").exists()
+
+
+def test_vision_counts_are_checked(tmp_path):
     with pytest.raises(ValueError, match="train_per_class"):
         build_vision_archive(tmp_path / "v.zip", ["Crazing"], 32, 0, 1, seed=0)
     assert not (tmp_path / "v.zip").exists()
@@ -160,6 +245,26 @@ def test_vision_classes_are_learnable_from_simple_features():
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     accuracy = cross_val_score(model, np.array(features), labels, cv=3).mean()
     assert accuracy > 3 / len(VISION_CLASSES), accuracy  # chance is 1/6
+
+
+def test_custom_vision_classes_are_learnable_by_a_nearest_centroid():
+    """Downsampled pixels, a nearest centroid fitted on half the images, scored on the other half."""
+    def pixels(name: str, number: int) -> np.ndarray:
+        image = render_defect(name, 48, member_rng(3, "vision", name, number)).astype(np.float32)
+        # Blocks of 6 x 6 pixels, sorted: mean level, spread and the dark/bright tails, whatever the flips.
+        blocks = image.reshape(8, 6, 8, 6).transpose(0, 2, 1, 3).reshape(64, 36)
+        detail = image - uniform_filter(image, 5)
+        return np.concatenate([np.sort(blocks.mean(axis=1)), np.sort(blocks.std(axis=1)),
+                               np.percentile(detail, [1, 5, 50, 95, 99]),
+                               [np.abs(np.diff(detail, axis=1)).mean(), np.abs(np.diff(detail, axis=0)).mean()]])
+
+    features = np.array([[pixels(name, number) for number in range(16)] for name in CUSTOM_CLASSES])
+    scale = features[:, :8].reshape(-1, features.shape[-1]).std(axis=0) + 1e-6
+    centroids = features[:, :8].mean(axis=1) / scale
+    held_out = features[:, 8:] / scale
+    distances = ((held_out[:, :, None, :] - centroids[None, None]) ** 2).sum(axis=-1)
+    accuracy = (distances.argmin(axis=-1) == np.arange(len(CUSTOM_CLASSES))[:, None]).mean()
+    assert accuracy > 2 / len(CUSTOM_CLASSES), accuracy  # chance is 1/3
 
 
 # --- acoustic --------------------------------------------------------------------------------
@@ -194,9 +299,48 @@ def test_clips_look_like_the_original_recordings():
         assert 0.3 < np.abs(clip).max() < 5, name
 
 
-def test_unknown_audio_class_is_refused_clearly(tmp_path):
-    with pytest.raises(ValueError, match="no synthetic sound.*'Gearbox'"):
-        build_acoustic_archive(tmp_path / "a.zip", ["Healthy", "Gearbox"], 1000, RATE, 1, seed=0)
+def test_acoustic_archive_for_any_class_names(tmp_path):
+    build_acoustic_archive(tmp_path / "a.zip", ["Healthy", *CUSTOM_CLASSES], 1000, RATE, 2, seed=5)
+    build_acoustic_archive(tmp_path / "b.zip", ["Healthy", *CUSTOM_CLASSES], 1000, RATE, 2, seed=5)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        names = archive.namelist()
+        assert names == [f"AirCompressor_Data/{cls}/preprocess_Reading{n}.dat"
+                         for cls in ["Healthy", *CUSTOM_CLASSES] for n in (1, 2)]
+        assert len({archive.read(name) for name in names}) == len(names)
+
+
+def test_custom_clips_look_like_the_original_recordings():
+    for name in CUSTOM_CLASSES + [f"state {k}" for k in range(12)]:
+        clip = render_clip(name, 50000, RATE, np.random.default_rng(5))
+        assert clip.dtype == np.float32 and clip.shape == (50000,) and np.isfinite(clip).all()
+        assert 0.03 < clip.mean() < 0.2, (name, clip.mean())
+        assert 0.15 < clip.std() < 0.35, (name, clip.std())
+        assert 0.3 < np.abs(clip).max() < 5, name
+
+
+def test_known_audio_classes_keep_their_signature():
+    from vapm.data.synth.acoustic import FAULT_SIGNATURES, signature
+    assert all(signature(name) is FAULT_SIGNATURES[name] for name in AUDIO_CLASSES)
+    # A derived signature depends on the name alone: the same name sounds the same, another name differently.
+    clips = [render_clip("Gearbox", 4000, RATE, np.random.default_rng(1)) for _ in range(2)]
+    assert np.array_equal(*clips)
+    assert not np.array_equal(clips[0], render_clip("Gearbox2", 4000, RATE, np.random.default_rng(1)))
+    assert derived_signature("Gearbox") is not FAULT_SIGNATURES["Healthy"]
+
+
+@pytest.mark.parametrize("classes, message", [
+    (["Healthy", "healthy"], r"distinct regardless of case"),
+    (["Healthy", "Gear/box"], r"'Gear/box' contains a path separator"),
+    (["Healthy", "Test"], r"class 'Test': ingest would read .* split 'test'"),
+    (["Healthy", "preprocess"], r"class 'Healthy': ingest could not read back.*file-name prefix"),
+])
+def test_bad_audio_class_lists_are_refused_clearly(tmp_path, classes, message):
+    with pytest.raises(SynthError, match=message):
+        check_audio_classes(classes)
+    with pytest.raises(SynthError, match=message):
+        build_acoustic_archive(tmp_path / "a.zip", classes, 1000, RATE, 1, seed=0)
+    assert not (tmp_path / "a.zip").exists()
 
 
 def _clip_features(clip: np.ndarray, frame: int = 512) -> np.ndarray:
@@ -219,6 +363,16 @@ def test_audio_classes_are_learnable_from_simple_features():
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     accuracy = cross_val_score(model, np.array(features), labels, cv=3).mean()
     assert accuracy > 3 / len(AUDIO_CLASSES), accuracy  # chance is 1/8
+
+
+def test_custom_audio_classes_are_learnable_from_simple_features():
+    classes = ["Healthy", *CUSTOM_CLASSES]
+    features = np.array([[_clip_features(render_clip(name, 16667, RATE, member_rng(3, "acoustic", name, number)))
+                          for number in range(10)] for name in classes])
+    centroids = features[:, :5].mean(axis=1)
+    distances = ((features[:, 5:, None, :] - centroids[None, None]) ** 2).sum(axis=-1)
+    accuracy = (distances.argmin(axis=-1) == np.arange(len(classes))[:, None]).mean()
+    assert accuracy > 2 / len(classes), accuracy  # chance is 1/4
 
 
 # --- the same layout as the real archives --------------------------------------------------
@@ -308,8 +462,29 @@ def test_stage_reports_a_bad_parameter_in_one_line(tmp_path):
 
 def test_stage_checks_every_setting_before_writing(tmp_path):
     params = _tiny_params()
-    params["audio"]["classes"] = ["Healthy", "Gearbox"]
+    params["audio"]["classes"] = ["Healthy", "Gear/box"]
     result = _run_stage(tmp_path, params)
     assert result.returncode == 1
-    assert result.stderr.startswith("sample_data: no synthetic sound for audio classes ['Gearbox']")
+    assert result.stderr.startswith("sample_data: audio class 'Gear/box' contains a path separator")
     assert not (tmp_path / "out").exists()
+
+
+def test_stage_and_ingest_with_custom_classes(tmp_path):
+    """sample_data then ingest, both real stages, for class names the builders have no hand-made look for."""
+    params = _tiny_params(clips_per_class=5)
+    params["vision"]["classes"] = ["Crazing", *CUSTOM_CLASSES]
+    params["audio"]["classes"] = ["Healthy", *CUSTOM_CLASSES]
+    params["ingest"].update(vision_archive="out/sample/NEU-data-TrainTest.zip",
+                            acoustic_archive="out/sample/AirCompressor_Data.zip")
+    result = _run_stage(tmp_path, params)
+    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "VAPM_NO_PROGRESS": "1"}
+    ingest = subprocess.run([sys.executable, str(REPO / "stages" / "ingest.py")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    assert "vision: 12 files kept (8 train, 4 test, split from archive)" in ingest.stdout
+    assert "acoustic: 20 files kept" in ingest.stdout
+    import pandas as pd
+    for dataset, classes in (("vision", params["vision"]["classes"]), ("acoustic", params["audio"]["classes"])):
+        manifest = pd.read_parquet(tmp_path / "data" / "interim" / dataset / "manifest.parquet")
+        assert sorted(manifest["class"].unique()) == sorted(classes), dataset

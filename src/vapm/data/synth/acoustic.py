@@ -4,6 +4,12 @@ Every clip is a train of compressor strokes (impulses at a jittered stroke rate 
 decaying resonances) plus background noise; each fault adds its own signature with randomised
 frequencies and level, some clips only faintly. Clips are scaled to the originals' spread
 (std 0.18-0.3) and carry their small positive DC offset.
+
+Any class name works. The eight states of the original archive (exactly as spelt in
+FAULT_SIGNATURES) have hand-made signatures. Any other name gets one derived from a SHA-256 of the
+name (`derived_signature`): a tone, a hiss gated to part of each stroke, or a click on every stroke,
+at a centre frequency (80-6000 Hz, log scale), modulation and stroke phase taken from the hash, so a
+state always sounds the same, whatever else is in the list, and two names rarely sound alike.
 """
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vapm.core.progress import progress
-from vapm.data.synth.archive import BuiltArchive, SynthError, member_rng, write_zip
+from vapm.data.synth.archive import (BuiltArchive, SynthError, check_class_list, digest_unit, member_rng, name_digest,
+                                     write_zip)
 
 ACOUSTIC_ROOT = "AirCompressor_Data"
 DAT_FORMAT = "%.6f\n"
@@ -134,17 +141,65 @@ FAULT_SIGNATURES: dict[str, Callable[[_Clip, np.random.Generator], np.ndarray]] 
 }
 
 
+Signature = Callable[[_Clip, np.random.Generator], np.ndarray]
+
+# Derived signatures: their centre frequency lies in this band (log-uniform, from the name's hash).
+_DERIVED_LOW_HZ, _DERIVED_HIGH_HZ = 80.0, 6000.0
+_DERIVED_KINDS = ("tone", "hiss", "click")
+
+
+def derived_signature(class_name: str) -> Signature:
+    """The signature of a state the original archive does not have, from its name's hash alone.
+
+    The hash fixes the kind (a modulated tone, a band of hiss gated to part of each stroke, or a
+    damped click locked to each stroke), its centre frequency and its timing; each clip then varies
+    them a little (frequency +-3 %) and draws its own level, as the hand-made signatures do.
+    """
+    digest = name_digest("acoustic", class_name)
+    kind = _DERIVED_KINDS[digest[0] % len(_DERIVED_KINDS)]
+    centre = _DERIVED_LOW_HZ * (_DERIVED_HIGH_HZ / _DERIVED_LOW_HZ) ** digest_unit(digest, 1)
+    shape = digest_unit(digest, 3)  # modulation rate, band width or decay
+    phase = digest_unit(digest, 5)  # where in the stroke cycle a gate or click sits
+
+    def signature(clip: _Clip, rng: np.random.Generator) -> np.ndarray:
+        hz = min(centre * rng.uniform(0.97, 1.03), 0.45 * clip.rate)
+        if kind == "tone":
+            tone = np.sin(2 * np.pi * hz * clip.t + rng.uniform(0, 2 * np.pi))
+            wobble_hz = 0.5 + 20 * shape
+            modulation = 1 + 0.8 * np.sin(2 * np.pi * wobble_hz * clip.t + rng.uniform(0, 2 * np.pi))
+            return rng.uniform(0.1, 0.35) * tone * modulation
+        if kind == "hiss":
+            high = min(hz * (1.3 + shape), clip.rate / 2)
+            hiss = _band_noise(rng, clip.n, clip.rate, hz, high)
+            return rng.uniform(0.15, 0.5) * hiss * _gate(clip.phase(), phase, 0.15 + 0.25 * shape)
+        decay = (2 + 20 * shape) / hz  # 2 to 22 periods of the click's own frequency
+        click = _resonances(clip.rate, min(8 * decay, 0.2), [hz], [decay], [1.0])
+        times = clip.strokes + phase * clip.period
+        return _events(clip.n, times, rng.uniform(0.4, 1.2) * rng.uniform(0.8, 1.2, len(times)), click)
+
+    return signature
+
+
+def signature(class_name: str) -> Signature:
+    """The sound of state `class_name` on top of the strokes: hand-made for the original states, else derived."""
+    return FAULT_SIGNATURES.get(class_name) or derived_signature(class_name)
+
+
+def _example_paths(class_name: str) -> list[tuple[str, str | None]]:
+    return [(f"{ACOUSTIC_ROOT}/{class_name}/preprocess_Reading1.dat", None)]
+
+
 def check_classes(classes: Sequence[str]) -> None:
-    unknown = [name for name in classes if name not in FAULT_SIGNATURES]
-    if unknown:
-        raise SynthError(f"no synthetic sound for audio classes {unknown}; known: {sorted(FAULT_SIGNATURES)}")
-    if len(set(classes)) != len(classes):
-        raise SynthError(f"audio classes must be distinct, got {list(classes)}")
+    """Refuse, with one SynthError, a class list the archive cannot be built for: names that cannot be a
+    folder (empty, '/', '\\', control characters), the same name twice in any case, or names that ingest
+    would read back as another class or as a split (e.g. a state called 'test' or 'preprocess')."""
+    from vapm.data.ingest.labels import AUDIO_EXTENSIONS
+
+    check_class_list("audio", classes, _example_paths, AUDIO_EXTENSIONS)
 
 
 def render_clip(class_name: str, n_samples: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
     """One float32 clip of `n_samples` at `sample_rate` Hz of the compressor in state `class_name`."""
-    check_classes([class_name])
     if n_samples < 1 or sample_rate <= 0:
         raise ValueError(f"need n_samples >= 1 and sample_rate > 0, got {n_samples}, {sample_rate}")
     clip = _Clip(n_samples, sample_rate, rng)
@@ -153,7 +208,7 @@ def render_clip(class_name: str, n_samples: int, sample_rate: float, rng: np.ran
                        rng.uniform(0.004, 0.015, 3), np.array([1.0, 0.6, 0.3]) * rng.uniform(0.7, 1.3, 3))
     strokes = _events(n_samples, clip.strokes, rng.uniform(0.8, 1.2, len(clip.strokes)), body)
     noise = rng.uniform(0.03, 0.08) * _band_noise(rng, n_samples, sample_rate, 100, 6000)
-    signal = strokes / (strokes.std() + 1e-12) * 0.3 + noise + FAULT_SIGNATURES[class_name](clip, rng)
+    signal = strokes / (strokes.std() + 1e-12) * 0.3 + noise + signature(class_name)(clip, rng)
     signal = signal / (signal.std() + 1e-12) * rng.uniform(0.18, 0.3) + rng.uniform(0.05, 0.15)
     return signal.astype(np.float32)
 

@@ -5,11 +5,19 @@ streaks along the rolling direction, grain) with one class of defect drawn on it
 are rasterised by PIL from NumPy-generated geometry and softened by a blur; every size is given
 for a 200-pixel image and scaled with the requested side. The rolling direction is vertical, as
 in the NEU images.
+
+Any class name works. The six NEU names (exactly as spelt in NEU_DET_PREFIXES) have hand-made
+defects and backgrounds. Any other name gets a look derived from a SHA-256 of the name
+(`vision_look`): one of the six defect shapes, drawn along or across the rolling direction, darker
+or brighter than the strip, at its own contrast, on a strip of its own brightness band and grain.
+So a class always looks the same, whatever else is in the list, and two different names rarely
+look alike.
 """
 from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -17,13 +25,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vapm.core.progress import progress
-from vapm.data.synth.archive import BuiltArchive, SynthError, member_rng, write_zip
+from vapm.data.synth.archive import (BuiltArchive, SynthError, check_class_list, digest_unit, member_rng, name_digest,
+                                     slug, write_zip)
 
 VISION_ROOT = "NEU-data-TrainTest"
 JPEG_QUALITY = 90
 MIN_IMAGE_SIZE = 16
 
-# Folder name -> NEU-DET file-name prefix (Rolled/rolled-in_scale_7.jpg).
+# Folder name -> NEU-DET file-name prefix (Rolled/rolled-in_scale_7.jpg). Other classes use `slug(name)`.
 NEU_DET_PREFIXES = {
     "Crazing": "crazing",
     "Inclusion": "inclusion",
@@ -193,22 +202,75 @@ BACKGROUNDS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
 }
 
 
+Renderer = Callable[[np.random.Generator, int], tuple[np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class VisionLook:
+    """How one class is drawn: its defect shape, the strip under it, and how the defect is varied."""
+
+    renderer: Renderer
+    brightness: tuple[float, float]
+    grain: tuple[float, float]
+    contrast_gain: float = 1.0  # times the renderer's contrast; negative swaps dark and bright
+    across: bool = False  # drawn across the rolling direction (the mask transposed)
+
+
+# Derived looks: the strip's brightness is one of these bands (centre +- _BAND_HALF_WIDTH), its grain
+# one of these steps (to step + _GRAIN_WIDTH); with the defect shape (6), its direction (2) and polarity (2)
+# that makes 6 x 2 x 2 x 5 x 4 = 480 distinct looks, before the contrast gain (0.7-1.3).
+_BRIGHTNESS_BANDS = (90.0, 110.0, 130.0, 150.0, 170.0)
+_BAND_HALF_WIDTH = 12.0
+_GRAIN_STEPS = (2.0, 5.0, 8.0, 11.0)
+_GRAIN_WIDTH = 3.0
+
+
+def vision_look(class_name: str) -> VisionLook:
+    """The look of `class_name`: the hand-made one of a NEU class, else one derived from the name's hash."""
+    if class_name in DEFECT_RENDERERS:
+        return VisionLook(DEFECT_RENDERERS[class_name], *BACKGROUNDS[class_name])
+    digest = name_digest("vision", class_name)
+    shapes = sorted(DEFECT_RENDERERS)
+    brightness = _BRIGHTNESS_BANDS[digest[2] % len(_BRIGHTNESS_BANDS)]
+    grain = _GRAIN_STEPS[digest[3] % len(_GRAIN_STEPS)]
+    return VisionLook(
+        renderer=DEFECT_RENDERERS[shapes[digest[0] % len(shapes)]],
+        brightness=(brightness - _BAND_HALF_WIDTH, brightness + _BAND_HALF_WIDTH),
+        grain=(grain, grain + _GRAIN_WIDTH),
+        contrast_gain=(-1.0 if digest[1] & 1 else 1.0) * (0.7 + 0.6 * digest_unit(digest, 4)),
+        across=bool(digest[1] & 2),
+    )
+
+
+def file_prefix(class_name: str) -> str:
+    """The file-name prefix of a class's images: NEU-DET's for the NEU classes, else a slug of the name."""
+    return NEU_DET_PREFIXES.get(class_name) or slug(class_name)
+
+
+def _example_paths(class_name: str) -> list[tuple[str, str | None]]:
+    prefix = file_prefix(class_name)
+    return [(f"{VISION_ROOT}/{split}/{class_name}/{prefix}_1.jpg", split) for split in ("train", "test")]
+
+
 def check_classes(classes: Sequence[str]) -> None:
-    unknown = [name for name in classes if name not in DEFECT_RENDERERS]
-    if unknown:
-        raise SynthError(f"no synthetic defect for vision classes {unknown}; known: {sorted(DEFECT_RENDERERS)}")
-    if len(set(classes)) != len(classes):
-        raise SynthError(f"vision classes must be distinct, got {list(classes)}")
+    """Refuse, with one SynthError, a class list the archive cannot be built for: names that cannot be a
+    folder (empty, '/', '\\', control characters), the same name twice in any case, or names that ingest
+    would read back as another class or split (e.g. 'Cr' beside 'Crazing', or a class called 'test')."""
+    from vapm.data.ingest.labels import IMAGE_EXTENSIONS
+
+    check_class_list("vision", classes, _example_paths, IMAGE_EXTENSIONS)
 
 
 def render_defect(class_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One grey uint8 (size, size) image of `class_name` on a steel-like background."""
-    check_classes([class_name])
     if size < MIN_IMAGE_SIZE:
         raise SynthError(f"image size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
-    background = _background(rng, size, *BACKGROUNDS[class_name])
-    mask, contrast = DEFECT_RENDERERS[class_name](rng, size)
-    image = background + contrast * mask
+    look = vision_look(class_name)
+    background = _background(rng, size, look.brightness, look.grain)
+    mask, contrast = look.renderer(rng, size)
+    if look.across:
+        mask = mask.T
+    image = background + (look.contrast_gain * contrast) * mask
     if rng.random() < 0.5:
         image = image[:, ::-1]
     if rng.random() < 0.5:
@@ -230,7 +292,7 @@ def vision_member_names(classes: Sequence[str], train_per_class: int,
     """
     names = []
     for class_name in classes:
-        prefix = NEU_DET_PREFIXES[class_name]
+        prefix = file_prefix(class_name)
         for split, numbers in (("train", range(1, train_per_class + 1)),
                                ("test", range(train_per_class + 1, train_per_class + test_per_class + 1))):
             for number in numbers:
