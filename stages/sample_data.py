@@ -20,23 +20,28 @@ def main() -> None:
     from vapm.config.seeding import set_global_seed
     from vapm.config.settings import load_settings
     from vapm.data.synth import build_acoustic_archive, build_vision_archive
+    from vapm.data.synth.acoustic import FAULT_SIGNATURES
     from vapm.data.synth.acoustic import check_classes as check_audio_classes
+    from vapm.data.synth.vision import DEFECT_RENDERERS
     from vapm.data.synth.vision import check_classes as check_vision_classes
 
     settings = load_settings(models=())
     sample = settings.sample_data
+    # classes: auto has no list to draw: the stand-ins then have the book's classes (ingest finds them).
+    vision_classes = settings.classes("vision") or list(DEFECT_RENDERERS)
+    audio_classes = settings.classes("audio") or list(FAULT_SIGNATURES)
     # Every setting is checked before anything is written, so a bad one leaves no half-made output:
     # class names that cannot be folders, repeat in another case, or that ingest would read back wrongly.
-    check_vision_classes(settings.vision.classes)
-    check_audio_classes(settings.audio.classes)
+    check_vision_classes(vision_classes)
+    check_audio_classes(audio_classes)
     set_global_seed(settings.seed, tensorflow=False)
     out_dir = Path(sample.out_dir)
     for build, name, options in [
         (build_vision_archive, VISION_ARCHIVE,
-         dict(classes=settings.vision.classes, image_size=sample.image_size, train_per_class=sample.train_per_class,
+         dict(classes=vision_classes, image_size=sample.image_size, train_per_class=sample.train_per_class,
               test_per_class=sample.test_per_class)),
         (build_acoustic_archive, ACOUSTIC_ARCHIVE,
-         dict(classes=settings.audio.classes, n_samples=settings.audio.clip_samples,
+         dict(classes=audio_classes, n_samples=settings.audio.clip_samples,
               sample_rate=settings.audio.sample_rate, clips_per_class=sample.clips_per_class)),
     ]:
         started = time.perf_counter()

@@ -169,3 +169,19 @@ def test_classes_auto_or_a_list_in_params():
     params["vision"]["classes"] = "automatic"
     with pytest.raises(ParamsError, match="vision.classes"):
         parse_settings(params, MODELS)
+
+
+def test_a_stratified_split_too_small_for_the_classes_is_one_line_before_any_work(tmp_path, ingest_make_zip,
+                                                                                    ingest_encode_image):
+    members = {f"d/{name}/{i}.png": ingest_encode_image(random_pixels(10 * n + i))
+               for n, name in enumerate("ABCDEF") for i in range(2)}
+    with pytest.raises(IngestError, match=r"ingest.test_fraction 0.25 of 12 files gives 3 test and 9 train files, but "
+                                          r"a stratified split of 6 classes needs at least 6 in each") as caught:
+        ingest_vision(ingest_make_zip("small.zip", members), None, tmp_path / "v", settings())
+    assert "\n" not in str(caught.value)
+
+
+def test_only_bad_names_is_the_bad_files_message(tmp_path, ingest_make_zip, ingest_encode_image):
+    members = {"d/x.png": ingest_encode_image(random_pixels(1)), "e/y.png": ingest_encode_image(random_pixels(2))}
+    with pytest.raises(IngestError, match=r"(?s)2 bad file\(s\).*unknown class"):
+        ingest_vision(ingest_make_zip("bad.zip", members), ["Dent", "Good"], tmp_path / "v", settings())

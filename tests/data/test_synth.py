@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -207,7 +208,7 @@ def test_slug_of_a_name_without_letters_or_digits_and_of_a_long_name():
     (["Dent", ".."], r"'\.\.' is a relative folder reference"),
     (["Dent", " "], r"' ' is empty"),
     (["Crazing", "Cr"], r"ingest could not read back.*share the spelling 'cr'"),
-    (["Dent", "Test"], r"class 'Test': ingest could not read back.*both a train and a test folder"),
+    (["Dent", "Test"], r"class 'Test': ingest could not read back.*more than one split folder"),
     (["Dent", "__MACOSX"], r"class '__MACOSX': ingest would skip"),
     (["Rust-spot", "Rust spot"], r"ingest could not read back.*file-name prefix"),
 ])
@@ -488,3 +489,21 @@ def test_stage_and_ingest_with_custom_classes(tmp_path):
     for dataset, classes in (("vision", params["vision"]["classes"]), ("acoustic", params["audio"]["classes"])):
         manifest = pd.read_parquet(tmp_path / "data" / "interim" / dataset / "manifest.parquet")
         assert sorted(manifest["class"].unique()) == sorted(classes), dataset
+
+
+def test_stage_draws_the_book_classes_for_auto_and_ingest_finds_them(tmp_path):
+    params = _tiny_params(clips_per_class=5)
+    params["vision"]["classes"] = params["audio"]["classes"] = "auto"
+    params["ingest"].update(vision_archive="out/sample/NEU-data-TrainTest.zip",
+                            acoustic_archive="out/sample/AirCompressor_Data.zip")
+    result = _run_stage(tmp_path, params)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "out/sample/NEU-data-TrainTest.zip") as archive:
+        assert {name.split("/")[2] for name in archive.namelist()} == set(VISION_CLASSES)
+    env = {**os.environ, "VAPM_NO_PROGRESS": "1"}
+    ingest = subprocess.run([sys.executable, str(REPO / "stages" / "ingest.py")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    report = json.loads((tmp_path / "metrics" / "ingest_report.json").read_text())
+    assert report["vision"]["classes"] == sorted(VISION_CLASSES)
+    assert report["acoustic"]["classes"] == sorted(AUDIO_CLASSES)

@@ -4,6 +4,7 @@ Reads names only, so every check here runs before any member is read.
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,8 +91,11 @@ def _pair_masks(raw_masks: list[tuple[str, str, zipfile.ZipInfo]], candidates: l
     return masks
 
 
-def check_class_counts(found: Found, layout: Layout, fail: Callable[[str], Exception]) -> None:
+def check_class_counts(found: Found, layout: Layout, fail: Callable[[str], Exception],
+                       test_fraction: float | None = None) -> None:
     """Before any member is read: every class has files, enough of them to split, in every split it needs."""
+    if not found.candidates:
+        return  # every data file was refused by name: the bad files say why
     if layout.classes is None and len(found.classes) == 1:
         raise fail(f"classes: auto found one class only ({found.classes[0]!r}); a classifier needs two or more. "
                    f"If the class is in the file name or elsewhere in the path, give {layout.pattern_key}")
@@ -112,6 +116,13 @@ def check_class_counts(found: Found, layout: Layout, fail: Callable[[str], Excep
     if short:
         raise fail(f"too few files to split: {'; '.join(short)} (every class needs at least one train and one "
                    "test file); add files or leave the class out")
+    if test_fraction is not None and found.candidates[0].archive_split is None:  # a stratified split
+        n, k = len(found.candidates), len(found.classes)
+        n_test = math.ceil(test_fraction * n)
+        if n_test < k or n - n_test < k:
+            raise fail(f"ingest.test_fraction {test_fraction:g} of {n} files gives {n_test} test and {n - n_test} "
+                       f"train files, but a stratified split of {k} classes needs at least {k} in each; add files or "
+                       "change ingest.test_fraction")
 
 
 def _split(candidate: Candidate) -> str:

@@ -159,7 +159,7 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
                        f"(e.g. {examples})")
         extensions = IMAGE_EXTENSIONS if audio_target is None else AUDIO_EXTENSIONS
         raise fail(f"no data files ({', '.join(extensions)}) among its {len(members)} members")
-    check_class_counts(found, layout, fail)
+    check_class_counts(found, layout, fail, settings.test_fraction)
     # Members over the size limit are refused unread, so they do not count as work.
     work_bytes = sum(min(candidate.info.file_size, settings.limits.max_member_bytes) for candidate in candidates)
     n_jobs = settings.n_jobs if work_bytes >= PARALLEL_MIN_BYTES else 1
