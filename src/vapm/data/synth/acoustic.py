@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vapm.core.progress import progress
-from vapm.data.synth.archive import (BuiltArchive, SynthError, check_class_list, digest_unit, member_rng, name_digest,
+from vapm.data.synth.archive import (BuiltArchive, check_class_list, digest_unit, member_rng, name_digest,
                                      write_zip)
 
 ACOUSTIC_ROOT = "AirCompressor_Data"
