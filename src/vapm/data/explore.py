@@ -1,7 +1,8 @@
 """The book's pictures of the data, made after ingest: what the pipeline is about to learn from.
 
     metrics/explore/class_counts.png           items per class and split, both datasets
-    metrics/explore/neu_<Class>.png            a 4x4 grid of training images of each steel-defect class
+    metrics/explore/neu_<Class>.png            a 4x4 grid of training images of each image class (their defect
+                                               masks outlined, when ingest paired some)
     metrics/explore/compressor_<State>.png     waveform and log-mel spectrogram of one clip per compressor state
 
 Deterministic: the same data give the same bytes (first items in manifest order, no timestamps).
@@ -35,8 +36,8 @@ def _save(figure, path: Path) -> Path:
 def class_counts_png(vision: pd.DataFrame, acoustic: pd.DataFrame, path: Path) -> Path:
     """Stacked train/test bars of items per class, one panel per dataset."""
     figure = _figure(11, 4)
-    for position, (manifest, title) in enumerate([(vision, "NEU steel surface (images)"),
-                                                  (acoustic, "air compressor (clips)")], start=1):
+    for position, (manifest, title) in enumerate([(vision, "images (vision.classes)"),
+                                                  (acoustic, "sound clips (audio.classes)")], start=1):
         axes = figure.add_subplot(1, 2, position)
         counts = manifest.groupby(["class", "split"]).size().unstack(fill_value=0).reindex(
             columns=["train", "test"], fill_value=0)
@@ -55,14 +56,22 @@ def class_counts_png(vision: pd.DataFrame, acoustic: pd.DataFrame, path: Path) -
     return _save(figure, path)
 
 
-def neu_grid_png(images: list[np.ndarray], class_name: str, path: Path) -> Path:
+def neu_grid_png(images: list[np.ndarray], class_name: str, path: Path,
+                 masks: list[np.ndarray | None] | None = None) -> Path:
+    """A grid of a class's images; a defect mask, where there is one, outlined in red."""
     figure = _figure(6, 6.4)
+    masks = masks or [None] * len(images)
     for i in range(GRID * GRID):
         axes = figure.add_subplot(GRID, GRID, i + 1)
         axes.axis("off")
         if i < len(images):
             axes.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-    figure.suptitle(f"NEU {class_name}: {min(len(images), GRID * GRID)} training images")
+            if masks[i] is not None and masks[i].any():
+                axes.contour(masks[i], levels=[0.5], colors="#e03030", linewidths=0.8)
+    shown = min(len(images), GRID * GRID)
+    outlined = sum(1 for mask in masks[:shown] if mask is not None)
+    note = f", {outlined} with a defect mask (outlined)" if outlined else ""
+    figure.suptitle(f"{class_name}: {shown} training images{note}")
     figure.tight_layout()
     return _save(figure, path)
 
@@ -75,7 +84,7 @@ def compressor_png(clip: np.ndarray, log_mel: np.ndarray, sample_rate: float, ho
     wave.set_xlim(0, len(clip) / sample_rate)
     wave.set_xlabel("time (s)")
     wave.set_ylabel("amplitude")
-    wave.set_title(f"compressor state {state}: waveform")
+    wave.set_title(f"{state}: waveform of one training clip")
     extent = (0, log_mel.shape[1] * hop_length / sample_rate, 0, log_mel.shape[0])
     image = spectrogram.imshow(log_mel, origin="lower", aspect="auto", cmap="magma", extent=extent)
     figure.colorbar(image, ax=spectrogram, label="dB (re amplitude 1)")
@@ -98,11 +107,16 @@ def explore(vision_dir: Path, acoustic_dir: Path, image_record: Any, out_dir: Pa
     acoustic = pd.read_parquet(acoustic_dir / "manifest.parquet").sort_values("item").reset_index(drop=True)
     written = [class_counts_png(vision, acoustic, out_dir / "class_counts.png")]
     pixels = np.load(vision_dir / "pixels.npy", mmap_mode="r")
+    mask_path = vision_dir / "masks.npy"
+    masks = np.load(mask_path, mmap_mode="r") if mask_path.is_file() else None
     for name, items in first_per_class(vision, "train", GRID * GRID).items():
         rows = vision.loc[items]
-        images = [np.asarray(pixels[o:o + h * w]).reshape(h, w) for o, h, w in zip(rows["offset"], rows["height"],
-                                                                                    rows["width"])]
-        written.append(neu_grid_png(images, name, out_dir / f"neu_{name}.png"))
+        where = list(zip(rows["offset"], rows["height"], rows["width"]))
+        images = [np.asarray(pixels[o:o + h * w]).reshape(h, w) for o, h, w in where]
+        has_mask = rows["mask_file"].astype(str).ne("").tolist() if "mask_file" in rows else [False] * len(rows)
+        image_masks = [np.asarray(masks[o:o + h * w]).reshape(h, w) if masks is not None and paired else None
+                       for (o, h, w), paired in zip(where, has_mask)]
+        written.append(neu_grid_png(images, name, out_dir / f"neu_{name}.png", image_masks))
     clips = np.load(acoustic_dir / "clips.npy", mmap_mode="r")
     for name, items in first_per_class(acoustic, "train", 1).items():
         clip = np.asarray(clips[items[0]], dtype=np.float64)
