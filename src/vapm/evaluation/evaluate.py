@@ -86,12 +86,12 @@ HEADLINE_FILE = "headline.json"
 
 def write_headline(metrics_dir: Path, scores: dict[str, dict[str, Any]]) -> Path:
     """metrics/headline.json: each model's headline numbers (a detector's AUC; a classifier's accuracy, balanced
-    accuracy, macro-F1 and the majority-class baseline they should beat).
+    accuracy and the majority-class baseline they should beat; macro-F1 and the intervals are in scores/).
 
     DVC names a metric column `file:key` when the key is in several metric files, so per-model files of the
     same keys made `dvc exp show` hundreds of columns wide; one file of distinct keys keeps it readable.
     """
-    headline_scores = {name: {key: values[key] for key in (("auc",) if "auc" in values else ("acc", "bal_acc", "f1", "baseline"))
+    headline_scores = {name: {key: values[key] for key in (("auc",) if "auc" in values else ("acc", "bal_acc", "baseline"))
                               if key in values} for name, values in scores.items()}
     return write_metrics_json(metrics_dir / HEADLINE_FILE, headline_scores)
 
