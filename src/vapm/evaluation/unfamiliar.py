@@ -5,6 +5,8 @@ identity by the Ledoit-Wolf estimate so that it stays invertible with few items 
 the smallest squared distance to a class mean. The threshold is the (1 - false_flag_rate) quantile of held-out
 in-distribution scores, so at most that share of familiar items is flagged. k-nearest-neighbour distance is the
 other measure the issue asks to compare; both are fitted from (features, labels) of the training split.
+Here for now as pure functions; the trainers will fit the scorer when issue 26 wires it in (then in
+models.components).
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Temperature scaling (Guo et al., 2017) divides the log-probabilities by one scal
 changes how sure the model says it is, never which class it picks. T is fitted by minimising the log-loss of the
 validation split (a bounded 1-D search over log T), so a model that was never over- or under-confident keeps
 T near 1.
+Here for now as pure functions; the trainers will fit the temperature when issue 26 wires it in (the models layer
+cannot import evaluation, so the module moves to models.components then).
 """
 from __future__ import annotations
 

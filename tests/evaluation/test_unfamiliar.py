@@ -1,10 +1,10 @@
-"""Unfamiliar-input scores (vapm.models.components.unfamiliar): familiar items pass, shifted ones are flagged."""
+"""Unfamiliar-input scores (vapm.evaluation.unfamiliar): familiar items pass, shifted ones are flagged."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vapm.models.components.unfamiliar import fit_mahalanobis, fit_neighbours, flag_threshold
+from vapm.evaluation.unfamiliar import fit_mahalanobis, fit_neighbours, flag_threshold
 
 
 def clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
