@@ -107,7 +107,7 @@ def check_class_counts(found: Found, layout: Layout, fail: Callable[[str], Excep
                    f"{'it' if len(missing) == 1 else 'them'} (classes with files: {present}); fix the list, "
                    f"or set {layout.classes_key}: auto")
     if found.candidates and found.candidates[0].archive_split is not None:
-        splits = Counter((candidate.class_name, _split(candidate)) for candidate in found.candidates)
+        splits = Counter((candidate.class_name, candidate.split) for candidate in found.candidates)
         short = [f"{name} has no {split} files" for name in found.classes for split in ("train", "test")
                  if splits[name, split] == 0]
     else:
@@ -124,6 +124,3 @@ def check_class_counts(found: Found, layout: Layout, fail: Callable[[str], Excep
                        f"train files, but a stratified split of {k} classes needs at least {k} in each; add files or "
                        "change ingest.test_fraction")
 
-
-def _split(candidate: Candidate) -> str:
-    return "train" if candidate.archive_split == "validation" else candidate.archive_split

@@ -29,14 +29,19 @@ class Candidate:
     def file(self) -> str:
         return self.info.filename
 
+    @property
+    def split(self) -> str | None:
+        """The archive's split as the models use it: a validation folder joins train (vapm.data.ingest.labels)."""
+        return "train" if self.archive_split == "validation" else self.archive_split
+
 
 def assign_splits(kept: list[Candidate], classes: list[str], settings: IngestSettings, report: IngestReport,
                    fail: Callable[[str], Exception]) -> list[str]:
     """The archive's own train/test folders when it has them, else a seeded stratified split."""
     if not kept:
         raise fail("no usable files left")
-    if report.split_source == "archive":  # a validation folder joins train (vapm.data.ingest.labels)
-        return ["test" if candidate.archive_split == "test" else "train" for candidate in kept]
+    if report.split_source == "archive":
+        return [candidate.split for candidate in kept]
     from sklearn.model_selection import train_test_split  # imported here: worker processes never need it
 
     labels = np.array([classes.index(candidate.class_name) for candidate in kept])
