@@ -21,12 +21,18 @@ from vapm.artefacts.keras import KerasArtefact
 from vapm.artefacts.sklearn import SklearnArtefact
 
 
+# How a saved model answers: "onnx" with the light files training exported and checked (ONNX Runtime for
+# networks, NumPy for the linear SVM and the statistical detectors), "native" with the libraries it was trained in.
+RUNTIMES = ("onnx", "native")
+
+
 class Artefact(Protocol):
     kind: str
     filename: str
 
     def save(self, model: Any, folder: Path) -> Path: ...
-    def load(self, folder: Path) -> Any: ...
+    def export(self, model: Any, folder: Path, check_inputs: Any) -> dict[str, Any]: ...
+    def load(self, folder: Path, runtime: str = "onnx") -> Any: ...
     def scores(self, model: Any, x: Any) -> np.ndarray: ...
 
 
@@ -40,4 +46,4 @@ def artefact(kind: str) -> Artefact:
     return ARTEFACTS[kind]
 
 
-__all__ = ["ARTEFACTS", "Artefact", "ArtefactError", "artefact"]
+__all__ = ["ARTEFACTS", "RUNTIMES", "Artefact", "ArtefactError", "artefact"]

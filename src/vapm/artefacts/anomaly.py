@@ -20,7 +20,7 @@ class AnomalyArtefact:
             stable_keras_file(keras_file)
         return path
 
-    def load(self, folder: Path) -> Any:
+    def load(self, folder: Path, runtime: str = "onnx") -> Any:
         # Imported here: the detector's code loads only where such a model is used.
         from vapm.models.acoustic_anomaly.model import AnomalyModel
 

@@ -1,4 +1,8 @@
-"""Keras models (`artefact: keras`): model.keras, an uncompiled copy with deterministic bytes."""
+"""Keras models (`artefact: keras`): model.keras, an uncompiled copy with deterministic bytes, and its ONNX export.
+
+Runtime "onnx" (the default for predict, serving and the monitor) answers with model.onnx through ONNX Runtime
+and never imports TensorFlow; runtime "native" loads model.keras with Keras, as training does.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vapm.artefacts.errors import ArtefactError
+from vapm.artefacts.onnx import ONNX_FILE, OnnxModel, export_checked, open_session
 from vapm.artefacts.zipfiles import stable_keras_file
 
 
@@ -25,7 +30,14 @@ class KerasArtefact:
         stable_keras_file(path)
         return path
 
-    def load(self, folder: Path) -> Any:
+    def export(self, model: Any, folder: Path, check_inputs: Any) -> dict[str, Any]:
+        """model.onnx, checked against Keras on `check_inputs`; what the record says and what the check found."""
+        check = export_checked(model, folder, check_inputs)
+        return {"runtimes": {"onnx": ONNX_FILE}, "check": {"onnx": check.as_dict()}}
+
+    def load(self, folder: Path, runtime: str = "onnx") -> Any:
+        if runtime != "native":
+            return open_session(Path(folder) / ONNX_FILE)
         import keras
 
         path = Path(folder) / self.filename
@@ -34,4 +46,6 @@ class KerasArtefact:
         return keras.models.load_model(path, compile=False)
 
     def scores(self, model: Any, x: Any) -> np.ndarray:
+        if isinstance(model, OnnxModel):
+            return model.scores(x)
         return np.asarray(model.predict(np.asarray(x), batch_size=256, verbose=0), dtype=np.float32)

@@ -23,7 +23,7 @@ class SklearnArtefact:
         stable_skops_file(path)
         return path
 
-    def load(self, folder: Path) -> Any:
+    def load(self, folder: Path, runtime: str = "onnx") -> Any:
         """Load model.skops, trusting only types from scikit-learn and numpy (what our pipelines hold)."""
         import skops.io
 

@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from vapm.cli.predict import RUNTIME_CHOICES, add_runtime_option
 from vapm.core.errors import VapmError, one_line
 from vapm.serving.monitor import ALERT_LOG, DEFAULT_MAX_FILE_BYTES, MAX_FILE_MB, STATE_FILE, Monitor, MonitorError
 from vapm.serving.warm_models import load_models
@@ -43,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"({DEFAULT_MAX_FILE_BYTES // 2**20}, ingest.max_member_mb's default)")
     parser.add_argument("--poll", action="store_true", help="poll the folder instead of inotify (network drives)")
     parser.add_argument("--once", action="store_true", help="score what is there now, then stop")
+    add_runtime_option(parser)
     args = parser.parse_args(argv)
     stop_on_signals()
     try:
         if not args.folder.is_dir():
             raise MonitorError(f"{shown(str(args.folder))} is not a folder: create it, or give the folder files "
                                f"arrive in")
-        monitor = Monitor(args.folder, load_models(args.model), set(args.normal), args.alerts, args.state,
+        monitor = Monitor(args.folder, load_models(args.model, RUNTIME_CHOICES[args.runtime]), set(args.normal), args.alerts, args.state,
                           args.settle, max_file_bytes=args.max_file_mb)
         names = ", ".join(f"{shown(m.name)} (version {shown(m.version or 'local')})" for m in monitor.models)
         print(f"watching {shown(str(monitor.folder))} with {names}; alert log {shown(str(monitor.alert_log))}",

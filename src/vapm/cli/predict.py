@@ -42,16 +42,27 @@ def read_files(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict[str
     return files, errors
 
 
+RUNTIME_CHOICES = {"onnx": "onnx", "keras": "native", "native": "native"}
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=list(RUNTIME_CHOICES), default="onnx", type=str.lower,
+                        help="onnx (default): the files training exported and checked, through ONNX Runtime for "
+                             "networks and NumPy for the SVM and detectors, without TensorFlow or scikit-learn; "
+                             "keras (or native): the model as trained, with Keras or scikit-learn")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vapm predict", description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="a trained model folder, e.g. models/vision_scratch or models/acoustic_svm")
     parser.add_argument("files", nargs="+", help="images (.jpg/.png/.bmp) or recordings (.wav/.flac/.dat)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of one line per file")
+    add_runtime_option(parser)
     args = parser.parse_args(argv)
     from vapm.serving.loading import load_model
 
     try:
-        model = load_model(args.model_dir)
+        model = load_model(args.model_dir, runtime=RUNTIME_CHOICES[args.runtime])
     except VapmError as err:
         print(f"predict: {one_line(str(err))}", file=sys.stderr)
         return 1

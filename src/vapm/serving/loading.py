@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vapm.artefacts import artefact
+from vapm.artefacts import RUNTIMES, artefact
 from vapm.artefacts.record import read_model_record
 from vapm.core.errors import VapmError, one_line
 from vapm.data.features.records import InputRecord, raw_suffixes, record_from_dict, suffix_of
@@ -104,10 +104,16 @@ class LoadedModel:
         return results  # type: ignore[return-value]
 
 
-def load_model(folder: str | Path, version: str | None = None) -> LoadedModel:
-    """A trained model folder (models/<name>/, or the copy inside an MLflow model), ready to score files."""
+def load_model(folder: str | Path, version: str | None = None, runtime: str = "onnx") -> LoadedModel:
+    """A trained model folder (models/<name>/, or the copy inside an MLflow model), ready to score files.
+
+    runtime "onnx" (the default) answers with the light files training exported and checked (model.onnx through
+    ONNX Runtime; plain NumPy for the SVM and the statistical detectors); "native" with the training libraries.
+    """
+    if runtime not in RUNTIMES:
+        raise InferenceError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     folder = Path(folder)
     record = read_model_record(folder)
     adapter = artefact(record["artefact"])
     return LoadedModel(folder=folder, record=record, input=record_from_dict(record["input"], str(folder)),
-                       model=adapter.load(folder), version=version, _artefact=adapter)
+                       model=adapter.load(folder, runtime), version=version, _artefact=adapter)

@@ -33,11 +33,11 @@ def model_suffixes(model: Any) -> tuple[str, ...]:
     return raw_suffixes(model.input)
 
 
-def load_models(model_dirs: list[str]) -> list[Any]:
-    """Each model loaded once, and warmed up on a synthetic file."""
+def load_models(model_dirs: list[str], runtime: str = "onnx") -> list[Any]:
+    """Each model loaded once (runtime: see vapm.serving.loading.load_model), and warmed up on a synthetic file."""
     from vapm.serving.loading import load_model
 
-    models = [load_model(folder) for folder in model_dirs]
+    models = [load_model(folder, runtime=runtime) for folder in model_dirs]
     for model in models:
         warm_up(model)
     return models

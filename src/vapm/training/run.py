@@ -42,7 +42,8 @@ def used_features(job: TrainingJob, trained: Trained):
     return trained.features if trained.features is not None else job.features
 
 
-def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[str, Any]:
+def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained,
+                 runtimes: dict[str, str] | None = None) -> dict[str, Any]:
     """The saved record: everything predict, serving and evaluation need to use the model without params.yaml."""
     features = used_features(job, trained)
     return {
@@ -60,6 +61,7 @@ def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[
         "n_test": int(len(trained.split.test)),
         "train_class_counts": dict(zip(job.class_names, train_labels(job, trained, len(job.class_names)).tolist())),
         "details": trained.details,
+        "runtimes": dict(runtimes or {}),
     }
 
 
@@ -107,15 +109,19 @@ def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained
     table.to_parquet(path, index=False)
 
 
-def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained) -> None:
-    """Write models/<name>/ whole: into a sibling temp folder first, then swap it in."""
+def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[str, Any]:
+    """Write models/<name>/ whole: into a sibling temp folder first, then swap it in. Returns what the export
+    checks found (the light runtimes' files are checked against the trained model on the whole test split)."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        artefact(entry.artefact).save(trained.model, staging)
+        adapter = artefact(entry.artefact)
+        adapter.save(trained.model, staging)
         test, features = trained.split.test, used_features(job, trained)
+        export = getattr(adapter, "export", None)
+        exported = export(trained.model, staging, features.x[test]) if export else {}
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
                           job.class_names)
         if trained.history is not None:
@@ -124,7 +130,7 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
             table.to_csv(staging / f"{name}.csv", index=False)
         for name, document in trained.documents.items():
             write_json(staging / f"{name}.json", document)
-        write_model_record(staging, model_record(entry, job, trained))
+        write_model_record(staging, model_record(entry, job, trained, exported.get("runtimes")))
         if job.live_dir is not None and Path(job.live_dir).is_dir():
             shutil.copytree(job.live_dir, staging / LIVE_DIR)
         shutil.rmtree(folder, ignore_errors=True)
@@ -132,6 +138,16 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return exported.get("check", {})
+
+
+def export_line(name: str, checks: dict[str, Any]) -> str | None:
+    """What the export check found, for the console: one line, or None when the model has no light runtime."""
+    if "onnx" not in checks:
+        return None
+    check = checks["onnx"]
+    return (f"{name}: model.onnx answers as the trained model on all {check['items']} test items (largest "
+            f"probability difference {check['max_abs_difference']:.2g})")
 
 
 def data_fingerprint(entry: ModelEntry, features) -> Path:
@@ -149,7 +165,8 @@ def data_sha256(job: TrainingJob, trained: Trained) -> str | None:
     return job.data_manifest_sha256
 
 
-def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings) -> None:
+def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings,
+            checks: dict[str, Any] | None = None) -> None:
     """One MLflow run: params, per-epoch history, test results with the confusion picture, the model."""
     from vapm.evaluation.figures import save_confusion_png
     from vapm.evaluation.metrics import classification_summary
@@ -171,7 +188,9 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
         if trained.history is not None:
             tracking.log_history(trained.history)
         tracking.log_metrics({**{f"{name}_seconds": value for name, value in trained.seconds.items()},
-                              **trained.metrics})
+                              **trained.metrics,
+                              **{f"{runtime}_export_max_abs_difference": check["max_abs_difference"]
+                                 for runtime, check in (checks or {}).items()}})
         summary = classification_summary(y_true, y_pred, outcome_names, train_outcome_counts(job, trained))
         with tempfile.TemporaryDirectory() as scratch:
             png = save_confusion_png(y_true, y_pred, outcome_names, Path(scratch) / "confusion_test.png",
@@ -235,7 +254,9 @@ def run_training(name: str) -> Trained:
         if np.shape(trained.test_scores) != expected:
             raise TrainingError(f"{entry.trainer} returned test scores of shape {np.shape(trained.test_scores)}, "
                                 f"expected {expected}")
-        save_outputs(paths.model_dir(name), entry, job, trained)
+        checks = save_outputs(paths.model_dir(name), entry, job, trained)
     print(summary_line(name, job, trained), flush=True)
-    log_run(entry, job, trained, settings)
+    if line := export_line(name, checks):
+        print(line, flush=True)
+    log_run(entry, job, trained, settings, checks)
     return trained
