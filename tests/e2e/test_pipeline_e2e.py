@@ -233,6 +233,23 @@ def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, readme_f
     assert "strip_0412.jpg: " in missing.stdout and "Traceback" not in missing.stderr  # the other file still classified
 
 
+def test_every_network_answers_the_same_through_onnx_runtime_and_keras(pipeline: Path, readme_files):
+    # The train stage already checked model.onnx on the whole test split (it fails otherwise); this checks the
+    # command a user runs, on new raw files, through both runtimes.
+    for model, files in (("vision_scratch", ["strip_0412.jpg", "strip_0413.jpg"]),
+                         ("vision_transfer", ["strip_0412.jpg", "strip_0413.jpg"]),
+                         ("acoustic_cnn", ["compressor.wav", "preprocess_Reading7.dat"])):
+        assert (pipeline / "models" / model / "model.onnx").is_file()
+        record = json.loads((pipeline / "models" / model / "record.json").read_text())
+        assert record["runtimes"] == {"onnx": "model.onnx"}
+        answers = {runtime: json.loads(run(["vapm", "predict", f"models/{model}", *files, "--json", "--runtime",
+                                            runtime], pipeline).stdout) for runtime in ("onnx", "keras")}
+        for onnx_answer, keras_answer in zip(answers["onnx"], answers["keras"], strict=True):
+            assert onnx_answer["class"] == keras_answer["class"], model
+            for name, p in keras_answer["probabilities"].items():
+                assert onnx_answer["probabilities"][name] == pytest.approx(p, abs=1e-5), model
+
+
 def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, readme_files):
     server = start_readme_command(
         "mlflow models serve -m models:/vapm-acoustic_cnn@champion --env-manager local -h 127.0.0.1 -p 5001", pipeline)

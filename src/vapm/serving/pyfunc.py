@@ -25,8 +25,10 @@ from vapm.core.errors import VapmError
 MODEL_FOLDER_ARTIFACT = "model_folder"
 REQUEST_COLUMNS = ("file", "data")
 # What the served model needs besides Python (pinned to this environment; `--env-manager local` uses it as is).
-REQUIREMENTS = ("numpy", "pandas", "pydantic", "pillow", "soundfile", "soxr", "librosa", "PyWavelets", "scikit-learn",
-                "skops", "keras", "tensorflow-cpu", "mlflow")
+# It answers through ONNX Runtime (networks) and NumPy (the SVM, the statistical detectors): no TensorFlow or Keras.
+# scikit-learn and skops load an SVM folder saved before its NumPy export existed.
+REQUIREMENTS = ("numpy", "pandas", "pydantic", "pillow", "soundfile", "soxr", "PyWavelets", "onnxruntime",
+                "scikit-learn", "skops", "mlflow")
 
 
 class ServingError(VapmError, ValueError):
