@@ -216,6 +216,14 @@ def run_pipeline(repo: Path, env: dict[str, str], log, result: dict[str, Any], s
     timed_run(command, repo, env, log)
     result["monitor"] = json.loads(monitor_out.with_suffix(".json").read_text())
     write_results(result, out)
+    print("[bench] cold predict (each model, each runtime) ...", flush=True)
+    cold_out = Path(f"{out.with_suffix('')}-cold-start").resolve()
+    command = [sys.executable, "-m", "vapm.bench.cold_start", "--out", str(cold_out)]
+    for archive in archives:
+        command += ["--archive", archive]
+    timed_run(command, repo, env, log)
+    result["cold_start"] = json.loads(cold_out.with_suffix(".json").read_text())
+    write_results(result, out)
     if crossval:
         print("[bench] crossval ...", flush=True)
         result["crossval_timing"] = timed_run([sys.executable, "-m", "vapm", "crossval"], repo, env, log)

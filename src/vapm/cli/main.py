@@ -6,6 +6,7 @@
     vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
     vapm crossval [MODEL...]           k-fold evaluation of registered classifiers
     vapm bench [...]                   time the pipeline on given archives
+    vapm bench-predict                 cold `vapm predict` of one file per model, each runtime: time and memory
 
 The pipeline itself runs through DVC (`dvc repro`, `dvc exp run`). TensorFlow's and absl's own log lines
 (oneDNN notices, grappler errors about its own graphs) are kept off stderr unless `--verbose` is given.
@@ -25,6 +26,7 @@ COMMANDS = {
     "crossval": ("vapm.cli.crossval", "k-fold evaluation of registered classifiers"),
     "bench": ("vapm.bench.pipeline", "time the pipeline on given archives"),
     "bench-monitor": ("vapm.bench.monitor", "latency and throughput of the folder monitor"),
+    "bench-predict": ("vapm.bench.cold_start", "cold `vapm predict` per model and runtime: wall time and memory"),
 }
 
 
