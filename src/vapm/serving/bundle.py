@@ -108,11 +108,11 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
         takes = "images: JPEG (.jpg, .jpeg), PNG (.png) or BMP (.bmp), any size, grey or colour"
         needs = "numpy onnxruntime pillow"
         steps = [
-            "open the file with Pillow (its content must match its suffix) and turn it grey as vapm does: 16-bit "
-            "grey keeps its high byte, transparent pixels show white, colour becomes ITU-R 601-2 luminance "
-            "(Pillow's `convert(\"L\")`), uint8",
-            f"make it square by `{settings.get('resize', 'squash')}` (squash: as it is, the resize stretches it; "
-            "crop: the centre square; pad: the short side extended with the image's edge pixels)",
+            ("open the file with Pillow (its content must match its suffix) and turn it grey as vapm does: 16-bit "
+             "grey keeps its high byte, transparent pixels show white, colour becomes ITU-R 601-2 luminance "
+             "(Pillow's `convert(\"L\")`), uint8"),
+            (f"make it square by `{settings.get('resize', 'squash')}` (squash: as it is, the resize stretches it; "
+             "crop: the centre square; pad: the short side extended with the image's edge pixels)"),
             f"resize to {settings['image_size']} x {settings['image_size']} with Pillow's Lanczos filter",
             "float32 pixels 0..255 (the network scales them itself)",
         ]
@@ -128,15 +128,16 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
         needs = "numpy onnxruntime soundfile"
         steps = [
             "read the file with soundfile as float64 and average its channels (mono)",
-            f"a file at another rate is refused (this bundle does not resample; `vapm predict` resamples with soxr)",
+            "a file at another rate is refused (this bundle does not resample; `vapm predict` resamples with soxr)",
             f"pad with zeros or trim to {audio['clip_samples']} samples, stored as float32",
-            ("subtract the clip's mean, " if settings["remove_dc"] else "") +
-            f"centred STFT: zero-pad {settings['n_fft'] // 2} samples at each end, frames of {settings['n_fft']} "
-            f"samples every {settings['hop_length']}, Hann `window` (features.npz), numpy's rfft; power re^2 + im^2",
-            f"log-mel: `mel_filters` ({settings['n_mels']} bands) @ power, then decibels 10 log10(max(1e-10, p)) "
-            "re 1.0 (a fixed reference), floored 80 dB under the clip's peak",
-            f"MFCC: `dct` ({settings['n_mfcc']} x {settings.get('mfcc_mel_bands') or settings['n_mels']}, DCT-II "
-            "orthonormal) @ the decibels of `mfcc_mel_filters` @ power",
+            ("subtract the clip's mean (float64), " if settings["remove_dc"] else "") +
+            (f"centred STFT: zero-pad {settings['n_fft'] // 2} samples at each end, frames of {settings['n_fft']} "
+             f"samples every {settings['hop_length']}, Hann `window` (features.npz), numpy's rfft; power "
+             "re^2 + im^2"),
+            (f"log-mel: `mel_filters` ({settings['n_mels']} bands) @ power, then decibels 10 log10(max(1e-10, p)) "
+             "re 1.0 (a fixed reference), floored 80 dB under the clip's peak"),
+            (f"MFCC: `dct` ({settings['n_mfcc']} x {settings.get('mfcc_mel_bands') or settings['n_mels']}, DCT-II "
+             "orthonormal) @ the decibels of `mfcc_mel_filters` @ power"),
             f"stack MFCC rows on top of log-mel rows: float32 {shape}",
         ]
     lines = [
@@ -164,13 +165,13 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
         "",
         f"It takes {takes}.",
         "",
-        "`predict.py` turns each file into the network's input as vapm's training data was prepared "
-        "(settings in `record.json`, `input`):",
+        ("`predict.py` turns each file into the network's input as vapm's training data was prepared "
+         "(settings in `record.json`, `input`):"),
         "",
         *[f"{i}. {step}" for i, step in enumerate(steps, 1)],
         "",
-        f"The network (`model.onnx`, input `input`) takes float32 of shape (batch, {shape.replace(' x ', ', ')}) and "
-        "gives softmax probabilities, one column per class, in this order (also `classes.txt`):",
+        (f"The network (`model.onnx`, input `input`) takes float32 of shape (batch, {shape.replace(' x ', ', ')}) "
+         "and gives softmax probabilities, one column per class, in this order (also `classes.txt`):"),
         "",
         *[f"{i}. {c}" for i, c in enumerate(classes)],
         "",
@@ -183,10 +184,10 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
             "",
             "## int8",
             "",
-            "`model.int8.onnx` is ONNX Runtime's static quantisation of the float model (QDQ, int8 weights per "
-            f"channel, uint8 activations), calibrated on {calibration} training items. On the {int8.test_items} "
-            f"test items: float accuracy {pct(int8.float_accuracy)}, int8 accuracy {pct(int8.int8_accuracy)}, "
-            f"top-1 agreement {pct(int8.top1_agreement)} (`int8.json`). The float model stays the default.",
+            ("`model.int8.onnx` is ONNX Runtime's static quantisation of the float model (QDQ, int8 weights per "
+             f"channel, uint8 activations), calibrated on {calibration} training items. On the {int8.test_items} "
+             f"test items: float accuracy {pct(int8.float_accuracy)}, int8 accuracy {pct(int8.int8_accuracy)}, "
+             f"top-1 agreement {pct(int8.top1_agreement)} (`int8.json`). The float model stays the default."),
         ]
     return "\n".join(lines) + "\n"
 
@@ -215,7 +216,12 @@ def _features_of(record: dict[str, Any], features: str | Path | None) -> Any:
 def quantise(float_model: Path, int8_model: Path, calibration: np.ndarray, work: Path) -> None:
     """model.int8.onnx: static QDQ quantisation (int8 weights per channel, uint8 activations) calibrated on
     `calibration` (float32 model inputs)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -246,10 +252,9 @@ def add_int8(folder: Path, record: dict[str, Any], features: str | Path | None, 
     float_scores = open_session(folder / ONNX_FILE).scores(x_test) if len(test) else np.zeros((0, 1))
     int8_scores = open_session(folder / INT8_FILE).scores(x_test) if len(test) else np.zeros((0, 1))
     report = compare_int8(found.labels[test], float_scores, int8_scores)
-    write_json(folder / INT8_REPORT, {**report.as_dict(), "calibration_items": int(len(rows)),
-                                      "calibration_seed": seed, "quantisation": "QDQ, QInt8 weights per channel, "
-                                                                                "QUInt8 activations"})
-    return report, int(len(rows))
+    write_json(folder / INT8_REPORT, {**report.as_dict(), "calibration_items": len(rows), "calibration_seed": seed,
+                                      "quantisation": "QDQ, QInt8 weights per channel, QUInt8 activations"})
+    return report, len(rows)
 
 
 # ---- the bundle ----
@@ -305,7 +310,7 @@ def export_bundle(model_dir: str | Path, dest: str | Path, int8: bool = False, f
         (work / "classes.txt").write_text("".join(f"{c}\n" for c in record["classes"]))
         if record["input"]["kind"] == "acoustic_image":
             np.savez(work / FEATURES_FILE, **acoustic_matrices(record["input"]))
-        shutil.copyfile(PROGRAM, work / "predict.py")
+        shutil.copy(PROGRAM, work / "predict.py")  # with its executable bit
         report, calibrated = add_int8(work, record, features, calibration_items, seed) if int8 else (None, 0)
         (work / "README.md").write_text(readme_text(record, report, calibrated))
         check_destination(dest)
