@@ -119,18 +119,19 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
     else:
         audio = settings["audio"]
         rate = float(audio["sample_rate"])
-        takes = (f"recordings: WAV (.wav) or FLAC (.flac) recorded at exactly {rate:g} Hz, any number of channels, "
-                 f"or `.dat` text (numbers one per line or comma-separated) taken to be at {rate:g} Hz; "
+        hz = f"{rate:.0f}" if rate.is_integer() else f"{rate:.6f}"
+        takes = (f"recordings: WAV (.wav) or FLAC (.flac) recorded at exactly {hz} Hz, any number of channels, "
+                 f"or `.dat` text (numbers one per line or comma-separated) taken to be at {hz} Hz; "
                  f"{audio['clip_samples']} samples long, within +-{audio['length_tolerance']:.0%}")
         if not rate.is_integer():
-            takes += (f". {rate:g} Hz is not a whole number, so no WAV or FLAC header can state it: give such "
+            takes += (f". {hz} Hz is not a whole number, so no WAV or FLAC header can state it: give such "
                       "clips as .dat text")
         needs = "numpy onnxruntime soundfile"
         steps = [
             "read the file with soundfile as float64 and average its channels (mono)",
             "a file at another rate is refused (this bundle does not resample; `vapm predict` resamples with soxr)",
             f"pad with zeros or trim to {audio['clip_samples']} samples, stored as float32",
-            ("subtract the clip's mean (float64), " if settings["remove_dc"] else "") +
+            ("subtract the clip's mean (in float64), then a " if settings["remove_dc"] else "a ") +
             (f"centred STFT: zero-pad {settings['n_fft'] // 2} samples at each end, frames of {settings['n_fft']} "
              f"samples every {settings['hop_length']}, Hann `window` (features.npz), numpy's rfft; power "
              "re^2 + im^2"),

@@ -126,10 +126,11 @@ def read_sound(path: Path, rate: float) -> np.ndarray:
                 raise InputError(f"content is {sound.format_info}, but the name says {SOUND_SUFFIXES[path.suffix.lower()]}")
             if float(sound.samplerate) != rate:
                 whole = float(rate).is_integer()
+                hz = f"{rate:.0f}" if whole else f"{rate:.6f}"
                 raise InputError(
-                    f"recorded at {sound.samplerate} Hz; this model takes {rate:g} Hz: "
-                    + (f"record at {rate:g} Hz" if whole else
-                       f"{rate:g} Hz is not a whole number, which no WAV or FLAC header can state: give the samples "
+                    f"recorded at {sound.samplerate} Hz; this model takes {hz} Hz: "
+                    + (f"record at {hz} Hz" if whole else
+                       f"{hz} Hz is not a whole number, which no WAV or FLAC header can state: give the samples "
                        "at that rate as .dat text")
                     + " (this bundle does not resample; `vapm predict` does)")
             samples = sound.read(dtype="float64", always_2d=True)
