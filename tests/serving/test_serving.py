@@ -41,16 +41,17 @@ ACOUSTIC_RECORD = AcousticImageRecord(audio=AUDIO, n_mfcc=40, n_mels=64, mfcc_me
                                       hop_length=512, fmax=RATE / 2, remove_dc=True)
 
 
-def build_acoustic_model(folder: Path) -> None:
+def build_acoustic_model(folder: Path, record: AcousticImageRecord = ACOUSTIC_RECORD) -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 6)
-    clips = [render_clip(AUDIO_CLASSES[label], 50_000, RATE, rng) for label in labels]
-    images = np.stack([ACOUSTIC_RECORD.from_clip(clip) for clip in clips])
+    clips = [render_clip(AUDIO_CLASSES[label], record.audio.clip_samples, record.audio.sample_rate, rng)
+             for label in labels]
+    images = np.stack([record.from_clip(clip) for clip in clips])
     params = acoustic_cnn.Params(filters=4, kernel_size=4, strides=2, pool_size=2, dense_units=[8], dropout=0.0)
     job = make_job(images, labels, np.where(np.arange(18) % 3 == 0, "test", "train"), params, epochs=1)
     job = job.__class__(**{**job.__dict__, "class_names": AUDIO_CLASSES,
                            "features": job.features.__class__(**{**job.features.__dict__,
-                                                                 "record": ACOUSTIC_RECORD.to_dict()})})
+                                                                 "record": record.to_dict()})})
     set_global_seed(0)
     save_outputs(folder, load_registry(REPO_ROOT / "models.yaml")["acoustic_cnn"], job, acoustic_cnn.train(job))
 

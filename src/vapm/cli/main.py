@@ -1,6 +1,7 @@
 """The `vapm` command: one entry point for what a user runs by hand (`python -m vapm` works too).
 
     vapm predict MODEL_DIR FILE...     classify images or recordings with a trained model
+    vapm export MODEL_DIR DEST         a network as a folder for a small box (ONNX, predict.py; --int8)
     vapm monitor DIR --model MODEL_DIR watch a folder, score new files once each, log and print alerts
     vapm report [--base REF]           what a change did to the models: reports/report.md and .html
     vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
@@ -20,6 +21,7 @@ import sys
 
 COMMANDS = {
     "predict": ("vapm.cli.predict", "classify images or recordings with a trained model"),
+    "export": ("vapm.cli.export", "a trained network as a self-contained folder: ONNX model, predict.py, README"),
     "monitor": ("vapm.cli.monitor", "watch a folder and score every new image or recording, with alerts"),
     "report": ("vapm.cli.report", "compare the workspace's models with a git ref: reports/report.md and .html"),
     "preset": ("vapm.cli.preset", "turn a preset into dvc exp run -S arguments, or run it"),
