@@ -154,11 +154,14 @@ def test_a_sound_bundle_refuses_another_rate_in_one_line_naming_the_rate(work):
     assert text.returncode == 1 and len(text.stderr.strip().splitlines()) == 1 and "16000 Hz" in text.stderr
 
 
-def test_a_rate_no_wav_header_can_state_points_to_dat_text(tmp_path):
-    path = tmp_path / "clip.wav"
-    sf.write(path, np.zeros(1000), 16_667)
-    with pytest.raises(bundle_program.InputError, match="not a whole number.*give the samples at that rate as .dat"):
-        bundle_program.read_sound(path, 50_000 / 3)
+def test_a_rate_no_wav_header_can_state_is_taken_at_its_nearest_whole_number(tmp_path):
+    # 50000/3 Hz is written 16667 in a header: taken as it is; 16666 Hz is another rate, refused in one line.
+    for rate in (16_667, 16_666):
+        sf.write(tmp_path / f"{rate}.wav", np.full(1000, 0.25), rate, subtype="PCM_16")
+    assert bundle_program.read_sound(tmp_path / "16667.wav", 50_000 / 3) == pytest.approx(np.full(1000, 0.25))
+    with pytest.raises(bundle_program.InputError, match="recorded at 16666 Hz.*record at 16667 Hz .*or give the "
+                                                          "samples at that rate as .dat text"):
+        bundle_program.read_sound(tmp_path / "16666.wav", 50_000 / 3)
 
 
 def test_an_image_bundle_answers_as_vapm_predict(work):

@@ -124,8 +124,9 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
                  f"or `.dat` text (numbers one per line or comma-separated) taken to be at {hz} Hz; "
                  f"{audio['clip_samples']} samples long, within +-{audio['length_tolerance']:.0%}")
         if not rate.is_integer():
-            takes += (f". {hz} Hz is not a whole number, so no WAV or FLAC header can state it: give such "
-                      "clips as .dat text")
+            takes += (f". {hz} Hz is not a whole number, so a WAV or FLAC header states {round(rate)} Hz: such "
+                      "files are taken as they are (`vapm predict` resamples them by the ratio, a shift of at most "
+                      f"{abs(round(rate) / rate - 1):.0e}, so answers may differ slightly)")
         needs = "numpy onnxruntime soundfile"
         steps = [
             "read the file with soundfile as float64 and average its channels (mono)",

@@ -124,13 +124,17 @@ def read_sound(path: Path, rate: float) -> np.ndarray:
             found = {"WAVEX": "WAV"}.get(sound.format, sound.format)
             if found != SOUND_SUFFIXES[path.suffix.lower()]:
                 raise InputError(f"content is {sound.format_info}, but the name says {SOUND_SUFFIXES[path.suffix.lower()]}")
-            if float(sound.samplerate) != rate:
+            # A rate that is not a whole number (the compressor set's 50000/3 Hz) is written in a header as its
+            # nearest whole number: such a file is taken as it is. `vapm predict` resamples it by the ratio
+            # (2e-5 for 16667 Hz), which moves no frequency by more than 0.2 Hz: answers may differ slightly.
+            if float(sound.samplerate) != rate and not (not float(rate).is_integer()
+                                                         and sound.samplerate == round(rate)):
                 whole = float(rate).is_integer()
                 hz = f"{rate:.0f}" if whole else f"{rate:.6f}"
                 raise InputError(
                     f"recorded at {sound.samplerate} Hz; this model takes {hz} Hz: "
                     + (f"record at {hz} Hz" if whole else
-                       f"{hz} Hz is not a whole number, which no WAV or FLAC header can state: give the samples "
+                       f"record at {round(rate)} Hz (the whole number nearest {hz} Hz), or give the samples "
                        "at that rate as .dat text")
                     + " (this bundle does not resample; `vapm predict` does)")
             samples = sound.read(dtype="float64", always_2d=True)
