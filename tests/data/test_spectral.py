@@ -159,9 +159,9 @@ def assert_image_matches_librosa(ours, reference, n_mfcc):
 
 def test_project_image_matches_the_librosa_reference_on_demo_clips():
     record = project_image_record()
-    settings = dict(sample_rate=record.audio.sample_rate, n_mfcc=record.n_mfcc, n_mels=record.n_mels,
-                    n_fft=record.n_fft, hop_length=record.hop_length, fmax=record.fmax, remove_dc=record.remove_dc,
-                    mfcc_mel_bands=record.mfcc_mel_bands)
+    settings = {"sample_rate": record.audio.sample_rate, "n_mfcc": record.n_mfcc, "n_mels": record.n_mels,
+                "n_fft": record.n_fft, "hop_length": record.hop_length, "fmax": record.fmax,
+                "remove_dc": record.remove_dc, "mfcc_mel_bands": record.mfcc_mel_bands}
     for seed, state in enumerate(("Healthy", "Bearing", "Flywheel", "LIV", "LOV", "NRV", "Piston", "Riderbelt")):
         raw = render_clip(state, record.audio.clip_samples, record.audio.sample_rate, np.random.default_rng(seed))
         ours = mfcc_logmel_image(raw, **settings)
@@ -170,10 +170,12 @@ def test_project_image_matches_the_librosa_reference_on_demo_clips():
 
 
 @pytest.mark.parametrize("settings", [
-    dict(sample_rate=RATE, n_mfcc=8, n_mels=16, n_fft=256, hop_length=128, fmax=None, remove_dc=True),
-    dict(sample_rate=RATE, n_mfcc=40, n_mels=64, n_fft=2048, hop_length=512, fmax=3000.0, remove_dc=False),
-    dict(sample_rate=22_050, n_mfcc=13, n_mels=40, n_fft=1023, hop_length=300, fmax=None, remove_dc=True,
-         mfcc_mel_bands=128),
+    {"sample_rate": RATE, "n_mfcc": 8, "n_mels": 16, "n_fft": 256, "hop_length": 128, "fmax": None,
+     "remove_dc": True},
+    {"sample_rate": RATE, "n_mfcc": 40, "n_mels": 64, "n_fft": 2048, "hop_length": 512, "fmax": 3000.0,
+     "remove_dc": False},
+    {"sample_rate": 22_050, "n_mfcc": 13, "n_mels": 40, "n_fft": 1023, "hop_length": 300, "fmax": None,
+     "remove_dc": True, "mfcc_mel_bands": 128},
 ])
 def test_other_settings_match_the_librosa_reference(settings):
     raw = render_clip("Piston", 9999, settings["sample_rate"], np.random.default_rng(7))
