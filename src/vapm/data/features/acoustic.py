@@ -9,12 +9,10 @@ from typing import Any
 
 import numpy as np
 import pywt
-from librosa import stft
-from librosa.feature import mfcc as mfcc_from_log_mel
-from librosa.filters import mel as mel_filters
 
 from vapm.data.features.errors import InterimDataError
 from vapm.data.features.reproducible import SparseRows, log10_float32, sparse_row_product
+from vapm.data.features.spectral import centred_stft, dct_matrix, mel_filter_bank
 
 # Decibels use a fixed reference of 1.0 (amplitude 1 = 0 dB) rather than each clip's maximum:
 # the clips share one amplitude scale, so a louder machine state stays louder in the image (and in
@@ -56,8 +54,8 @@ def _centred(clip: np.ndarray, remove_dc: bool) -> np.ndarray:
 @lru_cache(maxsize=8)
 def _mel_basis(sample_rate: float, n_fft: int, n_mels: int, fmax: float) -> SparseRows:
     # Built once per process instead of once per clip (librosa.feature.melspectrogram rebuilds it).
-    # librosa returns float32 weights: the float64 rounding of its mel-scale log/exp cannot show in them.
-    basis = mel_filters(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax).astype(np.float64)
+    # The weights are float32, as librosa's: the float64 rounding of the mel-scale log/exp cannot show in them.
+    basis = mel_filter_bank(sample_rate, n_fft, n_mels, fmax).astype(np.float64)
     return SparseRows.from_dense(basis)
 
 
@@ -83,11 +81,13 @@ def mfcc_logmel_image(clip: np.ndarray, sample_rate: float, n_mfcc: int, n_mels:
     One centred STFT per clip; each mel power spectrogram is librosa.feature.melspectrogram's, computed so
     that its bits do not depend on the CPU: |X|**2 as re**2 + im**2 (elementwise IEEE arithmetic rather
     than a SIMD-dispatched complex abs), the mel projection summed in a fixed order rather than by BLAS,
-    and decibels from a correctly rounded log10 (docs/determinism.md).
+    and decibels from a correctly rounded log10 (docs/determinism.md). The MFCCs are librosa.feature.mfcc's
+    orthonormal DCT-II as a matrix summed in a fixed order: within about 1e-13 of scipy's FFT-based DCT.
+    The transforms are NumPy (`vapm.data.features.spectral`), so that predict does not import librosa.
     """
     signal = _centred(clip, remove_dc)
     fmax = sample_rate / 2 if fmax is None else fmax
-    spectrum = stft(signal, n_fft=n_fft, hop_length=hop_length, center=True)
+    spectrum = centred_stft(signal, n_fft, hop_length)
     power = spectrum.real ** 2 + spectrum.imag ** 2
     mel_power = sparse_row_product(_mel_basis(float(sample_rate), n_fft, n_mels, float(fmax)), power)
     log_mel = power_to_decibels(mel_power)
@@ -96,7 +96,7 @@ def mfcc_logmel_image(clip: np.ndarray, sample_rate: float, n_mfcc: int, n_mels:
     else:
         mfcc_source = power_to_decibels(
             sparse_row_product(_mel_basis(float(sample_rate), n_fft, mfcc_mel_bands, float(fmax)), power))
-    mfcc = mfcc_from_log_mel(S=mfcc_source, n_mfcc=n_mfcc)
+    mfcc = sparse_row_product(dct_matrix(n_mfcc, len(mfcc_source)), mfcc_source)
     return np.vstack([mfcc, log_mel]).astype(np.float32)
 
 

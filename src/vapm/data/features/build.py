@@ -26,9 +26,11 @@ ACOUSTIC_COLUMNS = ("item", "file", "class", "label", "split")
 # overhead is negligible. Results do not depend on it (every clip is computed alone).
 CHUNK_CLIPS = 32
 
-# A worker process spends about 3-5 CPU seconds importing librosa's scipy/numba stack before its first
-# clip, while a clip takes about 2.5 ms with the default params (1800 clips: ~5 s in one process), so
-# two workers only pay off when the work left after the first chunk is longer than this.
+# A worker process spent about 3-5 CPU seconds importing librosa's scipy/numba stack before its first
+# clip (the features now import only NumPy and pywt, about 0.3 s, plus loky's start-up; the threshold was
+# not re-tuned), while a clip takes about 2.5 ms with the default params (1800 clips: ~5 s in one process),
+# so two workers only pay off when the work left after the first chunk is longer than this. It decides how
+# many processes run, never a result.
 PARALLEL_WORTH_SECONDS = 10.0
 
 

@@ -13,7 +13,6 @@ import re
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from vapm.data.ingest.errors import DecodeError
 
@@ -121,6 +120,11 @@ def _parse_block(block: bytes, first_line: int) -> np.ndarray:
     if b"," in text:
         text = _TRAILING_COMMA.sub(b"", text)  # "1,2,\n3,4" is as common as "1,2\n3,4"
         text = text.replace(b",", b"\n")
+    # Imported here, not at the top: pandas costs about 0.5 s to import, and predict on a WAV or FLAC file
+    # (vapm.data.ingest.decode) must not pay it. Its C parser stays: its string-to-float converter ('high',
+    # not guaranteed correctly rounded) decides the last bit of the ingested clips, so another would change them.
+    import pandas as pd
+
     try:
         values = pd.read_csv(io.BytesIO(text), header=None, names=["value"], dtype=np.float64,
                              skip_blank_lines=False, engine="c")["value"].to_numpy()
