@@ -79,21 +79,22 @@ def calibration_rows(splits: np.ndarray, items: int, seed: int) -> np.ndarray:
 def acoustic_matrices(settings: dict[str, Any]) -> dict[str, np.ndarray]:
     """features.npz: float64 window, mel filter banks (n_mels and mfcc_mel_bands rows), DCT-II (ortho) matrix, and
     the scalar settings, as vapm.data.features.acoustic computes the MFCC + log-mel image."""
-    import librosa
-
     from vapm.data.features import acoustic
+    from vapm.data.features.spectral import dct_matrix, hann_window, mel_filter_bank
 
     rate, n_fft = float(settings["audio"]["sample_rate"]), int(settings["n_fft"])
     fmax = float(settings["fmax"]) if settings.get("fmax") is not None else rate / 2
 
-    def mel(bands: int) -> np.ndarray:  # librosa's float32 weights, as vapm widens them
-        return librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=bands, fmax=fmax).astype(np.float64)
+    def mel(bands: int) -> np.ndarray:  # float32 weights, widened as vapm widens them
+        return mel_filter_bank(rate, n_fft, bands, fmax).astype(np.float64)
 
     bands = int(settings.get("mfcc_mel_bands") or settings["n_mels"])
-    dct = librosa.feature.mfcc(S=np.eye(bands), n_mfcc=int(settings["n_mfcc"]))  # D @ I: the DCT rows vapm uses
-    return {"window": librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float64),
+    dct = dct_matrix(int(settings["n_mfcc"]), bands)
+    dense = np.zeros(dct.shape)
+    dense[dct.rows, dct.columns] = dct.values
+    return {"window": np.asarray(hann_window(n_fft), dtype=np.float64),
             "mel_filters": mel(int(settings["n_mels"])), "mfcc_mel_filters": mel(bands),
-            "dct": np.asarray(dct, dtype=np.float64),
+            "dct": dense,
             "sample_rate": np.float64(rate), "clip_samples": np.int64(settings["audio"]["clip_samples"]),
             "length_tolerance": np.float64(settings["audio"]["length_tolerance"]),
             "n_fft": np.int64(n_fft), "hop_length": np.int64(settings["hop_length"]),
