@@ -5,6 +5,12 @@ The registry entry's `artefact` (models.yaml) names the adapter: `keras` (model.
 model and the monitor load through it; `record` reads and writes the folder's record.json. Saved files have
 deterministic bytes (`zipfiles`).
 
+Runtimes (`RUNTIMES`, the `runtime` of `load`): `onnx`, the default, is the light one that answers fast from a
+cold start (ONNX Runtime for neural networks; plain NumPy for the linear SVM, `linear`, and the statistical anomaly
+detectors); `int8` is its quantised variant (the same as `onnx` for models without one); `native` loads with the
+library that trained the model (scikit-learn via skops, Keras). A folder saved before its light files existed is
+loaded natively whatever the runtime.
+
 Owns: the model folder's files. May import: vapm.core, vapm.config, vapm.data, vapm.models (a model's own
 classes, inside the adapter that loads them). Never training, tracking, serving or benchmarks.
 """
@@ -21,12 +27,21 @@ from vapm.artefacts.keras import KerasArtefact
 from vapm.artefacts.sklearn import SklearnArtefact
 
 
+RUNTIMES = ("onnx", "int8", "native")
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ArtefactError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
 class Artefact(Protocol):
     kind: str
     filename: str
 
     def save(self, model: Any, folder: Path) -> Path: ...
-    def load(self, folder: Path) -> Any: ...
+    def load(self, folder: Path, runtime: str = "onnx") -> Any: ...
     def scores(self, model: Any, x: Any) -> np.ndarray: ...
 
 
@@ -40,4 +55,4 @@ def artefact(kind: str) -> Artefact:
     return ARTEFACTS[kind]
 
 
-__all__ = ["ARTEFACTS", "Artefact", "ArtefactError", "artefact"]
+__all__ = ["ARTEFACTS", "RUNTIMES", "Artefact", "ArtefactError", "artefact", "check_runtime"]

@@ -25,7 +25,7 @@ class KerasArtefact:
         stable_keras_file(path)
         return path
 
-    def load(self, folder: Path) -> Any:
+    def load(self, folder: Path, runtime: str = "onnx") -> Any:
         import keras
 
         path = Path(folder) / self.filename

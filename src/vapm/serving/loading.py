@@ -55,10 +55,6 @@ class LoadedModel:
             raise InferenceError(f"{name}: {one_line(str(err))} ({self.name} takes {self.takes})") from None
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        if self.input.kind == "wavelet" or self.input.kind == "external":
-            import pandas as pd
-
-            x = pd.DataFrame(np.asarray(x), columns=self.input.feature_names)
         return self._artefact.scores(self.model, x)
 
     def result(self, name: str, scores: np.ndarray) -> dict[str, Any]:
@@ -104,10 +100,11 @@ class LoadedModel:
         return results  # type: ignore[return-value]
 
 
-def load_model(folder: str | Path, version: str | None = None) -> LoadedModel:
-    """A trained model folder (models/<name>/, or the copy inside an MLflow model), ready to score files."""
+def load_model(folder: str | Path, version: str | None = None, runtime: str = "onnx") -> LoadedModel:
+    """A trained model folder (models/<name>/, or the copy inside an MLflow model), ready to score files; `runtime`
+    is one of vapm.artefacts.RUNTIMES."""
     folder = Path(folder)
     record = read_model_record(folder)
     adapter = artefact(record["artefact"])
     return LoadedModel(folder=folder, record=record, input=record_from_dict(record["input"], str(folder)),
-                       model=adapter.load(folder), version=version, _artefact=adapter)
+                       model=adapter.load(folder, runtime), version=version, _artefact=adapter)

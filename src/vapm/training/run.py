@@ -1,7 +1,7 @@
 """The train stage for any registered model: load, train, save-and-log.
 
     models/<name>/
-      model.keras | model.skops   the trained model (registry `artefact`)
+      model.keras | model.skops   the trained model (registry `artefact`); the linear SVM also as linear.npz
       record.json                 what the model is and takes: task, artefact, classes, score kind, input
                                   record (its preprocessing), seed, split sizes, the training split's items per
                                   class (the evaluate stage's majority baseline), trainer details
