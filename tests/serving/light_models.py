@@ -33,7 +33,7 @@ def clips(audio: AudioInput, per_class: int, seed: int) -> tuple[np.ndarray, np.
 
 def wav_bytes(clip: np.ndarray, audio: AudioInput) -> bytes:
     buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(clip, dtype=np.float32), int(round(audio.sample_rate)), format="WAV",
+    sf.write(buffer, np.asarray(clip, dtype=np.float32), round(audio.sample_rate), format="WAV",
              subtype="FLOAT")
     return buffer.getvalue()
 
@@ -74,15 +74,15 @@ def build_anomaly_folder(folder: Path, audio: AudioInput = SMALL_AUDIO, method: 
                          per_class: int = 8, seed: int = 0, **spectrogram) -> Path:
     """models/acoustic_anomaly as the train stage writes it: a `method` detector fitted on synthetic Healthy
     clips (the first three quarters; the rest is the test split)."""
-    from vapm.models.acoustic_anomaly.features import SpectrogramSettings, log_mel_images
+    from vapm.models.acoustic_anomaly import features
     from vapm.models.acoustic_anomaly.model import fit_anomaly_model
     from vapm.models.acoustic_anomaly.settings import anomaly_settings
 
     settings = {"n_mels": 16, "n_fft": 256, "hop_length": 128, **spectrogram}
-    spec = SpectrogramSettings(sample_rate=audio.sample_rate, fmax=None, remove_dc=True, **settings)
+    spec = features.SpectrogramSettings(sample_rate=audio.sample_rate, fmax=None, remove_dc=True, **settings)
     x_clips, labels = clips(audio, per_class, seed)
     splits = np.where(np.arange(len(labels)) < 0.75 * len(labels), "train", "test")
-    model = fit_anomaly_model(log_mel_images(x_clips, spec), labels, splits, CLASSES,
+    model = fit_anomaly_model(features.log_mel_images(x_clips, spec), labels, splits, CLASSES,
                               settings=anomaly_settings({"method": method, "n_neighbors": 2}), spectrogram=spec,
                               seed=seed)
     folder = Path(folder)

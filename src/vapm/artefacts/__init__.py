@@ -26,7 +26,6 @@ from vapm.artefacts.errors import ArtefactError
 from vapm.artefacts.keras import KerasArtefact
 from vapm.artefacts.sklearn import SklearnArtefact
 
-
 RUNTIMES = ("onnx", "int8", "native")
 
 

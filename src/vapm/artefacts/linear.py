@@ -146,15 +146,17 @@ def check_sample(parts: dict[str, np.ndarray], rows: int = 64, seed: int = 0) ->
 
 
 def write_linear(pipeline: Any, folder: Path, skops_path: Path, sample: Any = None) -> Path | None:
-    """folder/linear.npz for a StandardScaler + LinearSVC pipeline, checked on `sample` (default: `check_sample`);
-    None (and no file) for any other model."""
+    """folder/linear.npz for a StandardScaler + LinearSVC pipeline, checked on `check_sample` and on `sample` (the
+    train stage gives the test split); None (and no file) for any other model."""
     path = Path(folder) / LINEAR_FILE
     path.unlink(missing_ok=True)  # never leave one from an earlier model in the folder
     parts = linear_parts(pipeline)
     if parts is None:
         return None
     scorer = scorer_of(parts)
-    check_scorer(pipeline, scorer, check_sample(parts) if sample is None else sample)
+    check_scorer(pipeline, scorer, check_sample(parts))
+    if sample is not None and len(sample):
+        check_scorer(pipeline, scorer, sample)
     return write_npz(path, {**parts, "source_sha256": np.asarray(file_sha256(skops_path))})
 
 

@@ -22,8 +22,8 @@ class SklearnArtefact:
     filename = "model.skops"
 
     def save(self, model: Any, folder: Path, sample: Any = None) -> Path:
-        """model.skops, and linear.npz for a StandardScaler + LinearSVC pipeline once NumPy's scores of `sample`
-        (default: rows spread like the training data) are checked to equal the pipeline's."""
+        """model.skops, and linear.npz for a StandardScaler + LinearSVC pipeline once NumPy's scores are checked to
+        equal the pipeline's on rows spread like the training data and on `sample` (e.g. the test split)."""
         import skops.io
 
         path = Path(folder) / self.filename

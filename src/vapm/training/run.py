@@ -114,8 +114,11 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        artefact(entry.artefact).save(trained.model, staging)
         test, features = trained.split.test, used_features(job, trained)
+        if entry.artefact == "sklearn":  # its NumPy form (linear.npz) is checked on the test split too
+            artefact(entry.artefact).save(trained.model, staging, sample=np.asarray(features.x[test]))
+        else:
+            artefact(entry.artefact).save(trained.model, staging)
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
                           job.class_names)
         if trained.history is not None:

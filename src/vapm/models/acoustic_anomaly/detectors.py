@@ -197,7 +197,8 @@ class MahalanobisDetector(_StatisticsDetector):
     def _fit_normal(self, normal: np.ndarray) -> None:
         if len(normal) < 2:
             raise AnomalyModelError(f"a covariance needs at least 2 normal clips, got {len(normal)}")
-        from sklearn.covariance import LedoitWolf  # fitting only: scoring a saved detector needs NumPy alone
+        # Imported here, by fitting only: scoring a saved detector needs NumPy alone.
+        from sklearn.covariance import LedoitWolf
 
         standardised = self._fitstandardiser(normal)
         estimate = LedoitWolf().fit(standardised)
