@@ -9,7 +9,7 @@ from vapm.core.errors import VapmError
 from vapm.models.acoustic_anomaly import (AnomalyModel, AnomalySettings, AutoencoderDetector, AutoencoderSettings,
                                           KnnDetector, MahalanobisDetector, fit_anomaly_model, load_detector,
                                           log_mel_images, roc_auc)
-from vapm.models.acoustic_anomaly.detectors import ARRAYS_FILE, AnomalyModelError
+from vapm.models.acoustic_anomaly.detectors import ARRAYS_FILE, AnomalyModelError, euclidean_distances
 
 HEALTHY = CLASSES.index("Healthy")
 TINY_AUTOENCODER = AutoencoderSettings(context_frames=3, hidden_units=(16,), bottleneck_units=4, epochs=3,
@@ -125,3 +125,27 @@ def test_autoencoder_is_seeded_healthy_only_and_round_trips(anomaly_data, tmp_pa
     loaded = load_detector(tmp_path / "autoencoder")
     assert isinstance(loaded, AutoencoderDetector) and loaded.settings == TINY_AUTOENCODER
     np.testing.assert_allclose(loaded.score(log_mel[test]), scores, rtol=1e-6)
+
+
+def test_knn_distances_in_numpy_equal_scipys_cdist(anomaly_data, monkeypatch):
+    """Scoring computes cdist's Euclidean distances in NumPy (predict loads no SciPy): the same values within float64
+    rounding of a sum of n squares (relative n * 2**-53 on the squared distance), also when computed in blocks."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(37, 40)) * 5, rng.normal(size=(11, 40)) * 5
+    b[3] = a[5]  # a zero distance
+    expected = cdist(a, b)
+    tolerance = 40 * 2.0 ** -53 * expected + 1e-300
+    assert np.all(np.abs(euclidean_distances(a, b) - expected) <= tolerance)
+    monkeypatch.setattr("vapm.models.acoustic_anomaly.detectors._DISTANCE_BLOCK_VALUES", 40 * 11 * 4)  # 4-row blocks
+    assert np.all(np.abs(euclidean_distances(a, b) - expected) <= tolerance)
+    assert euclidean_distances(a, b)[5, 3] == 0.0
+
+    log_mel, labels, splits = anomaly_data
+    detector = KnnDetector(n_neighbors=2).fit(log_mel[splits == "train"], labels[splits == "train"], CLASSES,
+                                              "Healthy")
+    test = log_mel[splits == "test"]
+    distances = cdist(detector._standardised(test[:, detector.bands]), detector.reference)
+    with_cdist = np.sort(distances, axis=1)[:, :2].mean(axis=1)
+    np.testing.assert_allclose(detector.score(test), with_cdist, rtol=1e-13, atol=0)

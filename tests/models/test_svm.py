@@ -183,7 +183,7 @@ def test_stage_writes_model_outputs_and_mlflow_run(tmp_path):
     assert result.returncode == 0, result.stderr
     model_dir = workspace / "models" / "acoustic_svm"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "cv_results.csv", "model.skops", "predictions.parquet", "record.json"]
+        "cv_results.csv", "linear.npz", "model.skops", "predictions.parquet", "record.json"]
     record = json.loads((model_dir / "record.json").read_text())
     assert record["details"]["best_C"] in [0.1, 1] and record["classes"] == CLASSES and record["input_shape"] == [254]
     assert record["details"]["feature_names"] == FEATURE_NAMES and record["score_kind"] == "decision"

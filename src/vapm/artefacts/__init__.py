@@ -5,6 +5,13 @@ The registry entry's `artefact` (models.yaml) names the adapter: `keras` (model.
 model and the monitor load through it; `record` reads and writes the folder's record.json. Saved files have
 deterministic bytes (`zipfiles`).
 
+Runtimes (`RUNTIMES`, the `runtime` of `load`): `onnx`, the default, is the light one that answers fast from a
+cold start (ONNX Runtime for neural networks; plain NumPy for the linear SVM, `linear`, and the statistical anomaly
+detectors); `native` loads with the library that trained the model (scikit-learn via skops, Keras). An SVM folder
+saved before its light files existed is loaded natively whatever the runtime; a network without model.onnx is an
+error that says to retrain or to ask for `--runtime keras` (loading TensorFlow unasked would defeat the point).
+int8 networks live in export bundles only (`vapm export --int8`, vapm.serving.bundle).
+
 Owns: the model folder's files. May import: vapm.core, vapm.config, vapm.data, vapm.models (a model's own
 classes, inside the adapter that loads them). Never training, tracking, serving or benchmarks.
 """
@@ -20,10 +27,13 @@ from vapm.artefacts.errors import ArtefactError
 from vapm.artefacts.keras import KerasArtefact
 from vapm.artefacts.sklearn import SklearnArtefact
 
-
-# How a saved model answers: "onnx" with the light files training exported and checked (ONNX Runtime for
-# networks, NumPy for the linear SVM and the statistical detectors), "native" with the libraries it was trained in.
 RUNTIMES = ("onnx", "native")
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ArtefactError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    return runtime
 
 
 class Artefact(Protocol):
@@ -46,4 +56,4 @@ def artefact(kind: str) -> Artefact:
     return ARTEFACTS[kind]
 
 
-__all__ = ["ARTEFACTS", "RUNTIMES", "Artefact", "ArtefactError", "artefact"]
+__all__ = ["ARTEFACTS", "RUNTIMES", "Artefact", "ArtefactError", "artefact", "check_runtime"]

@@ -21,9 +21,13 @@ class AnomalyArtefact:
         return path
 
     def load(self, folder: Path, runtime: str = "onnx") -> Any:
+        """The detector: NumPy alone for `mahalanobis` and `knn` whatever the runtime (they are plain arrays);
+        the `autoencoder` is a Keras model for now."""
         # Imported here: the detector's code loads only where such a model is used.
+        from vapm.artefacts import check_runtime
         from vapm.models.acoustic_anomaly.model import AnomalyModel
 
+        check_runtime(runtime)
         if not (Path(folder) / self.filename).is_file():
             raise ArtefactError(f"{Path(folder) / self.filename} not found: train the model first (dvc repro)")
         return AnomalyModel.load(folder)

@@ -1,4 +1,10 @@
-"""scikit-learn models (`artefact: sklearn`): model.skops, loaded trusting only scikit-learn and numpy types."""
+"""scikit-learn models (`artefact: sklearn`): model.skops, loaded trusting only scikit-learn and numpy types, and,
+for the linear SVM (StandardScaler + LinearSVC), linear.npz: the same model as plain arrays (`linear`).
+
+Runtimes: `native` loads model.skops with skops and scores with scikit-learn. `onnx` (the default) and `int8`
+load linear.npz and score with NumPy alone; a folder without linear.npz (saved before it existed, or a model
+that is not StandardScaler + LinearSVC) falls back to `native`, with the same answers, just slower to start.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vapm.artefacts.errors import ArtefactError
+from vapm.artefacts.linear import LINEAR_FILE, LinearScorer, read_linear, write_linear
 from vapm.artefacts.zipfiles import stable_skops_file
 
 
@@ -14,16 +21,29 @@ class SklearnArtefact:
     kind = "sklearn"
     filename = "model.skops"
 
-    def save(self, model: Any, folder: Path) -> Path:
+    def save(self, model: Any, folder: Path, sample: Any = None) -> Path:
+        """model.skops, and linear.npz for a StandardScaler + LinearSVC pipeline once NumPy's scores are checked to
+        equal the pipeline's on rows spread like the training data and on `sample` (e.g. the test split)."""
         import skops.io
 
         path = Path(folder) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         skops.io.dump(model, path)
         stable_skops_file(path)
+        write_linear(model, path.parent, path, sample)
         return path
 
     def load(self, folder: Path, runtime: str = "onnx") -> Any:
+        """The NumPy `LinearScorer` (runtime onnx or int8, where linear.npz exists), else the scikit-learn model."""
+        from vapm.artefacts import check_runtime
+
+        check_runtime(runtime)
+        path = Path(folder) / self.filename
+        if runtime != "native" and (Path(folder) / LINEAR_FILE).is_file():
+            return read_linear(Path(folder), path)
+        return self.load_native(folder)
+
+    def load_native(self, folder: Path) -> Any:
         """Load model.skops, trusting only types from scikit-learn and numpy (what our pipelines hold)."""
         import skops.io
 
@@ -37,7 +57,18 @@ class SklearnArtefact:
         return skops.io.load(path, trusted=untrusted)
 
     def scores(self, model: Any, x: Any) -> np.ndarray:
-        """Class probabilities where the model has them, else its decision-function values (per class)."""
+        """Class probabilities where the model has them, else its decision-function values (per class).
+
+        A plain (rows, features) array is given to a scikit-learn model as a table with the feature names it was
+        fitted with (`feature_names_in_`); the NumPy scorer takes the array as it is.
+        """
+        if isinstance(model, LinearScorer):
+            return np.asarray(model.decision_function(x), dtype=np.float64)
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None and not hasattr(x, "columns"):
+            import pandas as pd
+
+            x = pd.DataFrame(np.asarray(x), columns=list(names))
         if hasattr(model, "predict_proba"):
             return np.asarray(model.predict_proba(x), dtype=np.float64)
         return np.asarray(model.decision_function(x), dtype=np.float64)

@@ -10,6 +10,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -32,6 +34,21 @@ def repack_zip(path: Path, rewrite: dict[str, Any] | None = None, rename: dict[s
             fixed.external_attr = 0o644 << 16
             target.writestr(fixed, data)
     path.write_bytes(buffer.getvalue())
+
+
+def write_npz(path: Path, arrays: dict[str, Any]) -> Path:
+    """An .npz that `np.load(allow_pickle=False)` reads, with bytes that depend only on the arrays: members in
+    name order, uncompressed, with a fixed date (`np.savez` stamps the current time)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, member.getvalue())
+    Path(path).write_bytes(buffer.getvalue())
+    return Path(path)
 
 
 def without_save_date(data: bytes) -> bytes:

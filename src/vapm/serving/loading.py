@@ -55,10 +55,6 @@ class LoadedModel:
             raise InferenceError(f"{name}: {one_line(str(err))} ({self.name} takes {self.takes})") from None
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        if self.input.kind == "wavelet" or self.input.kind == "external":
-            import pandas as pd
-
-            x = pd.DataFrame(np.asarray(x), columns=self.input.feature_names)
         return self._artefact.scores(self.model, x)
 
     def result(self, name: str, scores: np.ndarray) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The train stage for any registered model: load, train, save-and-log.
 
     models/<name>/
-      model.keras | model.skops   the trained model (registry `artefact`)
+      model.keras | model.skops   the trained model (registry `artefact`); the linear SVM also as linear.npz
       record.json                 what the model is and takes: task, artefact, classes, score kind, input
                                   record (its preprocessing), seed, split sizes, the training split's items per
                                   class (the evaluate stage's majority baseline), trainer details
@@ -118,8 +118,11 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     staging.mkdir(parents=True)
     try:
         adapter = artefact(entry.artefact)
-        adapter.save(trained.model, staging)
         test, features = trained.split.test, used_features(job, trained)
+        if entry.artefact == "sklearn":  # its NumPy form (linear.npz) is checked on the test split too
+            adapter.save(trained.model, staging, sample=np.asarray(features.x[test]))
+        else:
+            adapter.save(trained.model, staging)
         export = getattr(adapter, "export", None)
         exported = export(trained.model, staging, features.x[test]) if export else {}
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,

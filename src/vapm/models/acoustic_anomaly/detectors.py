@@ -18,6 +18,9 @@ whatever the caller passes, and a call without any normal clip fails.
   (bands standardised on the normal clips); a clip's score is its mean squared reconstruction
   error over all its windows. Why: it learns the time-frequency patterns of normal operation
   without any assumption on their distribution, and scales to many clips.
+
+Loading and scoring a saved `mahalanobis` or `knn` detector needs NumPy alone (its arrays.npz): scikit-learn
+is imported by `fit` only, so predict starts without it.
 """
 from __future__ import annotations
 
@@ -28,8 +31,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
-from scipy.spatial.distance import cdist
-from sklearn.covariance import LedoitWolf
 
 from vapm.core.errors import VapmError
 from vapm.models.acoustic_anomaly.features import active_bands, check_statistics, frame_statistics
@@ -86,6 +87,24 @@ def standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = features.std(axis=0)
     scale[scale == 0] = 1.0
     return mean, scale
+
+
+# Rows of `a` whose differences to every row of `b` are held at once (bounds memory, not results).
+_DISTANCE_BLOCK_VALUES = 1 << 22
+
+
+def euclidean_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 (len(a), len(b)) Euclidean distances between the rows, as scipy's cdist computes them: the root of
+    the summed squared differences (not the expanded |a|^2 - 2ab + |b|^2, which cancels for near points)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need two (rows, features) arrays with as many features, got {a.shape} and {b.shape}")
+    distances = np.empty((len(a), len(b)))
+    step = max(1, _DISTANCE_BLOCK_VALUES // max(1, b.size))
+    for start in range(0, len(a), step):
+        differences = a[start:start + step, None, :] - b[None, :, :]
+        distances[start:start + step] = np.sqrt(np.einsum("ijk,ijk->ij", differences, differences))
+    return distances
 
 
 class Detector:
@@ -178,6 +197,9 @@ class MahalanobisDetector(_StatisticsDetector):
     def _fit_normal(self, normal: np.ndarray) -> None:
         if len(normal) < 2:
             raise AnomalyModelError(f"a covariance needs at least 2 normal clips, got {len(normal)}")
+        # Imported here, by fitting only: scoring a saved detector needs NumPy alone.
+        from sklearn.covariance import LedoitWolf
+
         standardised = self._fitstandardiser(normal)
         estimate = LedoitWolf().fit(standardised)
         self.location = estimate.location_
@@ -225,7 +247,7 @@ class KnnDetector(_StatisticsDetector):
 
     def _score(self, log_mel: np.ndarray) -> np.ndarray:
         """Mean Euclidean distance to the n_neighbors nearest normal training clips."""
-        distances = cdist(self._standardised(log_mel), self.reference)
+        distances = euclidean_distances(self._standardised(log_mel), self.reference)
         nearest = np.partition(distances, self.n_neighbors - 1, axis=1)[:, :self.n_neighbors]
         return nearest.mean(axis=1)
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy.stats import binomtest, rankdata
 
 
 @dataclass(frozen=True)
@@ -88,6 +87,9 @@ def roc_auc(is_abnormal: Any, scores: Any) -> float:
     whole or half numbers: a perfect separation gives exactly 1.0 rather than a sum of fractions
     that rounds to 0.9999999999999999.
     """
+    # Imported here, by evaluation only: predict imports this package and needs no SciPy.
+    from scipy.stats import rankdata
+
     labels, values = _checked(is_abnormal, scores)
     n_abnormal, n_normal = int(labels.sum()), int((~labels).sum())
     rank_sum = float(rankdata(values)[labels].sum())
@@ -133,6 +135,8 @@ def bootstrap_intervals(is_abnormal: Any, scores: Any, statistics: dict[str, Cal
 
 def rate_summary(flags: np.ndarray, confidence: float) -> dict[str, Any]:
     """Share of True flags with its count and a Wilson interval."""
+    from scipy.stats import binomtest  # here, as rankdata above
+
     flags = np.asarray(flags, dtype=bool)
     count, n = int(flags.sum()), int(flags.size)
     interval = binomtest(count, n).proportion_ci(confidence_level=confidence, method="wilson")

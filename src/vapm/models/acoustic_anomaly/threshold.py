@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
-from sklearn.model_selection import KFold
 
 QUANTILE_METHOD = "weibull"
 
@@ -116,6 +115,9 @@ def fold_indices(n_normal: int, folds: int, seed: int) -> list[tuple[np.ndarray,
     """Seeded shuffled k-fold (fit, held-out) indices into the normal train clips."""
     if not 2 <= folds <= n_normal:
         raise ValueError(f"cross-validation needs 2..{n_normal} folds for {n_normal} normal clips, got {folds}")
+    # Imported here, by fitting only: loading a detector's threshold needs NumPy alone.
+    from sklearn.model_selection import KFold
+
     splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(fit, held) for fit, held in splitter.split(np.arange(n_normal))]
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from vapm.models.components.data import DataSplit, FeatureSet
+
+if TYPE_CHECKING:  # annotations only: a trainer package's __init__ imports this, and so does predict (no pandas)
+    import pandas as pd
 
 ScoreKind = Literal["probability", "decision", "anomaly"]
 
