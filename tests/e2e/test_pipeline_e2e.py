@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, run, update_params
 from tests.readme import link_environment, readme_command, start_readme_command, stop, wait_for_http
+from vapm.artefacts.onnx import EXPORT_TOLERANCE
 from vapm.config.model_registry import load_registry
 
 pytestmark = pytest.mark.slow
@@ -247,7 +248,7 @@ def test_every_network_answers_the_same_through_onnx_runtime_and_keras(pipeline:
         for onnx_answer, keras_answer in zip(answers["onnx"], answers["keras"], strict=True):
             assert onnx_answer["class"] == keras_answer["class"], model
             for name, p in keras_answer["probabilities"].items():
-                assert onnx_answer["probabilities"][name] == pytest.approx(p, abs=1e-5), model
+                assert onnx_answer["probabilities"][name] == pytest.approx(p, abs=EXPORT_TOLERANCE), model
 
 
 def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, readme_files):

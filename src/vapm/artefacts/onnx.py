@@ -20,8 +20,11 @@ from vapm.artefacts.errors import ArtefactError
 ONNX_FILE = "model.onnx"
 OPSET = 17
 # The largest difference in any probability between Keras and ONNX Runtime that the export may show. Both run
-# float32 with different kernels and fusions: measured differences are below 4e-6 on every vapm network.
-EXPORT_TOLERANCE = 1e-5
+# float32 with different kernels, fusions and summation orders, so their logits differ by float32 rounding
+# accumulated over the network's depth, and a probability p by about p (1 - p) times that. The small CNNs differ by
+# under 1e-6; EfficientNet-Lite0 (60-odd layers) on the demo's NEU test split by 1.5e-5, where Keras's own answers
+# for one image alone and in a batch of 256 already differ by 3.2e-6 (oneDNN blocks sums by batch size).
+EXPORT_TOLERANCE = 5e-5
 INPUT_NAME = "input"
 CHECK_BATCH = 256
 
