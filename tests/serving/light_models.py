@@ -87,6 +87,8 @@ def build_anomaly_folder(folder: Path, audio: AudioInput = SMALL_AUDIO, method: 
                               seed=seed)
     folder = Path(folder)
     artefact("anomaly").save(model, folder)
-    write_model_record(folder, _record("acoustic_anomaly", "anomaly", "anomaly", ClipRecord(audio=audio),
-                                       {"method": method, "normal_class": "Healthy"}))
+    exported = artefact("anomaly").export(model, folder, x_clips[splits == "test"])  # the autoencoder's network
+    write_model_record(folder, {**_record("acoustic_anomaly", "anomaly", "anomaly", ClipRecord(audio=audio),
+                                          {"method": method, "normal_class": "Healthy"}),
+                                "runtimes": exported.get("runtimes", {})})
     return folder

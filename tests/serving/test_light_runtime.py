@@ -17,6 +17,7 @@ from tests.serving import light_models
 from tests.serving.light_models import CLASSES, SMALL_AUDIO, svm_pipeline
 from vapm.artefacts import RUNTIMES, ArtefactError, artefact, linear
 from vapm.artefacts.linear import LINEAR_FILE, LinearScorer, check_scorer, scorer_of
+from vapm.artefacts.anomaly import SCORE_TOLERANCE
 from vapm.artefacts.sklearn import SklearnArtefact
 from vapm.serving.loading import load_model
 
@@ -41,6 +42,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {"svm": light_models.build_svm_folder(root / "acoustic_svm"),
             "mahalanobis": light_models.build_anomaly_folder(root / "acoustic_anomaly"),
             "knn": light_models.build_anomaly_folder(root / "acoustic_anomaly_knn", method="knn"),
+            "autoencoder": light_models.build_anomaly_folder(root / "acoustic_anomaly_ae", method="autoencoder"),
             "clip": root / "clip.wav"}
 
 
@@ -132,6 +134,17 @@ def test_unknown_runtime_is_refused(folders):
             artefact(kind).load(folder, "gpu")
 
 
+def test_the_autoencoder_answers_through_its_checked_onnx_export(folders):
+    folder = folders["autoencoder"]
+    assert json.loads((folder / "record.json").read_text())["runtimes"] == {"onnx": "detector/autoencoder.onnx"}
+    files = [("clip.wav", folders["clip"].read_bytes())]
+    light, native = load_model(folder), load_model(folder, runtime="native")
+    assert type(light.model.detector.model).__name__ == "OnnxModel"
+    (answer,), (expected,) = light.predict_files(files), native.predict_files(files)
+    assert answer["status"] == expected["status"]
+    assert answer["score"] == pytest.approx(expected["score"], rel=SCORE_TOLERANCE)
+
+
 @pytest.mark.parametrize("name", ["svm", "mahalanobis", "knn"])
 def test_every_runtime_gives_the_native_answers(folders, name):
     files = [("clip.wav", folders["clip"].read_bytes()), ("bad.txt", b"not a recording")]
@@ -183,14 +196,19 @@ print(json.dumps({{"answers": answers,
 
 def test_loading_and_scoring_imports_no_heavy_library(folders):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "VAPM_NO_PROGRESS": "1"}
-    names = ["svm", "mahalanobis", "knn"]
+    names = ["svm", "mahalanobis", "knn", "autoencoder"]
     result = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY),
                              *[str(folders[name]) for name in names], str(folders["clip"])],
                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, check=False)
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [kind for kind, _ in probe["answers"]] == ["LinearScorer", "AnomalyModel", "AnomalyModel"]
+    assert [kind for kind, _ in probe["answers"]] == ["LinearScorer", "AnomalyModel", "AnomalyModel", "AnomalyModel"]
     for name, (_, answer) in zip(names, probe["answers"]):
-        assert answer == load_model(folders[name], runtime="native").predict_files(
+        expected = load_model(folders[name], runtime="native").predict_files(
             [("clip.wav", folders["clip"].read_bytes())])[0]
+        if name == "autoencoder":  # float32 networks in two runtimes: the same verdict, scores within tolerance
+            assert answer["status"] == expected["status"]
+            assert answer["score"] == pytest.approx(expected["score"], rel=SCORE_TOLERANCE)
+        else:
+            assert answer == expected
     assert probe["added"] == [] and probe["heavy"] == []

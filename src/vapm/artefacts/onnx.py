@@ -39,6 +39,10 @@ class OnnxModel:
     def input_name(self) -> str:
         return self.session.get_inputs()[0].name
 
+    def __call__(self, x: Any, training: bool = False) -> np.ndarray:
+        """As a Keras model is called on a batch (what the autoencoder detector does with its network)."""
+        return self.scores(x)
+
     def scores(self, x: Any) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         outputs = [self.session.run(None, {self.input_name: x[i:i + CHECK_BATCH]})[0]

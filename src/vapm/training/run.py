@@ -110,8 +110,9 @@ def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained
 
 
 def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[str, Any]:
-    """Write models/<name>/ whole: into a sibling temp folder first, then swap it in. Returns what the export
-    checks found (the light runtimes' files are checked against the trained model on the whole test split)."""
+    """Write models/<name>/ whole: into a sibling temp folder first, then swap it in. Returns the export's
+    `runtimes` (its files, as the record lists them) and `check` (what checking them against the trained model on
+    the whole test split found)."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -141,16 +142,16 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return exported.get("check", {})
+    return exported
 
 
-def export_line(name: str, checks: dict[str, Any]) -> str | None:
-    """What the export check found, for the console: one line, or None when the model has no light runtime."""
-    if "onnx" not in checks:
+def export_line(name: str, exported: dict[str, Any]) -> str | None:
+    """What the export check found, for the console: one line, or None when the model has no exported network."""
+    if "onnx" not in exported.get("check", {}):
         return None
-    check = checks["onnx"]
-    return (f"{name}: model.onnx answers as the trained model on all {check['items']} test items (largest "
-            f"probability difference {check['max_abs_difference']:.2g})")
+    check, file = exported["check"]["onnx"], exported["runtimes"]["onnx"]
+    return (f"{name}: {file} answers as the trained model on all {check['items']} test items (largest "
+            f"{check.get('what', 'probability difference')} {check['max_abs_difference']:.2g})")
 
 
 def data_fingerprint(entry: ModelEntry, features) -> Path:
@@ -257,9 +258,9 @@ def run_training(name: str) -> Trained:
         if np.shape(trained.test_scores) != expected:
             raise TrainingError(f"{entry.trainer} returned test scores of shape {np.shape(trained.test_scores)}, "
                                 f"expected {expected}")
-        checks = save_outputs(paths.model_dir(name), entry, job, trained)
+        exported = save_outputs(paths.model_dir(name), entry, job, trained)
     print(summary_line(name, job, trained), flush=True)
-    if line := export_line(name, checks):
+    if line := export_line(name, exported):
         print(line, flush=True)
-    log_run(entry, job, trained, settings, checks)
+    log_run(entry, job, trained, settings, exported.get("check"))
     return trained

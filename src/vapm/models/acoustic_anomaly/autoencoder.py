@@ -4,7 +4,7 @@ consecutive log-mel frames of normal sound; a clip's score is its mean squared r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from vapm.models.acoustic_anomaly.features import frame_windows
 from vapm.models.acoustic_anomaly.settings import AutoencoderSettings
 
 KERAS_FILE = "autoencoder.keras"
+ONNX_FILE = "autoencoder.onnx"  # written and checked by the artefact adapter (vapm.artefacts.anomaly)
 
 
 # Windows put through the autoencoder at once when scoring: bounds memory, not results.
@@ -137,9 +138,9 @@ class AutoencoderDetector(Detector):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "AutoencoderDetector":
-        import keras
-
+    def load(cls, directory: str | Path, network_loader: Callable[[Path], Any] | None = None) -> "AutoencoderDetector":
+        """The saved detector; its network through `network_loader(path of autoencoder.onnx)` when given (a callable
+        that maps a batch of windows to their reconstructions, without Keras), else the Keras model."""
         directory = Path(directory)
         description, arrays = read_saved(directory, cls.method)
         settings = AutoencoderSettings(
@@ -149,8 +150,13 @@ class AutoencoderDetector(Detector):
         detector = cls(settings, int(description["seed"]), description["band_floor_db"])
         detector._restore(description, arrays)
         detector.band_mean, detector.band_scale = arrays["band_mean"], arrays["band_scale"]
-        if not (directory / KERAS_FILE).is_file():
+        if network_loader is not None and (directory / ONNX_FILE).is_file():
+            detector.model = network_loader(directory / ONNX_FILE)
+        elif not (directory / KERAS_FILE).is_file():
             raise AnomalyModelError(f"{directory / KERAS_FILE} not found: retrain the acoustic_anomaly model")
-        detector.model = keras.models.load_model(directory / KERAS_FILE, compile=False)
+        else:
+            import keras
+
+            detector.model = keras.models.load_model(directory / KERAS_FILE, compile=False)
         detector.final_loss = description.get("final_loss")
         return detector

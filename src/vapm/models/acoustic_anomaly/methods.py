@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from vapm.models.acoustic_anomaly.autoencoder import AutoencoderDetector
 from vapm.models.acoustic_anomaly.detectors import (
@@ -32,12 +32,15 @@ def make_detector(method: str, *, statistics: Sequence[str] = ("mean", "std"), n
     raise AnomalyModelError(f"unknown anomaly detection method {method!r}; choose one of {sorted(DETECTORS)}")
 
 
-def load_detector(directory: str | Path) -> Detector:
-    """Whichever detector `save` wrote into `directory`."""
+def load_detector(directory: str | Path, network_loader: Callable[[Path], Any] | None = None) -> Detector:
+    """Whichever detector `save` wrote into `directory`; `network_loader` loads the autoencoder's exported network
+    (see AutoencoderDetector.load), the other methods have none."""
     path = Path(directory) / DETECTOR_FILE
     if not path.is_file():
         raise AnomalyModelError(f"{path} not found: retrain the acoustic_anomaly model")
     method = json.loads(path.read_text()).get("method")
     if method not in DETECTORS:
         raise AnomalyModelError(f"{path} names an unknown method {method!r}")
+    if method == AutoencoderDetector.method:
+        return AutoencoderDetector.load(directory, network_loader)
     return DETECTORS[method].load(directory)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -66,12 +66,12 @@ class AnomalyModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "AnomalyModel":
+    def load(cls, directory: str | Path, network_loader: Callable[[Path], Any] | None = None) -> "AnomalyModel":
         path = Path(directory) / MODEL_FILE
         if not path.is_file():
             raise AnomalyModelError(f"{path} not found: train the acoustic_anomaly model first")
         values = json.loads(path.read_text())
-        return cls(detector=load_detector(Path(directory) / DETECTOR_DIR),
+        return cls(detector=load_detector(Path(directory) / DETECTOR_DIR, network_loader),
                    threshold=Threshold.from_dict(values["threshold"]),
                    spectrogram=SpectrogramSettings.from_dict(values["spectrogram"]),
                    normal_class=values["normal_class"], fit_rows=np.asarray(values["fit_rows"], dtype=np.int64),
