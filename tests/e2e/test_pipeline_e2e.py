@@ -251,6 +251,27 @@ def test_every_network_answers_the_same_through_onnx_runtime_and_keras(pipeline:
                 assert onnx_answer["probabilities"][name] == pytest.approx(p, abs=EXPORT_TOLERANCE), model
 
 
+def test_the_readme_bundle_answers_like_vapm_predict(pipeline: Path, readme_files):
+    exported = readme_command("vapm export models/acoustic_cnn bundles/acoustic_cnn --int8", pipeline)
+    report = json.loads((pipeline / "bundles" / "acoustic_cnn" / "int8.json").read_text())
+    assert 0 <= report["int8_accuracy"] <= 1 and 0 <= report["float_accuracy"] <= 1, report
+    assert "int8" in exported.stdout
+    (ours,) = json.loads(readme_command("python bundles/acoustic_cnn/predict.py compressor.wav --json",
+                                        pipeline).stdout)
+    classes = json.loads((pipeline / "models" / "acoustic_cnn" / "record.json").read_text())["classes"]
+    assert ours["class"] in classes and sum(ours["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    # Where both read the same samples (.dat text is at the model's rate; the 16667 Hz WAV is resampled by vapm
+    # and not by the bundle), the answers agree to the features' float rounding.
+    (ours,) = json.loads(run(["python", "bundles/acoustic_cnn/predict.py", "preprocess_Reading7.dat", "--json"],
+                             pipeline).stdout)
+    (theirs,) = json.loads(run(["vapm", "predict", "models/acoustic_cnn", "preprocess_Reading7.dat", "--json"],
+                               pipeline).stdout)
+    assert ours["class"] == theirs["class"]
+    for name, p in theirs["probabilities"].items():
+        assert ours["probabilities"][name] == pytest.approx(p, abs=1e-4)
+    shutil.rmtree(pipeline / "bundles")
+
+
 def test_the_champion_is_served_and_answers_the_readme_request(pipeline: Path, readme_files):
     server = start_readme_command(
         "mlflow models serve -m models:/vapm-acoustic_cnn@champion --env-manager local -h 127.0.0.1 -p 5001", pipeline)

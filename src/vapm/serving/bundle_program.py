@@ -126,7 +126,7 @@ def read_sound(path: Path, rate: float) -> np.ndarray:
                 raise InputError(f"content is {sound.format_info}, but the name says {SOUND_SUFFIXES[path.suffix.lower()]}")
             # A rate that is not a whole number (the compressor set's 50000/3 Hz) is written in a header as its
             # nearest whole number: such a file is taken as it is. `vapm predict` resamples it by the ratio
-            # (2e-5 for 16667 Hz), which moves no frequency by more than 0.2 Hz: answers may differ slightly.
+            # (2e-5 for 16667 Hz) through soxr's band-limiting filter, so answers can differ (see the bundle's README).
             if float(sound.samplerate) != rate and not (not float(rate).is_integer()
                                                          and sound.samplerate == round(rate)):
                 whole = float(rate).is_integer()
