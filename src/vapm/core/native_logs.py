@@ -10,6 +10,7 @@ be the start of such a line (progress bars redrawn with \\r) are forwarded at on
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import re
 import sys
@@ -58,6 +59,10 @@ def filter_native_logs() -> None:
         os.close(write_fd)
     except OSError:  # no descriptor 2 (a daemon): nothing to filter
         return
+    # Python's stderr was opened on what descriptor 2 was (a file, say: seekable); a pipe is not, and a stream
+    # that still believes it can seek fails in reconfigure() and tell(). A new one on the same descriptor knows.
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding=sys.stderr.encoding,
+                                  errors=sys.stderr.errors, line_buffering=True, write_through=True)
     thread = threading.Thread(target=_forward, args=(read_fd, real_fd), name="native-log-filter", daemon=True)
     thread.start()
 
