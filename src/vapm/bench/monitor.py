@@ -37,7 +37,11 @@ def sample_files(archives: list[Path], suffixes: tuple[str, ...], count: int) ->
 
 
 def read_lines(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    """The log's complete lines: the monitor may be writing the last one as it is read."""
+    if not log.is_file():
+        return []
+    text = log.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 def wait_for(log: Path, count: int, timeout: float = 120.0) -> list[dict[str, Any]]:
@@ -126,16 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=30, help="files written one at a time, per kind (30)")
     parser.add_argument("--burst", type=int, default=60, help="files written at once, per kind (60)")
     parser.add_argument("--settle", type=float, default=0.25)
+    parser.add_argument("--runtime", choices=["onnx", "keras"], default="onnx",
+                        help="onnx (default, as vapm monitor) or keras: the models as trained")
     parser.add_argument("--out", type=Path, default=Path("bench/monitor"), help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     from vapm.serving.warm_models import load_models
 
     try:
-        models = load_models(args.model or ["models/vision_scratch", "models/acoustic_cnn"])
+        models = load_models(args.model or ["models/vision_scratch", "models/acoustic_cnn"],
+                             "native" if args.runtime == "keras" else "onnx")
         archives = args.archive or sorted(Path("data/sample").glob("*.zip"))
         if not archives:
             raise VapmError("no archives to take files from: run dvc repro (sample data) or give --archive")
-        results = run_benchmark(models, archives, args.files, args.burst, args.settle)
+        results = {**run_benchmark(models, archives, args.files, args.burst, args.settle), "runtime": args.runtime}
     except VapmError as err:
         print(f"bench-monitor: {one_line(str(err))}", file=sys.stderr)
         return 1
