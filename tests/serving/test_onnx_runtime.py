@@ -152,7 +152,9 @@ def test_predict_prints_no_tensorflow_log_lines_unless_verbose(networks):
 def test_the_log_filter_drops_only_native_log_lines():
     native = (b"I0000 00:00:1796379333.187701    6313 port.cc:153] oneDNN custom operations are on.\n"
               b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-              b"E0000 00:00:1796379334.1 6313 meta_optimizer.cc:966] NodeDef mentions attribute use_unbounded\n")
+              b"E0000 00:00:1796379334.1 6313 meta_optimizer.cc:966] NodeDef mentions attribute use_unbounded\n"
+              b"To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow "
+              b"with the appropriate compiler flags.\n")
     assert split_forwardable(native) == (b"", b"")
     ours = b"strip.png: cannot read it\nWARNING: disk nearly full\nI0 is a name\n"
     assert split_forwardable(ours) == (ours, b"")

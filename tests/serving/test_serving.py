@@ -125,6 +125,9 @@ def test_the_pyfunc_takes_raw_files_and_refuses_a_bad_one_by_name(registry, monk
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(MlflowException, match="strip.jpg: acoustic_cnn takes recordings"):
         model.predict(pd.DataFrame(serving.encode_files([registry["root"] / "strip.jpg"])["dataframe_records"]))
+    # The logged model carries the ONNX export and answers with it (ONNX Runtime, no TensorFlow).
+    served = model.unwrap_python_model().model
+    assert (served.folder / "model.onnx").is_file() and type(served.model).__name__ == "OnnxModel"
 
 
 def _free_port() -> int:

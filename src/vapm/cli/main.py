@@ -15,8 +15,6 @@ The pipeline itself runs through DVC (`dvc repro`, `dvc exp run`). TensorFlow's 
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import sys
 
 COMMANDS = {
@@ -39,23 +37,14 @@ def usage() -> str:
         "\n\n`vapm COMMAND --help` describes one; --verbose (anywhere) shows TensorFlow's own log lines."
 
 
-def quiet_libraries() -> None:
-    """Keep TensorFlow's C++ logs (oneDNN notices, grappler errors about its own graphs) and absl's Python logs
-    off stderr. Called before TensorFlow is first imported; a TF_CPP_MIN_LOG_LEVEL the user exported wins."""
-    from vapm.core.native_logs import filter_native_logs
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    filter_native_logs()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--verbose" in argv:
         argv = [arg for arg in argv if arg != "--verbose"]
     else:
-        quiet_libraries()
+        from vapm.core.native_logs import quiet_native_logs
+
+        quiet_native_logs()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

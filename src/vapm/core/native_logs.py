@@ -17,7 +17,9 @@ import sys
 import threading
 
 NATIVE_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] "
-                             rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
+                             rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+                             # the second line of cpu_feature_guard's message
+                             rb"|To enable the following instructions: .*rebuild TensorFlow with the appropriate)")
 # A partial line is held back only while it may still become a native log line.
 _MAYBE_NATIVE = re.compile(rb"^(?:[IWEF]\d{0,4}(?: [\d:. ]*(?:[\w./-]+(?::\d*)?)?)?|W(?:A(?:R(?:N(?:I(?:N(?:G(?::.*)?)?)?)?)?)?)?)$",
                            re.DOTALL)
@@ -75,3 +77,15 @@ def filter_native_logs() -> None:
         thread.join(timeout=2.0)
 
     atexit.register(restore)
+
+
+def quiet_native_logs() -> None:
+    """What `vapm` commands and the train stage do unless asked to be verbose: TensorFlow's C++ logs and absl's
+    Python logs kept off stderr. Called before TensorFlow is first imported; a TF_CPP_MIN_LOG_LEVEL the user
+    exported wins."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    filter_native_logs()
