@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from vapm.bench.results import write_report
 from vapm.core.errors import VapmError, one_line
 
 RUNTIMES = ("onnx", "keras")
@@ -124,8 +125,8 @@ def run_benchmark(model_dirs: list[Path], files: dict[str, Path], runs: int, cwd
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"Cold `vapm predict` of one file, median of {results['runs']} runs "
-             f"({results['cpus']} CPUs, load average at start {results['load_average_start'][0]:.2f})", "",
+    lines = [(f"Cold `vapm predict` of one file, median of {results['runs']} runs "
+              f"({results['cpus']} CPUs, load average at start {results['load_average_start'][0]:.2f})"), "",
              "| model | runtime | wall (s) | peak RSS (MB) | target | answer |", "|---|---|---:|---:|---|---|"]
     for row in results["rows"]:
         target = "" if row["target_s"] is None else \
@@ -158,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except VapmError as err:
         print(f"bench-predict: {one_line(str(err))}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_report(args.out, results, markdown(results))
     return 0
 
 

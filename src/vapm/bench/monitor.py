@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from vapm.bench.results import write_report
 from vapm.core.errors import VapmError, one_line
 
 
@@ -146,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except VapmError as err:
         print(f"bench-monitor: {one_line(str(err))}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_report(args.out, results, markdown(results))
     return 0
 
 

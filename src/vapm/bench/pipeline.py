@@ -207,23 +207,17 @@ def run_pipeline(repo: Path, env: dict[str, str], log, result: dict[str, Any], s
     result["metrics"] = {m: json.loads((repo / "metrics" / "scores" / f"{m}.json").read_text())
                          for m in load_registry(repo / "models.yaml")}
     write_results(result, out)  # the pipeline's numbers are kept even if the later parts fail
-    print("[bench] monitor (latency and bursts) ...", flush=True)
     archives = [str(p.resolve()) for p in sorted((repo / "data" / ("sample" if sample_data else "raw")).glob("*.zip"))]
-    monitor_out = Path(f"{out.with_suffix('')}-monitor").resolve()
-    command = [sys.executable, "-m", "vapm.bench.monitor", "--out", str(monitor_out)]
-    for archive in archives:
-        command += ["--archive", archive]
-    timed_run(command, repo, env, log)
-    result["monitor"] = json.loads(monitor_out.with_suffix(".json").read_text())
-    write_results(result, out)
-    print("[bench] cold predict (each model, each runtime) ...", flush=True)
-    cold_out = Path(f"{out.with_suffix('')}-cold-start").resolve()
-    command = [sys.executable, "-m", "vapm.bench.cold_start", "--out", str(cold_out)]
-    for archive in archives:
-        command += ["--archive", archive]
-    timed_run(command, repo, env, log)
-    result["cold_start"] = json.loads(cold_out.with_suffix(".json").read_text())
-    write_results(result, out)
+    for key, module, what in (("monitor", "monitor", "monitor (latency and bursts)"),
+                              ("cold_start", "cold_start", "cold predict (each model, each runtime)")):
+        print(f"[bench] {what} ...", flush=True)
+        part_out = Path(f"{out.with_suffix('')}-{key.replace('_', '-')}").resolve()
+        command = [sys.executable, "-m", f"vapm.bench.{module}", "--out", str(part_out)]
+        for archive in archives:
+            command += ["--archive", archive]
+        timed_run(command, repo, env, log)
+        result[key] = json.loads(part_out.with_suffix(".json").read_text())
+        write_results(result, out)
     if crossval:
         print("[bench] crossval ...", flush=True)
         result["crossval_timing"] = timed_run([sys.executable, "-m", "vapm", "crossval"], repo, env, log)

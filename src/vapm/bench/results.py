@@ -81,3 +81,13 @@ def comparison_markdown(section: dict[str, Any], title: str) -> list[str]:
 def write_results(result: dict[str, Any], out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     out.with_suffix(".md").write_text(markdown_table(result))
+
+
+def write_report(out: Path, results: dict[str, Any], markdown: str) -> None:
+    """OUT.json and OUT.md of a benchmark command, and the table on the console."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)

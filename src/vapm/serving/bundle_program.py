@@ -10,7 +10,9 @@ the steps vapm's training data went through, with the settings in record.json (a
 features.npz); README.md states them. A file that cannot be used gets one line naming it and why on stderr, the
 others are still classified; the exit status is 1 if any failed.
 
-Written by `vapm export` (vapm.serving.bundle_program): this file is the same in every bundle.
+Written by `vapm export` (vapm.serving.bundle_program): this file is the same in every bundle. It imports nothing
+of vapm, so the few steps it shares with vapm (grey conversion, squaring, the STFT) are written here again; the
+bundle tests check its answers against `vapm predict`'s.
 """
 from __future__ import annotations
 
