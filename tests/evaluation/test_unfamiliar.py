@@ -42,3 +42,16 @@ def test_bad_inputs_are_refused():
         flag_threshold(np.ones(5), 1.5)
     with pytest.raises(ValueError, match="n >= k"):
         fit_neighbours(np.ones((3, 2)), k=5)
+
+
+def test_the_per_class_products_give_the_einsum_distances():
+    from vapm.evaluation.unfamiliar import fit_mahalanobis
+
+    rng = np.random.default_rng(3)
+    x, labels = rng.normal(size=(60, 12)), np.repeat(np.arange(3), 20)
+    scorer = fit_mahalanobis(x, labels)
+    probes = rng.normal(size=(9, 12)) * 3
+    differences = probes[:, None, :] - scorer.means[None, :, :]
+    reference = np.einsum("ncf,fg,ncg->nc", differences, scorer.precision, differences).min(axis=1)
+    # The same sums in another order: float64 rounding of values of order 10-100 over 12 terms.
+    np.testing.assert_allclose(scorer.score(probes), reference, rtol=1e-12)

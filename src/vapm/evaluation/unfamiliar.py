@@ -10,7 +10,8 @@ models.components).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +22,15 @@ class MahalanobisScorer:
     precision: np.ndarray   # (features, features): the inverse of the shared, shrunk covariance
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """The smallest squared Mahalanobis distance of each row to a class mean (higher: less familiar)."""
+        """The smallest squared Mahalanobis distance of each row to a class mean (higher: less familiar).
+
+        One matrix product per class (an einsum over all classes at once was 10x slower at 1,280 features); the
+        differences are formed first, so a row near a mean does not lose its distance to cancellation."""
         x = np.asarray(features, dtype=np.float64)
-        differences = x[:, None, :] - self.means[None, :, :]
-        distances = np.einsum("ncf,fg,ncg->nc", differences, self.precision, differences)
+        distances = np.empty((len(x), len(self.means)))
+        for c, mean in enumerate(self.means):
+            difference = x - mean
+            distances[:, c] = np.sum((difference @ self.precision) * difference, axis=1)
         return distances.min(axis=1)
 
 
@@ -45,13 +51,15 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> MahalanobisScor
 class NeighbourScorer:
     reference: np.ndarray   # the training features
     k: int
+    _index: Any = field(default=None, init=False, repr=False, compare=False)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """The mean Euclidean distance to the k nearest training rows."""
-        from sklearn.neighbors import NearestNeighbors
+        """The mean Euclidean distance to the k nearest training rows (the search index is built once)."""
+        if self._index is None:
+            from sklearn.neighbors import NearestNeighbors
 
-        index = NearestNeighbors(n_neighbors=self.k).fit(self.reference)
-        distances, _ = index.kneighbors(np.asarray(features, dtype=np.float64))
+            object.__setattr__(self, "_index", NearestNeighbors(n_neighbors=self.k).fit(self.reference))
+        distances, _ = self._index.kneighbors(np.asarray(features, dtype=np.float64))
         return distances.mean(axis=1)
 
 

@@ -1,0 +1,121 @@
+"""Cheap checks before the model: inputs that no classifier should be asked about, each with a named reason.
+
+A silent or dead channel, a clipping or DC-shifted microphone, a blank, saturated, out-of-focus or tilted camera
+image: each is told by one statistic of the decoded clip or grey image, in microseconds. The limits are wide of
+what the real data shows (docs/unfamiliar-findings.md, "cheap checks": 320 compressor clips, 1,799 NEU images)
+and flag none of its validation or test items:
+
+| statistic | real data | limit |
+|---|---|---|
+| clip RMS | 0.029-0.170 | below 0.003: silence |
+| share of samples at full scale (abs >= 0.999) | at most 0.014 % | above 0.1 %: clipping |
+| clip mean | abs at most 8e-5 | abs above 0.01: DC offset |
+| image standard deviation (grey levels) | 5.8-73.8 | below 2: blank or saturated |
+| share of pure black pixels | at most 7.5 % | above 10 %: a black border (rotated or shifted camera) |
+| mean absolute Laplacian (sharpness) | at least 2.78 | below 1.5: blurred or flat |
+
+Another dataset may sit elsewhere (the demo's synthetic clips carry a DC offset of about 0.05): `fit_clip_limits`
+and `fit_image_limits` widen each limit to leave the training items' own range well inside, never narrowing the
+shipped ones.
+
+Here for now as pure functions; issue 26 wires them into predict, the served model and the monitor (the answer's
+`unfamiliar` field) with limits from params, and the module moves to vapm.data then.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClipLimits:
+    rms_floor: float = 0.003
+    full_scale: float = 0.999
+    clipping_share: float = 0.001
+    dc_offset: float = 0.01
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    min_std: float = 2.0
+    black_share: float = 0.10
+    min_sharpness: float = 1.5
+
+
+def clip_reasons(clip: np.ndarray, limits: ClipLimits = ClipLimits()) -> list[str]:
+    """Why a decoded clip (float samples, full scale 1) is not fit to be classified; empty when it is."""
+    samples = np.asarray(clip, dtype=np.float64)
+    if samples.ndim != 1 or len(samples) == 0:
+        raise ValueError(f"a clip must be 1-D and not empty, got shape {samples.shape}")
+    reasons = []
+    rms = float(np.sqrt(np.mean(samples * samples)))
+    if rms < limits.rms_floor:
+        reasons.append(f"silence (RMS {rms:.2g} < {limits.rms_floor:g})")
+    clipped = float(np.mean(np.abs(samples) >= limits.full_scale))
+    if clipped > limits.clipping_share:
+        reasons.append(f"clipping ({clipped:.2%} of samples at full scale > {limits.clipping_share:.1%})")
+    offset = float(samples.mean())
+    if abs(offset) > limits.dc_offset:
+        reasons.append(f"DC offset ({offset:+.3g}, more than {limits.dc_offset:g} from 0)")
+    return reasons
+
+
+def sharpness(image: np.ndarray) -> float:
+    """The mean absolute 4-neighbour Laplacian of a grey image (grey levels): low for a blurred or flat image."""
+    grey = np.asarray(image, dtype=np.float64)
+    if grey.ndim != 2 or min(grey.shape) < 3:
+        raise ValueError(f"need a 2-D grey image of at least 3x3 pixels, got shape {grey.shape}")
+    laplacian = (grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1])
+    return float(np.mean(np.abs(laplacian)))
+
+
+def image_reasons(image: np.ndarray, limits: ImageLimits = ImageLimits()) -> list[str]:
+    """Why a grey uint8 image (as the model takes it) is not fit to be classified; empty when it is."""
+    grey = np.asarray(image)
+    if grey.ndim != 2:
+        raise ValueError(f"need a 2-D grey image, got shape {grey.shape}")
+    reasons = []
+    spread = float(grey.std())
+    if spread < limits.min_std:
+        level = float(grey.mean())
+        what = "saturated" if level > 250 else "black" if level < 5 else "blank"
+        reasons.append(f"{what} image (grey levels vary by {spread:.2g} < {limits.min_std:g})")
+    black = float(np.mean(grey == 0))
+    if black > limits.black_share:
+        reasons.append(f"black border ({black:.0%} of pixels pure black > {limits.black_share:.0%})")
+    if not reasons:  # a blank image is also flat: one reason is enough
+        sharp = sharpness(grey)
+        if sharp < limits.min_sharpness:
+            reasons.append(f"out of focus (sharpness {sharp:.2g} < {limits.min_sharpness:g})")
+    return reasons
+
+
+def _checked_items(items: np.ndarray, ndim: int, what: str) -> np.ndarray:
+    array = np.asarray(items, dtype=np.float64)
+    if array.ndim != ndim or len(array) == 0:
+        raise ValueError(f"need {what}, got shape {array.shape}")
+    return array
+
+
+def fit_clip_limits(clips: np.ndarray, base: ClipLimits = ClipLimits()) -> ClipLimits:
+    """The shipped limits, widened so that the training clips (N, samples) sit well inside them: the RMS floor at
+    most a tenth of the quietest clip's, the clipping share and DC offset at least twice the largest seen."""
+    clips = _checked_items(clips, 2, "training clips (N, samples)")
+    rms = np.sqrt(np.mean(clips * clips, axis=1))
+    clipped = np.mean(np.abs(clips) >= base.full_scale, axis=1)
+    return ClipLimits(rms_floor=min(base.rms_floor, 0.1 * float(rms.min())), full_scale=base.full_scale,
+                      clipping_share=max(base.clipping_share, 2 * float(clipped.max())),
+                      dc_offset=max(base.dc_offset, 2 * float(np.abs(clips.mean(axis=1)).max())))
+
+
+def fit_image_limits(images: np.ndarray, base: ImageLimits = ImageLimits()) -> ImageLimits:
+    """The shipped limits, widened so that the training images (N, H, W) sit well inside them: the spread and
+    sharpness floors at most half the lowest seen, the black share at least 1.5 times the largest."""
+    images = _checked_items(images, 3, "training images (N, height, width)")
+    spread = images.reshape(len(images), -1).std(axis=1)
+    black = np.mean(images.reshape(len(images), -1) == 0, axis=1)
+    sharp = np.array([sharpness(image) for image in images])
+    return ImageLimits(min_std=min(base.min_std, 0.5 * float(spread.min())),
+                       black_share=max(base.black_share, 1.5 * float(black.max())),
+                       min_sharpness=min(base.min_sharpness, 0.5 * float(sharp.min())))
