@@ -55,3 +55,9 @@ def test_bad_inputs_are_refused():
         expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 2]))
     with pytest.raises(ValueError, match="need probabilities"):
         fit_temperature(np.full((2, 2), 0.5), np.array([0]))
+
+
+def test_a_validation_split_without_errors_keeps_the_temperature_at_one():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert fit_temperature(probabilities, np.array([0, 1, 0])) == 1.0
+    assert fit_temperature(probabilities, np.array([0, 1, 1])) != 1.0  # one error: now there is something to fit
