@@ -36,7 +36,9 @@ class KerasArtefact:
         return {"runtimes": {"onnx": ONNX_FILE}, "check": {"onnx": check.as_dict()}}
 
     def load(self, folder: Path, runtime: str = "onnx") -> Any:
-        if runtime != "native":
+        from vapm.artefacts import check_runtime
+
+        if check_runtime(runtime) != "native":
             return open_session(Path(folder) / ONNX_FILE)
         import keras
 

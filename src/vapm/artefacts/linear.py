@@ -10,7 +10,6 @@ neither scikit-learn, skops, SciPy nor pandas (~4 s of imports on 2 cores). Save
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,10 @@ import numpy as np
 
 from vapm.artefacts.errors import ArtefactError
 from vapm.artefacts.zipfiles import write_npz
+from vapm.core.hashing import file_sha256
 
 LINEAR_FILE = "linear.npz"
 _FLOATS = (np.float16, np.float32, np.float64)  # kept as they are by StandardScaler; other inputs become float64
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class LinearScorer:
@@ -145,9 +141,9 @@ def check_sample(parts: dict[str, np.ndarray], rows: int = 64, seed: int = 0) ->
     return np.vstack([parts["mean"], parts["mean"] + 2.0 * noise * parts["scale"]])
 
 
-def write_linear(pipeline: Any, folder: Path, skops_path: Path, sample: Any = None) -> Path | None:
-    """folder/linear.npz for a StandardScaler + LinearSVC pipeline, checked on `check_sample` and on `sample` (the
-    train stage gives the test split); None (and no file) for any other model."""
+def write_linear(pipeline: Any, folder: Path, skops_path: Path) -> Path | None:
+    """folder/linear.npz for a StandardScaler + LinearSVC pipeline, checked on `check_sample` (the train stage
+    checks it on the test split too: SklearnArtefact.export); None (and no file) for any other model."""
     path = Path(folder) / LINEAR_FILE
     path.unlink(missing_ok=True)  # never leave one from an earlier model in the folder
     parts = linear_parts(pipeline)
@@ -155,8 +151,6 @@ def write_linear(pipeline: Any, folder: Path, skops_path: Path, sample: Any = No
         return None
     scorer = scorer_of(parts)
     check_scorer(pipeline, scorer, check_sample(parts))
-    if sample is not None and len(sample):
-        check_scorer(pipeline, scorer, sample)
     return write_npz(path, {**parts, "source_sha256": np.asarray(file_sha256(skops_path))})
 
 

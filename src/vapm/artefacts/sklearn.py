@@ -1,8 +1,8 @@
 """scikit-learn models (`artefact: sklearn`): model.skops, loaded trusting only scikit-learn and numpy types, and,
 for the linear SVM (StandardScaler + LinearSVC), linear.npz: the same model as plain arrays (`linear`).
 
-Runtimes: `native` loads model.skops with skops and scores with scikit-learn. `onnx` (the default) and `int8`
-load linear.npz and score with NumPy alone; a folder without linear.npz (saved before it existed, or a model
+Runtimes: `native` loads model.skops with skops and scores with scikit-learn. `onnx` (the default) loads
+linear.npz and scores with NumPy alone; a folder without linear.npz (saved before it existed, or a model
 that is not StandardScaler + LinearSVC) falls back to `native`, with the same answers, just slower to start.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vapm.artefacts.errors import ArtefactError
-from vapm.artefacts.linear import LINEAR_FILE, LinearScorer, read_linear, write_linear
+from vapm.artefacts.linear import LINEAR_FILE, LinearScorer, check_scorer, read_linear, write_linear
 from vapm.artefacts.zipfiles import stable_skops_file
 
 
@@ -21,20 +21,27 @@ class SklearnArtefact:
     kind = "sklearn"
     filename = "model.skops"
 
-    def save(self, model: Any, folder: Path, sample: Any = None) -> Path:
+    def save(self, model: Any, folder: Path) -> Path:
         """model.skops, and linear.npz for a StandardScaler + LinearSVC pipeline once NumPy's scores are checked to
-        equal the pipeline's on rows spread like the training data and on `sample` (e.g. the test split)."""
+        equal the pipeline's on rows spread like the training data."""
         import skops.io
 
         path = Path(folder) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         skops.io.dump(model, path)
         stable_skops_file(path)
-        write_linear(model, path.parent, path, sample)
+        write_linear(model, path.parent, path)
         return path
 
+    def export(self, model: Any, folder: Path, check_inputs: Any) -> dict[str, Any]:
+        """linear.npz (written by save) checked on `check_inputs` too (the test split); nothing for other models."""
+        if not (Path(folder) / LINEAR_FILE).is_file():
+            return {}
+        check_scorer(model, read_linear(Path(folder), Path(folder) / self.filename), np.asarray(check_inputs))
+        return {"runtimes": {"onnx": LINEAR_FILE}}
+
     def load(self, folder: Path, runtime: str = "onnx") -> Any:
-        """The NumPy `LinearScorer` (runtime onnx or int8, where linear.npz exists), else the scikit-learn model."""
+        """The NumPy `LinearScorer` (runtime onnx, where linear.npz exists), else the scikit-learn model."""
         from vapm.artefacts import check_runtime
 
         check_runtime(runtime)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vapm.artefacts import RUNTIMES, artefact
+from vapm.artefacts import artefact
 from vapm.artefacts.record import read_model_record
 from vapm.core.errors import VapmError, one_line
 from vapm.data.features.records import InputRecord, raw_suffixes, record_from_dict, suffix_of
@@ -105,9 +105,8 @@ def load_model(folder: str | Path, version: str | None = None, runtime: str = "o
 
     runtime "onnx" (the default) answers with the light files training exported and checked (model.onnx through
     ONNX Runtime; plain NumPy for the SVM and the statistical detectors); "native" with the training libraries.
+    Another runtime is an ArtefactError naming the known ones (vapm.artefacts.RUNTIMES).
     """
-    if runtime not in RUNTIMES:
-        raise InferenceError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     folder = Path(folder)
     record = read_model_record(folder)
     adapter = artefact(record["artefact"])

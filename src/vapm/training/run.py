@@ -120,12 +120,8 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     try:
         adapter = artefact(entry.artefact)
         test, features = trained.split.test, used_features(job, trained)
-        if entry.artefact == "sklearn":  # its NumPy form (linear.npz) is checked on the test split too
-            adapter.save(trained.model, staging, sample=np.asarray(features.x[test]))
-        else:
-            adapter.save(trained.model, staging)
-        export = getattr(adapter, "export", None)
-        exported = export(trained.model, staging, features.x[test]) if export else {}
+        adapter.save(trained.model, staging)
+        exported = adapter.export(trained.model, staging, features.x[test])
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
                           job.class_names)
         if trained.history is not None:
