@@ -12,7 +12,15 @@ from vapm.core.errors import run_stage
 
 def main() -> None:
     from vapm.config import paths
-    from vapm.evaluation.evaluate import evaluate_classifier, evaluate_detector, open_live, read_record, write_headline
+    from vapm.evaluation.evaluate import (
+        evaluate_classifier,
+        evaluate_detector,
+        open_live,
+        read_record,
+        save_unfamiliar_plots,
+        write_headline,
+    )
+    from vapm.serving.shifted_inputs import FAMILIAR, evaluate_shifted_inputs
     from vapm.evaluation.metrics import EvaluationError
     from vapm.config.model_registry import load_registry
     from vapm.config.settings import load_settings
@@ -24,12 +32,16 @@ def main() -> None:
     if missing:
         raise EvaluationError(f"model folders missing: {', '.join(missing)}; run those stages first (dvc repro)")
     live = open_live(paths.METRICS)
-    scores = {}
+    scores, shares = {}, {}
     for name, entry in registry.items():
-        evaluate = evaluate_detector if entry.task == "detector" else evaluate_classifier
         try:
             classes = settings.classes(entry.modality) or read_record(paths.model_dir(name))["classes"]
-            summary = evaluate(name, paths.model_dir(name), classes, paths.METRICS, live)
+            if entry.task == "detector":
+                summary = evaluate_detector(name, paths.model_dir(name), classes, paths.METRICS, live)
+            else:
+                # The answers on the line (exported model, input checks, flag) to the test split and shifted copies
+                shares[name] = evaluate_shifted_inputs(paths.model_dir(name), settings.seed)
+                summary = evaluate_classifier(name, paths.model_dir(name), classes, paths.METRICS, live, shares[name])
         except EvaluationError as err:
             raise EvaluationError(f"{name}: {err}") from err
         scores[name] = json.loads((paths.METRICS / "scores" / f"{name}.json").read_text())
@@ -42,6 +54,16 @@ def main() -> None:
               f"macro-F1 {summary['macro_f1']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}, "
               f"majority baseline {summary['majority_baseline']:.3f} ({summary['majority_class']}, the "
               f"{summary['majority_from']} split's most frequent class), n={summary['n_test']}")
+        if "ece" in summary:
+            print(f"{name}: calibration error (ECE) {summary['ece_raw']:.3f} -> {summary['ece']:.3f} with the "
+                  "temperature", flush=True)
+        if "unfl_test" in summary:
+            worst = min((kind for kind in shares[name] if kind != FAMILIAR),
+                        key=lambda kind: shares[name][kind]["flagged"])
+            print(f"{name}: unfamiliar-input flag on {summary['unfl_test']:.1%} of the test split; shifted inputs "
+                  f"flagged at least {summary['unfl_min']:.1%} (least: {worst})", flush=True)
+    save_unfamiliar_plots({name: found for name, found in shares.items() if found},
+                          {name: entry.modality for name, entry in registry.items()}, paths.PLOTS)
     write_headline(paths.METRICS, scores)
 
 

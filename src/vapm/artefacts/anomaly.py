@@ -70,6 +70,10 @@ class AnomalyArtefact:
             raise ArtefactError(f"{Path(folder) / self.filename} not found: train the model first (dvc repro)")
         return AnomalyModel.load(folder, network_loader=None if runtime == "native" else open_session)
 
+    def scores_and_features(self, model: Any, x: Any) -> tuple[np.ndarray, None]:
+        """A detector's scores; it has no unfamiliar-input features (its score is itself one)."""
+        return self.scores(model, x), None
+
     def scores(self, model: Any, x: Any) -> np.ndarray:
         """Anomaly scores of clips (higher = more abnormal)."""
         return np.asarray(model.score_clips(np.asarray(x)), dtype=np.float64)

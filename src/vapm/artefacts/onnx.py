@@ -25,6 +25,10 @@ OPSET = 17
 # under 1e-6; EfficientNet-Lite0 (60-odd layers) on the demo's NEU test split by 1.5e-5, where Keras's own answers
 # for one image alone and in a batch of 256 already differ by 3.2e-6 (oneDNN blocks sums by batch size).
 EXPORT_TOLERANCE = 5e-5
+# A classifier's graph has a second output, the features its unfamiliar-input flag scores (the penultimate
+# layer). Float32 rounding moves them by a few units in the 7th digit of their largest value (measured: 5e-7 of it);
+# the check allows 1e-4 of it, and that the flag's scores stay within the same share (vapm.artefacts.keras).
+FEATURE_TOLERANCE = 1e-4
 INPUT_NAME = "input"
 CHECK_BATCH = 256
 
@@ -43,11 +47,26 @@ class OnnxModel:
         """As a Keras model is called on a batch (what the autoencoder detector does with its network)."""
         return self.scores(x)
 
-    def scores(self, x: Any) -> np.ndarray:
+    @property
+    def has_features(self) -> bool:
+        return len(self.session.get_outputs()) > 1
+
+    def outputs(self, x: Any) -> list[np.ndarray]:
+        """Every graph output for the batch x: the scores, then (a classifier exported with them) its features."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        outputs = [self.session.run(None, {self.input_name: x[i:i + CHECK_BATCH]})[0]
-                   for i in range(0, len(x), CHECK_BATCH)]
-        return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0,), np.float32)
+        count = len(self.session.get_outputs())
+        if not len(x):
+            return [np.zeros((0,), np.float32)] * count
+        batches = [self.session.run(None, {self.input_name: x[i:i + CHECK_BATCH]}) for i in range(0, len(x),
+                                                                                                 CHECK_BATCH)]
+        return [np.concatenate([batch[k] for batch in batches]).astype(np.float32) for k in range(count)]
+
+    def scores(self, x: Any) -> np.ndarray:
+        return self.outputs(x)[0]
+
+    def scores_and_features(self, x: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.outputs(x)
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 
 def open_session(path: Path, threads: int = 0) -> OnnxModel:
@@ -110,11 +129,37 @@ def check_export(keras_scores: np.ndarray, onnx_scores: np.ndarray, path: Path) 
     return ExportCheck(items, difference, disagreements)
 
 
+def check_features(keras_features: np.ndarray, onnx_features: np.ndarray, path: Path) -> float:
+    """Fail in one line unless the exported features equal Keras's within FEATURE_TOLERANCE of their scale."""
+    keras_features, onnx_features = np.asarray(keras_features, np.float64), np.asarray(onnx_features, np.float64)
+    if keras_features.shape != onnx_features.shape:
+        raise ArtefactError(f"{path}: the exported features have shape {onnx_features.shape}, Keras's "
+                            f"{keras_features.shape}: the export is broken")
+    if not len(keras_features):
+        return 0.0
+    scale = max(1.0, float(np.max(np.abs(keras_features))))
+    difference = float(np.max(np.abs(keras_features - onnx_features)))
+    if not np.isfinite(difference) or difference > FEATURE_TOLERANCE * scale:
+        raise ArtefactError(f"{path}: the exported features differ from Keras's by {difference:.3g} (largest "
+                            f"feature {scale:.3g}, allowed {FEATURE_TOLERANCE:g} of it)")
+    return difference
+
+
 def export_checked(model: Any, folder: Path, check_inputs: Any) -> ExportCheck:
-    """Write folder/model.onnx from a Keras model and check it against Keras on `check_inputs` (the test split)."""
+    """Write folder/model.onnx from a Keras model and check it against Keras on `check_inputs` (the test split):
+    the first output (the scores) always, a second one (a classifier's features) when the model has it."""
     path = Path(folder) / ONNX_FILE
     path.write_bytes(onnx_graph_of(model).SerializeToString(deterministic=True))
     x = np.asarray(check_inputs, dtype=np.float32)
-    keras_scores = model.predict(x, batch_size=CHECK_BATCH, verbose=0) if len(x) else np.zeros((0, 1))
-    onnx_scores = open_session(path).scores(x) if len(x) else np.zeros((0, 1))
-    return check_export(keras_scores, onnx_scores, path)
+    if not len(x):
+        return ExportCheck(0, 0.0, 0)
+    keras_outputs = model.predict(x, batch_size=CHECK_BATCH, verbose=0)
+    keras_outputs = keras_outputs if isinstance(keras_outputs, (list, tuple)) else [keras_outputs]
+    onnx_outputs = open_session(path).outputs(x)
+    if len(onnx_outputs) != len(keras_outputs):
+        raise ArtefactError(f"{path}: the export has {len(onnx_outputs)} outputs, the Keras model "
+                            f"{len(keras_outputs)}: the export is broken")
+    check = check_export(keras_outputs[0], onnx_outputs[0], path)
+    if len(keras_outputs) > 1:
+        check_features(keras_outputs[1], onnx_outputs[1], path)
+    return check

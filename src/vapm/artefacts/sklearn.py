@@ -63,6 +63,27 @@ class SklearnArtefact:
             raise ArtefactError(f"{path} holds types that no vapm model contains: {unexpected}; refusing to load it")
         return skops.io.load(path, trusted=untrusted)
 
+    def scores_and_features(self, model: Any, x: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """The scores and the features the unfamiliar-input flag scores: the standardised inputs of a
+        StandardScaler + classifier pipeline (None for another model)."""
+        if isinstance(model, LinearScorer):
+            return self.scores(model, x), model.standardised(np.asarray(x, dtype=np.float64))
+        steps = getattr(model, "steps", None)
+        if not steps or type(steps[0][1]).__name__ != "StandardScaler":
+            return self.scores(model, x), None
+        table = self._as_table(model, x)
+        return self.scores(model, table), np.asarray(steps[0][1].transform(table), dtype=np.float64)
+
+    @staticmethod
+    def _as_table(model: Any, x: Any) -> Any:
+        """A plain array as a table with the feature names the model was fitted with (`feature_names_in_`)."""
+        names = getattr(model, "feature_names_in_", None)
+        if names is None or hasattr(x, "columns"):
+            return x
+        import pandas as pd
+
+        return pd.DataFrame(np.asarray(x), columns=list(names))
+
     def scores(self, model: Any, x: Any) -> np.ndarray:
         """Class probabilities where the model has them, else its decision-function values (per class).
 
@@ -71,11 +92,7 @@ class SklearnArtefact:
         """
         if isinstance(model, LinearScorer):
             return np.asarray(model.decision_function(x), dtype=np.float64)
-        names = getattr(model, "feature_names_in_", None)
-        if names is not None and not hasattr(x, "columns"):
-            import pandas as pd
-
-            x = pd.DataFrame(np.asarray(x), columns=list(names))
+        x = self._as_table(model, x)
         if hasattr(model, "predict_proba"):
             return np.asarray(model.predict_proba(x), dtype=np.float64)
         return np.asarray(model.decision_function(x), dtype=np.float64)

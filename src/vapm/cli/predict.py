@@ -25,11 +25,16 @@ def describe(result: dict[str, Any]) -> str:
     if "status" in result:
         return f"{result['file']}: {result['status']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
     if "probability" in result:
-        return f"{result['file']}: {result['class']} ({result['probability']:.1%})"
-    if "decision_scores" in result:
+        answer = f"{result['class']} ({result['probability']:.1%})"
+    elif "decision_scores" in result:
         score = result["decision_scores"][result["class"]]
-        return f"{result['file']}: {result['class']} (decision score {score:+.3f}; {result['note']})"
-    return f"{result['file']}: {result['class']}"
+        answer = f"{result['class']} (decision score {score:+.3f}; {result['note']})"
+    else:
+        answer = result["class"]
+    if result.get("unfamiliar"):
+        return (f"{result['file']}: unfamiliar input ({'; '.join(result['unfamiliar_reasons'])}): {answer} is not "
+                "to be trusted")
+    return f"{result['file']}: {answer}"
 
 
 def read_files(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]]]:

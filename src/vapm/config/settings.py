@@ -239,6 +239,15 @@ class TrainOverrides(Section):
     class_weight: Literal["balanced", "none"] | None = None
 
 
+class OodSettings(Section):
+    """How each classifier tells an unfamiliar input (vapm.models.components.unfamiliar): the distance of its
+    features to the training data, flagged above the threshold that `false_flag_rate` of familiar items exceed."""
+    false_flag_rate: float = Field(0.01, gt=0, lt=0.5)
+    method: Literal["mahalanobis", "knn"] = "mahalanobis"
+    k: int = Field(5, ge=1, le=1000)        # neighbours, for method knn
+    folds: int = Field(5, ge=2, le=20)      # out-of-fold scores of the training items set the threshold
+
+
 class CrossvalSettings(Section):
     folds: int = Field(ge=2, le=100)
     models: list[str] = Field(min_length=1)    # registered classifiers `vapm crossval` evaluates by default
@@ -259,6 +268,7 @@ class Settings(Section):
     mlflow: MlflowSettings
     train: TrainSettings
     crossval: CrossvalSettings
+    ood: OodSettings = OodSettings()
     models: dict[str, ModelParams] = Field(default_factory=dict)  # filled from the registry's sections
 
     @model_validator(mode="after")

@@ -26,10 +26,20 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vapm.evaluation.figures import save_confusion_png, save_curves_png, save_gallery_png, save_noise_png, save_roc_png
+from vapm.evaluation.figures import (
+    FAMILIAR_KIND,
+    save_confusion_png,
+    save_curves_png,
+    save_gallery_png,
+    save_noise_png,
+    save_reliability_png,
+    save_roc_png,
+    save_unfamiliar_png,
+)
 from vapm.evaluation.metrics import EvaluationError, classification_summary, rounded, write_metrics_json
 
 PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
+UNFAMILIAR_COLUMNS = ["unfamiliar_score", "unfamiliar"]  # classifiers trained with the unfamiliar-input flag
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy"]
 SCORE_DECIMALS = 4
 
@@ -55,7 +65,7 @@ def read_predictions(path: str | Path, class_names: Sequence[str]) -> pd.DataFra
     for column in ("y_true", "y_pred"):
         if not pd.api.types.is_integer_dtype(table[column]):
             raise EvaluationError(f"{path}: column {column} must be int64 labels, got {table[column].dtype}")
-    score_columns = [c for c in table.columns if c not in PREDICTION_COLUMNS]
+    score_columns = [c for c in table.columns if c not in PREDICTION_COLUMNS + UNFAMILIAR_COLUMNS]
     named = [c.split("_", 1)[1] for c in score_columns]
     if score_columns and named != list(class_names):
         raise EvaluationError(f"{path} scores the classes {named} but params.yaml lists {list(class_names)}: "
@@ -140,17 +150,62 @@ def train_counts(record: dict[str, Any], class_names: Sequence[str]) -> list[int
     return [int(counts[name]) for name in class_names]
 
 
+def trust_scores(calibration: dict[str, Any] | None, shares: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The calibration error after and before the temperature (test split) and the unfamiliar-input flag's share
+    of familiar test items and its smallest share of any kind of shifted input, for metrics/scores/."""
+    scores: dict[str, Any] = {}
+    if calibration and "test" in calibration:
+        scores["ece"] = round(calibration["test"]["ece_after"], SCORE_DECIMALS)
+        scores["ece_raw"] = round(calibration["test"]["ece_before"], SCORE_DECIMALS)
+    if shares and FAMILIAR_KIND in shares:
+        scores["unfl_test"] = round(shares[FAMILIAR_KIND]["flagged"], SCORE_DECIMALS)
+        shifted = [share["flagged"] for kind, share in shares.items() if kind != FAMILIAR_KIND]
+        if shifted:
+            scores["unfl_min"] = round(min(shifted), SCORE_DECIMALS)
+    return scores
+
+
+def save_calibration_plots(name: str, calibration: dict[str, Any], live, plots: Path) -> None:
+    """The test split's reliability diagram: a PNG, and DVC plot data (accuracy per confidence bin)."""
+    test = calibration["test"]
+    save_reliability_png(test["bins_before"], test["bins_after"], plots / "images" / "calibration" / f"{name}.png",
+                         title=f"{name}: test split, temperature {calibration['temperature']:.3g}")
+    points: dict[float, dict[str, Any]] = {}
+    for key, bins in (("before", test["bins_before"]), ("after", test["bins_after"])):
+        for row in bins:
+            centre = round((row["lower"] + row["upper"]) / 2, 6)
+            points.setdefault(centre, {"confidence": centre, "calibrated": centre})[key] = rounded(row["accuracy"])
+    live.log_plot(f"calibration/{name}", [points[key] for key in sorted(points)], x="confidence",
+                  y=["before", "after", "calibrated"], x_label="confidence (top class probability, bin centre)",
+                  y_label="accuracy")
+
+
+def save_unfamiliar_plots(shares_by_model: dict[str, dict[str, dict[str, Any]]], modalities: dict[str, str],
+                          plots: Path) -> None:
+    """One chart per modality: each classifier's share of familiar and of each kind of shifted input flagged."""
+    for modality in sorted(set(modalities.values())):
+        rates = {name: {kind: share["flagged"] for kind, share in shares.items()}
+                 for name, shares in shares_by_model.items() if modalities[name] == modality}
+        if rates:
+            save_unfamiliar_png(rates, plots / "images" / "unfamiliar" / f"{modality}.png",
+                                title=f"Unfamiliar-input flag, {modality} classifiers")
+
+
 def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], metrics_dir: Path,
-                        live) -> dict[str, Any]:
+                        live, shares: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the model's scores, details and plots; returns its summary (accuracy, interval, macro-F1, balanced
-    accuracy, majority baseline, ...)."""
+    accuracy, majority baseline, ...). `shares`: the unfamiliar-input flag's shares per kind of input
+    (vapm.serving.shifted_inputs), when they could be measured."""
     model_dir, metrics_dir = Path(model_dir), Path(metrics_dir)
     record = read_record(model_dir)
     predictions = read_predictions(model_dir / "predictions.parquet", class_names)
     y_true, y_pred = predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy()
     summary = classification_summary(y_true, y_pred, class_names, train_counts(record, class_names))
+    calibration = read_json(model_dir / "calibration.json") if (model_dir / "calibration.json").is_file() else None
+    trust = trust_scores(calibration, shares)
+    summary.update(trust)
 
-    write_metrics_json(metrics_dir / "scores" / f"{name}.json", headline(summary))
+    write_metrics_json(metrics_dir / "scores" / f"{name}.json", {**headline(summary), **trust})
     details = {"model": name, "task": record.get("task"), "score_kind": record.get("score_kind"),
                "input": record.get("input", {}).get("kind"), "n_fit": record.get("n_fit"),
                "n_val": record.get("n_val"), "n_test": summary["n_test"], "accuracy": summary["accuracy"],
@@ -158,6 +213,13 @@ def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], 
                "majority_baseline": summary["majority_baseline"], "majority_class": summary["majority_class"],
                "majority_from": summary["majority_from"], "per_class": summary["per_class"],
                "training": record.get("details", {}), "data_manifest_sha256": record.get("data_manifest_sha256")}
+    if calibration is not None:
+        details["calibration"] = {"temperature": calibration["temperature"], "why": calibration["why"],
+                                  **{split: {key: value for key, value in calibration[split].items()
+                                             if not key.startswith("bins")}
+                                     for split in ("validation", "test") if split in calibration}}
+    if record.get("unfamiliar") is not None or shares:
+        details["unfamiliar"] = {**(record.get("unfamiliar") or {}), "shares": shares}
     write_metrics_json(metrics_dir / "details" / f"{name}.json", details)
     names = np.asarray(class_names, dtype=object)
     paired = pd.DataFrame({"file": predictions["file"].astype(str), "actual": names[y_true],
@@ -178,6 +240,8 @@ def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], 
             live.log_plot(f"{metric}/{name}", curve_points(history, metric), x="epoch",
                           y=["train", "validation"], x_label="epoch", y_label=label)
         save_curves_png(history, plots / "images" / "curves" / f"{name}.png", title=f"{name}: training curves")
+    if calibration is not None and "test" in calibration:
+        save_calibration_plots(name, calibration, live, plots)
     return summary
 
 

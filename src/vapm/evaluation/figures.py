@@ -1,4 +1,5 @@
-"""Pictures of results: confusion matrices and training curves, as PNG files with deterministic bytes."""
+"""Pictures of results: confusion matrices, training curves, ROC, noise, reliability and unfamiliar-input charts,
+as PNG files with deterministic bytes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -148,6 +149,152 @@ def save_noise_png(rows: Sequence[dict[str, Any]], path: str | Path, title: str,
         axes.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+_RELIABILITY_KEYS = ("lower", "upper", "count", "confidence", "accuracy")
+
+
+def _checked_bins(bins: Sequence[dict[str, Any]], which: str) -> list[dict[str, float]]:
+    checked = []
+    for position, item in enumerate(bins):
+        missing = [key for key in _RELIABILITY_KEYS if key not in item]
+        if missing:
+            raise ValueError(f"{which} bin {position} lacks {', '.join(missing)}")
+        checked.append({key: float(item[key]) for key in _RELIABILITY_KEYS})
+    return [item for item in checked if item["count"] > 0]
+
+
+def _binned_ece(bins: list[dict[str, float]]) -> float | None:
+    """The expected calibration error the bins imply: Σ (share of items) x |accuracy - mean confidence|."""
+    total = sum(item["count"] for item in bins)
+    if not total:
+        return None
+    return sum(item["count"] / total * abs(item["accuracy"] - item["confidence"]) for item in bins)
+
+
+def save_reliability_png(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]], path: str | Path,
+                         title: str) -> Path:
+    """A reliability diagram: accuracy against mean top-class confidence per confidence bin, before (uncalibrated)
+    and after temperature scaling, with the diagonal of perfect calibration and the items per bin underneath.
+
+    Each bin is {"lower", "upper", "count", "confidence", "accuracy"}; empty bins may be left out. The legend gives
+    the ECE the bins imply (the count-weighted mean gap between accuracy and confidence)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    series = [(_checked_bins(before, "before"), "before: uncalibrated", "tab:red", "o", -1),
+              (_checked_bins(after, "after"), "after: temperature-scaled", "tab:blue", "s", 1)]
+    largest = max([item["count"] for bins, *_ in series for item in bins], default=1.0)
+    # Fixed panel rectangles (figure fractions) rather than tight_layout, which cannot place a square panel above a
+    # wide one: the square's side is 0.8 x 5.6 in = 4.48 in, 0.64 of the figure's 7 in height, and both axes span
+    # the same range, so the diagonal is at 45 degrees.
+    figure = Figure(figsize=(5.6, 7.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0.14, 0.3, 0.8, 0.64))
+    counts_axes = figure.add_axes((0.14, 0.085, 0.8, 0.17), sharex=axes)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for bins, label, colour, marker, side in series:
+        ece = _binned_ece(bins)
+        label = f"{label} (ECE {ece:.3f})" if ece is not None else f"{label} (no items)"
+        confidence = [item["confidence"] for item in bins]
+        accuracy = [item["accuracy"] for item in bins]
+        axes.plot(confidence, accuracy, color=colour, marker=marker, markersize=4, linewidth=1.2, label=label)
+        # Marker area grows with the items in the bin, so a bin of three items does not look like one of 300.
+        sizes = [20 + 280 * item["count"] / largest for item in bins]
+        axes.scatter(confidence, accuracy, s=sizes, color=colour, marker=marker, alpha=0.35, linewidths=0)
+        # Items per bin: before on the bin's left half, after on its right half.
+        lefts = [item["lower"] + (item["upper"] - item["lower"]) * (0.05 if side < 0 else 0.5) for item in bins]
+        widths = [(item["upper"] - item["lower"]) * 0.45 for item in bins]
+        counts_axes.bar(lefts, [item["count"] for item in bins], width=widths, align="edge", color=colour,
+                        alpha=0.7)
+    axes.set_xlim(-0.02, 1.02)  # a margin, so that points at 0 or 1 are not cut in half by the frame
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_ylabel("accuracy")
+    axes.tick_params(labelbottom=False)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8, title="marker area: items in the bin", title_fontsize=7)
+    axes.set_title(title)
+    counts_axes.set_xlabel("confidence (top class probability)")
+    counts_axes.set_ylabel("items")
+    counts_axes.grid(alpha=0.3, axis="y")
+    counts_axes.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
+    counts_axes.set_ylim(bottom=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+
+FAMILIAR_KIND = "test (familiar)"
+SHIFTED_TARGET = 0.95
+FAMILIAR_LIMIT = 0.02
+
+
+def save_unfamiliar_png(rates: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+    """The share of inputs each classifier flags as unfamiliar, per kind of input: grouped horizontal bars, the
+    familiar test items first (they should stay under FAMILIAR_LIMIT), then each shift (they should reach
+    SHIFTED_TARGET). `rates[model][kind]` is a share 0..1; a kind a model lacks gets no bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rates:
+        raise ValueError("no models to draw")
+    for model, kinds in rates.items():
+        for kind, share in kinds.items():
+            if not 0.0 <= float(share) <= 1.0:
+                raise ValueError(f"{model}'s share flagged for {kind!r} is {share}, not within 0..1")
+    models = list(rates)
+    kinds = list(dict.fromkeys(kind for model in models for kind in rates[model]))
+    if FAMILIAR_KIND in kinds:  # familiar items first: the reference the shifts are read against
+        kinds.remove(FAMILIAR_KIND)
+        kinds.insert(0, FAMILIAR_KIND)
+    bar = 0.8 / len(models)
+    legend_height = 0.2 * -(-(len(models) + 2) // 3) + 0.1  # three entries a row
+    height = 1.5 + legend_height + len(kinds) * (0.22 * len(models) + 0.2)
+    figure = Figure(figsize=(8.0, height), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if FAMILIAR_KIND in kinds:
+        axes.axhspan(-0.5, 0.5, color="grey", alpha=0.1, linewidth=0)
+    for index, model in enumerate(models):
+        positions, shares = [], []
+        for row, kind in enumerate(kinds):
+            position = row - 0.4 + bar * (index + 0.5)
+            if kind in rates[model]:
+                positions.append(position)
+                shares.append(float(rates[model][kind]))
+            else:
+                axes.annotate(f"{model}: not measured", (FAMILIAR_LIMIT, position), xytext=(4, 0),
+                              textcoords="offset points", va="center", fontsize=7, color="grey")
+        bars = axes.barh(positions, shares, height=bar * 0.92, color=f"C{index}", label=model)
+        # The share at the bar's end, inside it when the bar is long; small shares to 0.1 % (is 2.4 % under 2 %?).
+        for rectangle, share in zip(bars, shares):
+            inside = share > 0.85
+            # Short bars: the label starts past the familiar limit's line, so that the line does not cross it.
+            end = share if inside else max(share, FAMILIAR_LIMIT)
+            axes.annotate(f"{share:.1%}" if share < 0.1 else f"{share:.0%}",
+                          (end, rectangle.get_y() + rectangle.get_height() / 2),
+                          xytext=(-3 if inside else 3, 0), textcoords="offset points", va="center",
+                          ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
+    axes.axvline(SHIFTED_TARGET, color="black", linestyle="--", linewidth=1,
+                 label=f"target for shifted inputs ({SHIFTED_TARGET:.0%})")
+    axes.axvline(FAMILIAR_LIMIT, color="tab:red", linestyle="--", linewidth=1,
+                 label=f"limit for familiar items ({FAMILIAR_LIMIT:.0%})")
+    axes.set_yticks(range(len(kinds)), labels=kinds)
+    axes.set_ylim(len(kinds) - 0.5, -0.5)  # first kind at the top
+    axes.set_xlim(0, 1)
+    axes.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    axes.set_xlabel("share flagged unfamiliar")
+    axes.grid(alpha=0.3, axis="x")
+    axes.set_title(title)
+    figure.legend(*axes.get_legend_handles_labels(), loc="lower center", ncols=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})

@@ -28,6 +28,9 @@ def summarise(result: dict[str, Any], normal_classes: set[str]) -> dict[str, Any
     else:
         summary.update(**{"class": result["class"], "probability": result.get("probability")},
                        alert=bool(normal_classes) and result["class"] not in normal_classes)
+        if "unfamiliar" in result:  # an unfamiliar input is an alert whatever class it is given
+            summary.update(unfamiliar=result["unfamiliar"], unfamiliar_reasons=result["unfamiliar_reasons"],
+                           alert=summary["alert"] or result["unfamiliar"])
     return summary
 
 
@@ -35,6 +38,9 @@ def describe(summary: dict[str, Any]) -> str:
     if "status" in summary:
         return f"{summary['model']} says {summary['status']} (score {summary['score']:.3g} > {summary['threshold']:.3g})"
     probability = f" ({summary['probability']:.1%})" if summary.get("probability") is not None else ""
+    if summary.get("unfamiliar"):
+        return (f"{summary['model']}: unfamiliar input ({'; '.join(summary['unfamiliar_reasons'])}), it would say "
+                f"{summary['class']}{probability}")
     return f"{summary['model']} says {summary['class']}{probability}"
 
 

@@ -3,6 +3,12 @@
 Everything is read from the model's folder (its `record.json` says what it is, which artefact adapter
 loads it and which preprocessing record turns a raw file into its input), never from params.yaml or
 the model's name. predict, the served MLflow model and the folder monitor all go through here.
+
+A classifier's answer is calibrated (its probabilities at the temperature fitted at training) and says whether the
+input is unfamiliar: `unfamiliar` is true when a cheap check on the decoded input fails (silence, clipping, DC
+offset, a blank, saturated, black-bordered or blurred image: vapm.data.input_checks) or when the distance of the
+model's features to its training data is above the threshold fitted at training (`unfamiliar_score` >
+`unfamiliar_threshold`); `unfamiliar_reasons` says which, in words.
 """
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from vapm.artefacts import artefact
+from vapm.artefacts.familiarity import read_familiarity
 from vapm.artefacts.record import read_model_record
 from vapm.core.errors import VapmError, one_line
+from vapm.models.components.calibration import scaled
 from vapm.data.features.records import InputRecord, raw_suffixes, record_from_dict, suffix_of
 
 
@@ -29,7 +37,12 @@ class LoadedModel:
     input: InputRecord
     model: Any
     version: str | None = None           # the registry version when loaded from MLflow
+    familiarity: Any = None              # the unfamiliar-input scorer (None: a model saved without one)
     _artefact: Any = field(default=None, repr=False)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.record.get("calibration", {}).get("temperature", 1.0))
 
     @property
     def name(self) -> str:
@@ -44,22 +57,42 @@ class LoadedModel:
         kind = "images" if self.input.modality == "vision" else "recordings"
         return f"{kind} ({', '.join(raw_suffixes(self.input))})"
 
-    def prepare(self, name: str, data: bytes) -> np.ndarray:
-        """One file -> one model input; a file the model cannot take gives an error naming it and saying why."""
+    def decode(self, name: str, data: bytes) -> np.ndarray:
+        """One file -> what the input checks look at (the decoded clip, or the grey image at the model's size); a
+        file the model cannot take gives an error naming it and saying why."""
         suffix = suffix_of(name)
         if suffix not in raw_suffixes(self.input):
             raise InferenceError(f"{name}: {self.name} takes {self.takes}, not {suffix or 'a file without suffix'}")
         try:
-            return self.input.prepare(name, data)
+            return self.input.decode(name, data)
         except VapmError as err:
             raise InferenceError(f"{name}: {one_line(str(err))} ({self.name} takes {self.takes})") from None
+
+    def prepare(self, name: str, data: bytes) -> np.ndarray:
+        """One file -> one model input (as `decode`, then the feature's steps)."""
+        return self.input.from_decoded(self.decode(name, data))
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         return self._artefact.scores(self.model, x)
 
-    def result(self, name: str, scores: np.ndarray) -> dict[str, Any]:
-        """One file's answer: its class and, by what the model gives, probabilities or decision scores; for a
-        detector, normal or abnormal with its score and threshold."""
+    def answer_decoded(self, names: list[str], decoded: list[np.ndarray]) -> list[dict[str, Any]]:
+        """The answers for decoded items (what `decode` gives): input checks, then the model in one batch."""
+        if not decoded:
+            return []
+        reasons = [self.input.input_reasons(item) for item in decoded]
+        scores, features = self._artefact.scores_and_features(
+            self.model, np.stack([self.input.from_decoded(item) for item in decoded]))
+        scores = np.asarray(scores).reshape(len(decoded), -1)
+        distances = None
+        if self.familiarity is not None and features is not None:
+            distances = self.familiarity.score(np.asarray(features, dtype=np.float64).reshape(len(decoded), -1))
+        return [self.result(name, row, reasons[i], None if distances is None else float(distances[i]))
+                for i, (name, row) in enumerate(zip(names, scores))]
+
+    def result(self, name: str, scores: np.ndarray, input_reasons: list[str] | None = None,
+               distance: float | None = None) -> dict[str, Any]:
+        """One file's answer: its class and, by what the model gives, calibrated probabilities or decision scores,
+        and whether the input is unfamiliar; for a detector, normal or abnormal with its score and threshold."""
         kind = self.record.get("score_kind", "probability")
         if kind == "anomaly":
             score = float(np.asarray(scores).reshape(-1)[0])
@@ -74,29 +107,36 @@ class LoadedModel:
         result: dict[str, Any] = {"file": name, "model": self.name, "class": self.classes[best]}
         if self.version is not None:
             result["version"] = self.version
-        values = {c: round(float(v), 6) for c, v in zip(self.classes, scores)}
         if kind == "probability":
+            calibrated = scaled(np.asarray(scores, dtype=np.float64).reshape(1, -1), self.temperature)[0]
+            values = {c: round(float(v), 6) for c, v in zip(self.classes, calibrated)}
             result["probability"] = values[self.classes[best]]
             result["probabilities"] = values
         else:
-            result["decision_scores"] = values
+            result["decision_scores"] = {c: round(float(v), 6) for c, v in zip(self.classes, scores)}
             result["note"] = "a linear SVM gives decision scores, not probabilities"
+        reasons = list(input_reasons or [])
+        if distance is not None:
+            threshold = float(self.familiarity.threshold)
+            result["unfamiliar_score"], result["unfamiliar_threshold"] = round(distance, 6), round(threshold, 6)
+            if distance > threshold:
+                reasons.append(f"score {distance:.4g} > threshold {threshold:.4g}")
+        result["unfamiliar"] = bool(reasons)
+        result["unfamiliar_reasons"] = reasons
         return result
 
     def predict_files(self, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         """One result per file, in order; a file that fails gets {"file", "error"} and the others go on."""
         results: list[dict[str, Any] | None] = [None] * len(files)
-        prepared, where = [], []
+        decoded, where = [], []
         for i, (name, data) in enumerate(files):
             try:
-                prepared.append(self.prepare(name, data))
+                decoded.append(self.decode(name, data))
                 where.append(i)
             except InferenceError as err:
                 results[i] = {"file": name, "model": self.name, "error": str(err)}
-        if prepared:
-            scores = self.scores(np.stack(prepared))
-            for i, row in zip(where, np.asarray(scores).reshape(len(prepared), -1)):
-                results[i] = self.result(files[i][0], row)
+        for i, answer in zip(where, self.answer_decoded([files[i][0] for i in where], decoded)):
+            results[i] = answer
         return results  # type: ignore[return-value]
 
 
@@ -111,4 +151,5 @@ def load_model(folder: str | Path, version: str | None = None, runtime: str = "o
     record = read_model_record(folder)
     adapter = artefact(record["artefact"])
     return LoadedModel(folder=folder, record=record, input=record_from_dict(record["input"], str(folder)),
-                       model=adapter.load(folder, runtime), version=version, _artefact=adapter)
+                       model=adapter.load(folder, runtime), version=version, familiarity=read_familiarity(folder),
+                       _artefact=adapter)

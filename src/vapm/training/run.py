@@ -3,9 +3,13 @@
     models/<name>/
       model.keras | model.skops   the trained model (registry `artefact`); the linear SVM also as linear.npz
       record.json                 what the model is and takes: task, artefact, classes, score kind, input
-                                  record (its preprocessing), seed, split sizes, the training split's items per
-                                  class (the evaluate stage's majority baseline), trainer details
-      predictions.parquet         the test split: file, y_true, y_pred and one score column per class
+                                  record (its preprocessing and input-check limits), seed, split sizes, the
+                                  training split's items per class (the evaluate stage's majority baseline),
+                                  trainer details, `calibration` (temperature) and `unfamiliar` (the flag's scorer)
+      unfamiliar.npz              classifiers: the unfamiliar-input scorer (vapm.training.trust)
+      calibration.json            probability classifiers: temperature, ECE and log-loss before/after, bins
+      predictions.parquet         the test split: file, y_true, y_pred, one score column per class and (classifiers)
+                                  the unfamiliar-input score and flag
       history.csv                 neural models: one row per epoch (epoch, phase, loss, accuracy, val_*)
       live/                       neural models: DVCLive's per-epoch metrics
       <table>.csv                 extras a trainer returns (e.g. the SVM's grid-search results)
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vapm.artefacts import artefact
+from vapm.artefacts.familiarity import write_familiarity
 from vapm.artefacts.record import write_json, write_model_record
 from vapm.config import paths
 from vapm.config.model_registry import ModelEntry, get_entry
@@ -30,9 +35,11 @@ from vapm.config.settings import Settings, load_settings
 from vapm.core.hashing import file_sha256
 from vapm.models.components.data import TrainingError, load_features
 from vapm.models.components.job import Trained, TrainingJob
+from vapm.training.trust import Trust, fit_trust
 
 PREDICTIONS_FILE = "predictions.parquet"
 HISTORY_FILE = "history.csv"
+CALIBRATION_FILE = "calibration.json"
 LIVE_DIR = "live"
 SCORE_PREFIX = {"probability": "prob_", "decision": "decision_"}
 DETECTOR_CLASSES = ("normal", "abnormal")
@@ -43,7 +50,7 @@ def used_features(job: TrainingJob, trained: Trained):
 
 
 def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained,
-                 runtimes: dict[str, str] | None = None) -> dict[str, Any]:
+                 runtimes: dict[str, str] | None = None, trust: Trust | None = None) -> dict[str, Any]:
     """The saved record: everything predict, serving and evaluation need to use the model without params.yaml."""
     features = used_features(job, trained)
     return {
@@ -62,6 +69,7 @@ def model_record(entry: ModelEntry, job: TrainingJob, trained: Trained,
         "train_class_counts": dict(zip(job.class_names, train_labels(job, trained, len(job.class_names)).tolist())),
         "details": trained.details,
         "runtimes": dict(runtimes or {}),
+        **(trust.record if trust is not None else {}),
     }
 
 
@@ -91,7 +99,7 @@ def test_outcome(job: TrainingJob, trained: Trained) -> tuple[np.ndarray, np.nda
 
 
 def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained: Trained,
-                      class_names: list[str]) -> None:
+                      class_names: list[str], trust: Trust | None = None) -> None:
     import pandas as pd
 
     if trained.score_kind == "anomaly":  # class label, anomaly score, and the verdict at the threshold
@@ -106,10 +114,14 @@ def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained
     scores = np.asarray(trained.test_scores, dtype=np.float64)
     for i, name in enumerate(class_names):
         table[f"{SCORE_PREFIX[trained.score_kind]}{name}"] = scores[:, i]
+    if trust is not None and trust.familiarity is not None:
+        table["unfamiliar_score"] = trust.test_scores
+        table["unfamiliar"] = trust.test_scores > trust.familiarity.threshold
     table.to_parquet(path, index=False)
 
 
-def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[str, Any]:
+def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained,
+                 trust: Trust | None = None) -> dict[str, Any]:
     """Write models/<name>/ whole: into a sibling temp folder first, then swap it in. Returns the export's
     `runtimes` (its files, as the record lists them) and `check` (what checking them against the trained model on
     the whole test split found)."""
@@ -123,14 +135,18 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
         adapter.save(trained.model, staging)
         exported = adapter.export(trained.model, staging, features.x[test])
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
-                          job.class_names)
+                          job.class_names, trust)
+        if trust is not None and trust.familiarity is not None:
+            write_familiarity(staging, trust.familiarity)
+        if trust is not None and trust.calibration is not None:
+            write_json(staging / CALIBRATION_FILE, trust.calibration)
         if trained.history is not None:
             trained.history.to_csv(staging / HISTORY_FILE, index=False)
         for name, table in trained.tables.items():
             table.to_csv(staging / f"{name}.csv", index=False)
         for name, document in trained.documents.items():
             write_json(staging / f"{name}.json", document)
-        write_model_record(staging, model_record(entry, job, trained, exported.get("runtimes")))
+        write_model_record(staging, model_record(entry, job, trained, exported.get("runtimes"), trust))
         if job.live_dir is not None and Path(job.live_dir).is_dir():
             shutil.copytree(job.live_dir, staging / LIVE_DIR)
         shutil.rmtree(folder, ignore_errors=True)
@@ -165,8 +181,25 @@ def data_sha256(job: TrainingJob, trained: Trained) -> str | None:
     return job.data_manifest_sha256
 
 
+def trust_metrics(trust: Trust | None) -> dict[str, float]:
+    """The temperature, calibration errors and the flag's threshold and test share, as MLflow metrics."""
+    if trust is None:
+        return {}
+    metrics: dict[str, float] = {}
+    if trust.calibration is not None:
+        metrics["temperature"] = trust.temperature
+        for key in ("ece_before", "ece_after", "log_loss_before", "log_loss_after"):
+            if "test" in trust.calibration:
+                metrics[f"test_{key}"] = trust.calibration["test"][key]
+    if trust.familiarity is not None:
+        metrics["unfamiliar_threshold"] = trust.familiarity.threshold
+        if trust.record["unfamiliar"]["test_flagged"] is not None:
+            metrics["test_unfamiliar_share"] = trust.record["unfamiliar"]["test_flagged"]
+    return metrics
+
+
 def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings,
-            checks: dict[str, Any] | None = None) -> None:
+            checks: dict[str, Any] | None = None, trust: Trust | None = None) -> None:
     """One MLflow run: params, per-epoch history, test results with the confusion picture, the model."""
     from vapm.evaluation.figures import save_confusion_png
     from vapm.evaluation.metrics import classification_summary
@@ -188,7 +221,7 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
         if trained.history is not None:
             tracking.log_history(trained.history)
         tracking.log_metrics({**{f"{name}_seconds": value for name, value in trained.seconds.items()},
-                              **trained.metrics,
+                              **trained.metrics, **trust_metrics(trust),
                               **{f"{runtime}_export_max_abs_difference": check["max_abs_difference"]
                                  for runtime, check in (checks or {}).items()}})
         summary = classification_summary(y_true, y_pred, outcome_names, train_outcome_counts(job, trained))
@@ -234,6 +267,32 @@ def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
     return f"{name}: {epochs}{score} on {len(trained.split.test)} items{took}"
 
 
+def trust_of(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings) -> Trust | None:
+    """A classifier's temperature and unfamiliar-input scorer (vapm.training.trust); None for a detector."""
+    if trained.score_kind == "anomaly":
+        return None
+    features = used_features(job, trained)
+    return fit_trust(artefact(entry.artefact), trained.model, features.x, features.labels, trained.split,
+                     trained.score_kind, settings.ood, job.seed)
+
+
+def trust_line(name: str, trust: Trust | None) -> str | None:
+    """The temperature and the flag's threshold, for the console."""
+    if trust is None:
+        return None
+    parts = []
+    if trust.calibration is not None:
+        test = trust.calibration.get("test")
+        ece = f", test ECE {test['ece_before']:.3f} -> {test['ece_after']:.3f}" if test else ""
+        parts.append(f"temperature {trust.temperature:.3g}{ece}")
+    if trust.familiarity is not None:
+        flagged = trust.record["unfamiliar"]["test_flagged"]
+        parts.append(f"unfamiliar above {trust.familiarity.threshold:.4g} ({trust.familiarity.method} on "
+                     f"{trust.feature_size} features; {flagged:.1%} of the test split flagged)"
+                     if flagged is not None else f"unfamiliar above {trust.familiarity.threshold:.4g}")
+    return f"{name}: " + "; ".join(parts) if parts else None
+
+
 def run_training(name: str) -> Trained:
     """`python stages/train.py <name>`: train the registered model and write models/<name>/ and one MLflow run."""
     from vapm.config.seeding import set_global_seed
@@ -254,9 +313,12 @@ def run_training(name: str) -> Trained:
         if np.shape(trained.test_scores) != expected:
             raise TrainingError(f"{entry.trainer} returned test scores of shape {np.shape(trained.test_scores)}, "
                                 f"expected {expected}")
-        exported = save_outputs(paths.model_dir(name), entry, job, trained)
+        trust = trust_of(entry, job, trained, settings)
+        exported = save_outputs(paths.model_dir(name), entry, job, trained, trust)
     print(summary_line(name, job, trained), flush=True)
+    if line := trust_line(name, trust):
+        print(line, flush=True)
     if line := export_line(name, exported):
         print(line, flush=True)
-    log_run(entry, job, trained, settings, exported.get("check"))
+    log_run(entry, job, trained, settings, exported.get("check"), trust)
     return trained

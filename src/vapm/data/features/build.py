@@ -17,6 +17,7 @@ from joblib import Parallel, delayed
 from vapm.core.progress import progress
 from vapm.data.features.acoustic import acoustic_frame_count, check_clip_length, clip_range_features
 from vapm.data.features.errors import InterimDataError
+from vapm.data.input_checks import fit_clip_limits, fit_image_limits
 from vapm.data.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
 
 VISION_COLUMNS = ("item", "file", "class", "label", "split", "height", "width", "offset")
@@ -159,7 +160,8 @@ def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord) -> i
     if masks is not None:
         arrays["masks"], arrays["has_mask"] = masks
     _save_npz(Path(out_dir) / FEATURES_NPZ, arrays)
-    write_record(out_dir, record)
+    train = manifest["split"].astype(str).to_numpy() == "train"
+    write_record(out_dir, record.model_copy(update={"checks": fit_image_limits(images[train])}))
     return len(manifest)
 
 
@@ -243,6 +245,10 @@ def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, i
 
     _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest),
                                                 **class_names(manifest)})
+    # The clip limits of the training split travel in both records: a saved model checks new clips against them.
+    train_rows = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "train")
+    checks = {"checks": fit_clip_limits(np.load(clips_path, mmap_mode="r"), rows=train_rows)}
+    image_record, wavelet_record = image_record.model_copy(update=checks), wavelet_record.model_copy(update=checks)
     write_record(images_dir, image_record)
     table = pd.DataFrame(energies, columns=wavelet_record.feature_names)
     table["class"] = manifest["class"].astype(str).to_numpy()

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from vapm.core.errors import VapmError
+from vapm.data.input_checks import ClipLimits, ImageLimits, clip_reasons, image_reasons
 
 RECORD_FILE = "record.json"
 
@@ -33,9 +34,23 @@ class _Record(BaseModel):
     def modality(self) -> str:
         raise NotImplementedError
 
+    def decode(self, name: str, data: bytes) -> np.ndarray:
+        """One raw file's bytes -> what the cheap input checks look at: the clip as ingest decodes it, or the grey
+        image at the model's size."""
+        raise NotImplementedError
+
+    def from_decoded(self, decoded: np.ndarray) -> np.ndarray:
+        """The decoded item -> the model input (this feature's steps)."""
+        raise NotImplementedError
+
+    def input_reasons(self, decoded: np.ndarray) -> list[str]:
+        """Why the decoded item is unfit to be classified (vapm.data.input_checks), with the limits featurize
+        fitted on the training data; records written before those existed use the shipped limits."""
+        return []
+
     def prepare(self, name: str, data: bytes) -> np.ndarray:
         """One raw file's bytes -> one model input (ingest's decoding, then this feature's steps)."""
-        raise NotImplementedError
+        return self.from_decoded(self.decode(name, data))
 
     def prepare_many(self, files: list[tuple[str, bytes]]) -> np.ndarray:
         return np.stack([self.prepare(name, data) for name, data in files])
@@ -64,8 +79,28 @@ class ClipRecord(_Record):
     def modality(self) -> str:
         return "audio"
 
-    def prepare(self, name: str, data: bytes) -> np.ndarray:
+    def decode(self, name: str, data: bytes) -> np.ndarray:
         return self.audio.clip(name, data)
+
+    def from_decoded(self, decoded: np.ndarray) -> np.ndarray:
+        return decoded
+
+
+class _FromClip(_Record):
+    """A feature computed from the decoded clip, with the clip limits of its training data."""
+    checks: ClipLimits | None = None  # fitted by featurize; None in records written before the checks existed
+
+    def decode(self, name: str, data: bytes) -> np.ndarray:
+        return self.audio.clip(name, data)  # type: ignore[attr-defined]
+
+    def from_decoded(self, decoded: np.ndarray) -> np.ndarray:
+        return self.from_clip(decoded)
+
+    def from_clip(self, clip: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def input_reasons(self, decoded: np.ndarray) -> list[str]:
+        return clip_reasons(decoded, self.checks or ClipLimits())
 
 
 class ImageRecord(_Record):
@@ -74,6 +109,7 @@ class ImageRecord(_Record):
     kind: Literal["image"] = "image"
     image_size: int
     resize: Literal["squash", "pad", "crop"] = "squash"  # records written before vision.resize existed squashed
+    checks: ImageLimits | None = None  # fitted by featurize; None in records written before the checks existed
 
     @property
     def modality(self) -> str:
@@ -84,13 +120,19 @@ class ImageRecord(_Record):
 
         return resize_image(image, self.image_size, self.resize)
 
-    def prepare(self, name: str, data: bytes) -> np.ndarray:
+    def decode(self, name: str, data: bytes) -> np.ndarray:
         from vapm.data.ingest.decode import decode_image
 
         return self.from_grey(decode_image(data, member_name=name))
 
+    def from_decoded(self, decoded: np.ndarray) -> np.ndarray:
+        return decoded
 
-class AcousticImageRecord(_Record):
+    def input_reasons(self, decoded: np.ndarray) -> list[str]:
+        return image_reasons(decoded, self.checks or ImageLimits())
+
+
+class AcousticImageRecord(_FromClip):
     """MFCC rows on top of log-mel (dB) rows, float32 (n_mfcc + n_mels, frames), from one centred STFT."""
     kind: Literal["acoustic_image"] = "acoustic_image"
     audio: AudioInput
@@ -118,11 +160,8 @@ class AcousticImageRecord(_Record):
         return mfcc_logmel_image(clip, self.audio.sample_rate, self.n_mfcc, self.n_mels, self.n_fft,
                                  self.hop_length, self.fmax, self.remove_dc, self.mfcc_mel_bands)
 
-    def prepare(self, name: str, data: bytes) -> np.ndarray:
-        return self.from_clip(self.audio.clip(name, data))
 
-
-class WaveletRecord(_Record):
+class WaveletRecord(_FromClip):
     """Mean square (log10 or linear) of every wavelet-packet node, levels 1..level, in frequency order."""
     kind: Literal["wavelet"] = "wavelet"
     audio: AudioInput
@@ -147,9 +186,6 @@ class WaveletRecord(_Record):
 
         return wavelet_packet_energies(clip, self.wavelet, self.level, self.mode, self.energy, self.remove_dc)
 
-    def prepare(self, name: str, data: bytes) -> np.ndarray:
-        return self.from_clip(self.audio.clip(name, data))
-
 
 class ExternalFeaturesRecord(_Record):
     """Features read from a table someone else computed: raw files cannot be turned into them here."""
@@ -162,7 +198,7 @@ class ExternalFeaturesRecord(_Record):
     def modality(self) -> str:
         return "audio"
 
-    def prepare(self, name: str, data: bytes) -> np.ndarray:
+    def decode(self, name: str, data: bytes) -> np.ndarray:
         raise RecordError(f"{name}: this model was trained on features from {self.source} ({self.description}); "
                           "vapm cannot compute them from a raw file. Retrain it on vapm's own features "
                           "(acoustic_svm.features_csv: null) to classify recordings")

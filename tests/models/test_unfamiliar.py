@@ -1,10 +1,10 @@
-"""Unfamiliar-input scores (vapm.evaluation.unfamiliar): familiar items pass, shifted ones are flagged."""
+"""Unfamiliar-input scores (vapm.models.components.unfamiliar): familiar items pass, shifted ones are flagged."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vapm.evaluation.unfamiliar import fit_mahalanobis, fit_neighbours, flag_threshold
+from vapm.models.components.unfamiliar import fit_mahalanobis, fit_neighbours, flag_threshold
 
 
 def clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ def test_bad_inputs_are_refused():
 
 
 def test_the_per_class_products_give_the_einsum_distances():
-    from vapm.evaluation.unfamiliar import fit_mahalanobis
+    from vapm.models.components.unfamiliar import fit_mahalanobis
 
     rng = np.random.default_rng(3)
     x, labels = rng.normal(size=(60, 12)), np.repeat(np.arange(3), 20)

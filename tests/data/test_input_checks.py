@@ -6,7 +6,7 @@ import pytest
 
 from vapm.data.synth.acoustic import render_clip
 from vapm.data.synth.vision import render_defect
-from vapm.evaluation.input_checks import (
+from vapm.data.input_checks import (
     ClipLimits,
     ImageLimits,
     clip_reasons,

@@ -5,10 +5,13 @@ Temperature scaling (Guo et al., 2017) divides the log-probabilities by one scal
 changes how sure the model says it is, never which class it picks. T is fitted by minimising the log-loss of the
 validation split (a bounded 1-D search over log T), so a model that was never over- or under-confident keeps
 T near 1.
-Here for now as pure functions; the trainers will fit the temperature when issue 26 wires it in (the models layer
-cannot import evaluation, so the module moves to models.components then).
+The train stage fits T for every neural classifier and writes the ECE and log-loss before and after, with the
+reliability diagram's bins, to the model folder (calibration.json); predict, the served model and the monitor
+apply T to every answer.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -44,16 +47,8 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Σ over equal-width confidence bins of (share of items) x |accuracy - mean confidence| of the top class."""
-    probabilities, labels = _checked(probabilities, labels)
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    # Bins (k/bins, (k+1)/bins]; a confidence of exactly 0 joins the first.
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    error = 0.0
-    for k in np.unique(which):
-        members = which == k
-        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
+    rows = reliability_bins(probabilities, labels, bins)
+    return float(sum(row["count"] / len(labels) * abs(row["accuracy"] - row["confidence"]) for row in rows))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -72,3 +67,25 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     result = minimize_scalar(lambda log_t: log_loss(scaled(probabilities, float(np.exp(log_t))), labels),
                              bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
     return float(np.exp(result.x))
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The reliability diagram's points: per non-empty confidence bin, its edges, item count, mean top-class
+    confidence and accuracy (the ECE is their count-weighted mean gap)."""
+    probabilities, labels = _checked(probabilities, labels)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    # Bins (k/bins, (k+1)/bins]; a confidence of exactly 0 joins the first.
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    return [{"lower": round(k / bins, 6), "upper": round((k + 1) / bins, 6), "count": int(np.sum(which == k)),
+             "confidence": float(confidence[which == k].mean()), "accuracy": float(correct[which == k].mean())}
+            for k in np.unique(which).tolist()]
+
+
+def calibration_summary(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
+    """ECE and log-loss of these items before and after temperature T, and both reliability diagrams' bins."""
+    after = scaled(probabilities, temperature)
+    return {"n": int(len(labels)), "ece_before": expected_calibration_error(probabilities, labels),
+            "ece_after": expected_calibration_error(after, labels),
+            "log_loss_before": log_loss(probabilities, labels), "log_loss_after": log_loss(after, labels),
+            "bins_before": reliability_bins(probabilities, labels), "bins_after": reliability_bins(after, labels)}

@@ -18,26 +18,26 @@ Another dataset may sit elsewhere (the demo's synthetic clips carry a DC offset 
 and `fit_image_limits` widen each limit to leave the training items' own range well inside, never narrowing the
 shipped ones.
 
-Here for now as pure functions; issue 26 wires them into predict, the served model and the monitor (the answer's
-`unfamiliar` field) with limits from params, and the module moves to vapm.data then.
+Featurize fits the limits on the training split and writes them into the preprocessing record (`checks`), so a
+saved model carries the limits of the data it learnt from; predict, the served model and the monitor apply them
+to every decoded input before the model and report the reasons in the answer's `unfamiliar_reasons`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 
-@dataclass(frozen=True)
-class ClipLimits:
+class ClipLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
     rms_floor: float = 0.003
     full_scale: float = 0.999
     clipping_share: float = 0.001
     dc_offset: float = 0.01
 
 
-@dataclass(frozen=True)
-class ImageLimits:
+class ImageLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
     min_std: float = 2.0
     black_share: float = 0.10
     min_sharpness: float = 1.5
@@ -98,15 +98,24 @@ def _checked_items(items: np.ndarray, ndim: int, what: str) -> np.ndarray:
     return array
 
 
-def fit_clip_limits(clips: np.ndarray, base: ClipLimits = ClipLimits()) -> ClipLimits:
+def fit_clip_limits(clips: np.ndarray, base: ClipLimits = ClipLimits(), rows: np.ndarray | None = None,
+                    chunk: int = 256) -> ClipLimits:
     """The shipped limits, widened so that the training clips (N, samples) sit well inside them: the RMS floor at
-    most a tenth of the quietest clip's, the clipping share and DC offset at least twice the largest seen."""
-    clips = _checked_items(clips, 2, "training clips (N, samples)")
-    rms = np.sqrt(np.mean(clips * clips, axis=1))
-    clipped = np.mean(np.abs(clips) >= base.full_scale, axis=1)
-    return ClipLimits(rms_floor=min(base.rms_floor, 0.1 * float(rms.min())), full_scale=base.full_scale,
-                      clipping_share=max(base.clipping_share, 2 * float(clipped.max())),
-                      dc_offset=max(base.dc_offset, 2 * float(np.abs(clips.mean(axis=1)).max())))
+    most a tenth of the quietest clip's, the clipping share and DC offset at least twice the largest seen. Only
+    `rows` count when given; `chunk` clips are read at a time, so a memory-mapped clips.npy is never copied whole."""
+    rows = np.arange(len(clips)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if np.ndim(clips) != 2 or len(rows) == 0:
+        raise ValueError(f"need training clips (N, samples), got shape {np.shape(clips)} and {len(rows)} rows")
+    rms, clipped, offset = [], [], []
+    for start in range(0, len(rows), chunk):
+        part = np.asarray(clips[rows[start:start + chunk]], dtype=np.float64)
+        rms.append(np.sqrt(np.mean(part * part, axis=1)))
+        clipped.append(np.mean(np.abs(part) >= base.full_scale, axis=1))
+        offset.append(np.abs(part.mean(axis=1)))
+    return ClipLimits(rms_floor=min(base.rms_floor, 0.1 * float(np.concatenate(rms).min())),
+                      full_scale=base.full_scale,
+                      clipping_share=max(base.clipping_share, 2 * float(np.concatenate(clipped).max())),
+                      dc_offset=max(base.dc_offset, 2 * float(np.concatenate(offset).max())))
 
 
 def fit_image_limits(images: np.ndarray, base: ImageLimits = ImageLimits()) -> ImageLimits:

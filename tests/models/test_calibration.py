@@ -1,10 +1,10 @@
-"""Temperature scaling and the expected calibration error (vapm.evaluation.calibration)."""
+"""Temperature scaling and the expected calibration error (vapm.models.components.calibration)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vapm.evaluation.calibration import expected_calibration_error, fit_temperature, log_loss, scaled
+from vapm.models.components.calibration import expected_calibration_error, fit_temperature, log_loss, scaled
 
 
 def calibrated_toy(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

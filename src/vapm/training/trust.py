@@ -1,0 +1,77 @@
+"""What a classifier's answers can be trusted for, fitted once it is trained: a temperature that calibrates its
+probabilities and a scorer that flags unfamiliar inputs (issue 26; README "Unfamiliar inputs").
+
+* Temperature: fitted on the validation split (vapm.models.components.calibration) for a classifier that gives
+  probabilities. ECE and log-loss before and after, on validation and test, go to calibration.json in the model
+  folder (the evaluate stage reports them and draws the reliability diagram); the record keeps T.
+* Familiarity: the model's features (the network's penultimate layer, the SVM's standardised wavelet energies) of
+  every training item (fit and validation), a scorer fitted on them and a threshold from their out-of-fold scores
+  (vapm.models.components.unfamiliar). The model folder keeps the scorer (unfamiliar.npz); the test split's scores
+  go to predictions.parquet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vapm.models.components.calibration import calibration_summary, fit_temperature
+from vapm.models.components.unfamiliar import Familiarity, fit_familiarity
+
+
+@dataclass
+class Trust:
+    temperature: float = 1.0
+    calibration: dict[str, Any] | None = None     # calibration.json; None: the model gives no probabilities
+    familiarity: Familiarity | None = None        # None: the model has no features to score
+    feature_size: int | None = None
+    test_scores: np.ndarray | None = None         # the test split's unfamiliar-input scores
+    record: dict[str, Any] = field(default_factory=dict)  # what the model's record.json says about both
+
+
+def fit_calibration(val_probabilities: np.ndarray, val_labels: np.ndarray, test_probabilities: np.ndarray,
+                    test_labels: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """T from the validation split (1 with none, or when the model is right on all of it) and its summary."""
+    if len(val_labels) == 0:
+        temperature, why = 1.0, "no validation split (train.validation_fraction is 0): T stays 1"
+    elif np.all(np.argmax(val_probabilities, axis=1) == val_labels):
+        temperature, why = 1.0, "the model is right on every validation item: nothing to fit, T stays 1"
+    else:
+        temperature, why = fit_temperature(val_probabilities, val_labels), "fitted on the validation split"
+    document: dict[str, Any] = {"temperature": temperature, "fitted": why.startswith("fitted"), "why": why}
+    if len(val_labels):
+        document["validation"] = calibration_summary(val_probabilities, val_labels, temperature)
+    if len(test_labels):
+        document["test"] = calibration_summary(test_probabilities, test_labels, temperature)
+    return temperature, document
+
+
+def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split: Any, score_kind: str,
+              ood: Any, seed: int) -> Trust:
+    """Calibration and familiarity of a trained classifier from its items `x` (all splits) and labels."""
+    trust = Trust()
+    train_rows = np.concatenate([split.fit, split.val]).astype(np.int64)
+    rows = np.concatenate([train_rows, split.test]).astype(np.int64)
+    scores, features = adapter.scores_and_features(model, x[rows])
+    scores = np.asarray(scores, dtype=np.float64)
+    n_train = len(train_rows)
+    if score_kind == "probability":
+        val = slice(len(split.fit), n_train)
+        trust.temperature, trust.calibration = fit_calibration(scores[val], labels[split.val], scores[n_train:],
+                                                               labels[split.test])
+        trust.record["calibration"] = {key: trust.calibration[key] for key in ("temperature", "fitted", "why")}
+    if features is not None:
+        features = np.asarray(features, dtype=np.float64).reshape(len(rows), -1)
+        trust.familiarity = fit_familiarity(features[:n_train], labels[train_rows], ood.method, ood.k,
+                                            ood.false_flag_rate, ood.folds, seed)
+        trust.feature_size = int(features.shape[1])
+        trust.test_scores = trust.familiarity.score(features[n_train:])
+        trust.record["unfamiliar"] = {
+            "file": "unfamiliar.npz", "method": trust.familiarity.method,
+            **({"k": int(ood.k)} if trust.familiarity.method == "knn" else {}),
+            "features": trust.feature_size, "threshold": trust.familiarity.threshold,
+            "false_flag_rate": trust.familiarity.false_flag_rate, "held_out": trust.familiarity.held_out,
+            "test_flagged": float(np.mean(trust.test_scores > trust.familiarity.threshold))
+            if len(trust.test_scores) else None}
+    return trust
