@@ -234,6 +234,36 @@ def test_predict_classifies_new_files_like_the_pipeline(pipeline: Path, readme_f
     assert "strip_0412.jpg: " in missing.stdout and "Traceback" not in missing.stderr  # the other file still classified
 
 
+def test_silence_noise_and_a_blank_image_are_unfamiliar_and_the_test_items_are_not(pipeline: Path, tmp_path):
+    """Issue 26 on the models trained on the sample data: the evaluate stage's shares (the line's answers to the
+    test split and to shifted copies of it) and `vapm predict` on new unfamiliar files."""
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    for model in ("vision_scratch", "vision_transfer", "acoustic_svm", "acoustic_cnn"):
+        details = json.loads((pipeline / "metrics" / "details" / f"{model}.json").read_text())
+        shares = details["unfamiliar"]["shares"]
+        assert shares["test (familiar)"]["flagged"] <= 0.02, (model, shares)
+        for kind in ("silence", "white_noise_0dB", "blank", "saturated"):
+            if kind in shares:
+                assert shares[kind]["flagged"] >= 0.95, (model, kind, shares)
+        scores = json.loads((pipeline / "metrics" / "scores" / f"{model}.json").read_text())
+        assert scores["unfl_test"] == round(shares["test (familiar)"]["flagged"], 4)
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "silence.wav", np.zeros(50_000), 16667, subtype="PCM_16")
+    sf.write(tmp_path / "noise.wav", 0.2 * rng.standard_normal(50_000), 16667, subtype="FLOAT")
+    Image.fromarray(np.full((200, 200), 128, np.uint8)).save(tmp_path / "blank.png")
+    for model, files in (("acoustic_cnn", ["silence.wav", "noise.wav"]), ("acoustic_svm", ["silence.wav", "noise.wav"]),
+                         ("vision_scratch", ["blank.png"]), ("vision_transfer", ["blank.png"])):
+        answers = json.loads(run(["vapm", "predict", f"models/{model}", *[str(tmp_path / f) for f in files],
+                                  "--json"], pipeline).stdout)
+        assert all(answer["unfamiliar"] for answer in answers), (model, answers)
+    (printed,) = run(["vapm", "predict", "models/acoustic_cnn", str(tmp_path / "silence.wav")],
+                     pipeline).stdout.splitlines()
+    assert "unfamiliar input (silence" in printed and printed.endswith("is not to be trusted")
+
+
 def test_every_network_answers_the_same_through_onnx_runtime_and_keras(pipeline: Path, readme_files):
     # The train stage already checked model.onnx on the whole test split (it fails otherwise); this checks the
     # command a user runs, on new raw files, through both runtimes.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vapm.evaluation.calibration import ECE_BINS, expected_calibration_error
+from vapm.models.components.calibration import ECE_BINS, expected_calibration_error
 from vapm.evaluation.figures import _binned_ece, save_reliability_png, save_unfamiliar_png
 
 KINDS = ["test (familiar)", "blank", "saturated", "inverted", "blurred", "rotated", "other_modality"]

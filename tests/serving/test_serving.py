@@ -25,6 +25,7 @@ from vapm.serving import pyfunc as serving
 from vapm.tracking import promotion
 from vapm.tracking import runs as tracking
 from vapm.data.features.records import AcousticImageRecord, AudioInput, ImageRecord
+from vapm.data.input_checks import fit_clip_limits, fit_image_limits
 from vapm.models import acoustic_cnn, vision_scratch
 from vapm.config.model_registry import load_registry
 from vapm.config.seeding import set_global_seed
@@ -47,6 +48,8 @@ def build_acoustic_model(folder: Path, record: AcousticImageRecord = ACOUSTIC_RE
     clips = [render_clip(AUDIO_CLASSES[label], record.audio.clip_samples, record.audio.sample_rate, rng)
              for label in labels]
     images = np.stack([record.from_clip(clip) for clip in clips])
+    if record.checks is None:  # as featurize does: the input-check limits of the training clips
+        record = record.model_copy(update={"checks": fit_clip_limits(np.stack(clips)[np.arange(18) % 3 != 0])})
     params = acoustic_cnn.Params(filters=4, kernel_size=4, strides=2, pool_size=2, dense_units=[8], dropout=0.0)
     job = make_job(images, labels, np.where(np.arange(18) % 3 == 0, "test", "train"), params, epochs=1)
     job = job.__class__(**{**job.__dict__, "class_names": AUDIO_CLASSES,
@@ -62,9 +65,9 @@ def build_vision_model(folder: Path) -> None:
     images = np.stack([render_defect(VISION_CLASSES[label], 32, rng) for label in labels])
     params = vision_scratch.Params(filters=[4], kernel_size=3, dense_units=8, dropout=0.0)
     job = make_job(images, labels, np.where(np.arange(24) % 4 == 0, "test", "train"), params, epochs=1)
+    record = ImageRecord(image_size=32, checks=fit_image_limits(images[np.arange(24) % 4 != 0]))
     job = job.__class__(**{**job.__dict__, "class_names": VISION_CLASSES,
-                           "features": job.features.__class__(**{**job.features.__dict__,
-                                                                 "record": ImageRecord(image_size=32).to_dict()})})
+                           "features": job.features.__class__(**{**job.features.__dict__, "record": record.to_dict()})})
     set_global_seed(0)
     save_outputs(folder, load_registry(REPO_ROOT / "models.yaml")["vision_scratch"], job, vision_scratch.train(job))
 
@@ -123,6 +126,7 @@ def test_the_pyfunc_takes_raw_files_and_refuses_a_bad_one_by_name(registry, monk
     for answer in answers:
         assert answer["class"] in AUDIO_CLASSES and answer["version"] == "1" and answer["model"] == "acoustic_cnn"
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert isinstance(answer["unfamiliar"], bool) and answer["unfamiliar_threshold"] > 0  # the flag is served
     with pytest.raises(MlflowException, match="strip.jpg: acoustic_cnn takes recordings"):
         model.predict(pd.DataFrame(serving.encode_files([registry["root"] / "strip.jpg"])["dataframe_records"]))
     # The logged model carries the ONNX export and answers with it (ONNX Runtime, no TensorFlow).

@@ -31,7 +31,7 @@ from vapm.artefacts.familiarity import write_familiarity
 from vapm.artefacts.record import write_json, write_model_record
 from vapm.config import paths
 from vapm.config.model_registry import ModelEntry, get_entry
-from vapm.config.settings import Settings, load_settings
+from vapm.config.settings import OodSettings, Settings, load_settings
 from vapm.core.hashing import file_sha256
 from vapm.models.components.data import TrainingError, load_features
 from vapm.models.components.job import Trained, TrainingJob
@@ -120,11 +120,11 @@ def write_predictions(path: Path, files: np.ndarray, y_true: np.ndarray, trained
     table.to_parquet(path, index=False)
 
 
-def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained,
-                 trust: Trust | None = None) -> dict[str, Any]:
+def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Trained) -> dict[str, Any]:
     """Write models/<name>/ whole: into a sibling temp folder first, then swap it in. Returns the export's
-    `runtimes` (its files, as the record lists them) and `check` (what checking them against the trained model on
-    the whole test split found)."""
+    `runtimes` (its files, as the record lists them), `check` (what checking them against the trained model on
+    the whole test split found) and `trust` (the classifier's temperature and unfamiliar-input scorer)."""
+    trust = trust_of(entry, job, trained)
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -154,7 +154,7 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return exported
+    return {**exported, "trust": trust}
 
 
 def export_line(name: str, exported: dict[str, Any]) -> str | None:
@@ -267,13 +267,15 @@ def summary_line(name: str, job: TrainingJob, trained: Trained) -> str:
     return f"{name}: {epochs}{score} on {len(trained.split.test)} items{took}"
 
 
-def trust_of(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Settings) -> Trust | None:
-    """A classifier's temperature and unfamiliar-input scorer (vapm.training.trust); None for a detector."""
+def trust_of(entry: ModelEntry, job: TrainingJob, trained: Trained) -> Trust | None:
+    """A classifier's temperature and unfamiliar-input scorer (vapm.training.trust, with params' `ood`); None for
+    a detector."""
     if trained.score_kind == "anomaly":
         return None
     features = used_features(job, trained)
+    ood = job.settings.ood if job.settings is not None else OodSettings()
     return fit_trust(artefact(entry.artefact), trained.model, features.x, features.labels, trained.split,
-                     trained.score_kind, settings.ood, job.seed)
+                     trained.score_kind, ood, job.seed)
 
 
 def trust_line(name: str, trust: Trust | None) -> str | None:
@@ -313,8 +315,8 @@ def run_training(name: str) -> Trained:
         if np.shape(trained.test_scores) != expected:
             raise TrainingError(f"{entry.trainer} returned test scores of shape {np.shape(trained.test_scores)}, "
                                 f"expected {expected}")
-        trust = trust_of(entry, job, trained, settings)
-        exported = save_outputs(paths.model_dir(name), entry, job, trained, trust)
+        exported = save_outputs(paths.model_dir(name), entry, job, trained)
+        trust = exported["trust"]
     print(summary_line(name, job, trained), flush=True)
     if line := trust_line(name, trust):
         print(line, flush=True)

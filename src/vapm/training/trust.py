@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vapm.models.components.calibration import calibration_summary, fit_temperature
-from vapm.models.components.unfamiliar import Familiarity, fit_familiarity
+from vapm.models.components.unfamiliar import MIN_ITEMS, Familiarity, fit_familiarity
 
 
 @dataclass
@@ -61,7 +61,7 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
         trust.temperature, trust.calibration = fit_calibration(scores[val], labels[split.val], scores[n_train:],
                                                                labels[split.test])
         trust.record["calibration"] = {key: trust.calibration[key] for key in ("temperature", "fitted", "why")}
-    if features is not None:
+    if features is not None and n_train >= MIN_ITEMS:
         features = np.asarray(features, dtype=np.float64).reshape(len(rows), -1)
         trust.familiarity = fit_familiarity(features[:n_train], labels[train_rows], ood.method, ood.k,
                                             ood.false_flag_rate, ood.folds, seed)

@@ -85,6 +85,7 @@ def flag_threshold(held_out_scores: np.ndarray, false_flag_rate: float) -> float
 
 
 METHODS = ("mahalanobis", "knn")
+MIN_ITEMS = 4  # two folds of two: fewer items cannot say how far a familiar item lies
 
 
 def fit_scorer(method: str, features: np.ndarray, labels: np.ndarray, k: int) -> MahalanobisScorer | NeighbourScorer:
@@ -134,12 +135,14 @@ class Familiarity:
 
 def out_of_fold_scores(method: str, features: np.ndarray, labels: np.ndarray, k: int, folds: int,
                        seed: int) -> np.ndarray:
-    """Each item's score by a scorer fitted without it: stratified folds (plain folds when a class is too small)."""
+    """Each item's score by a scorer fitted without it: stratified folds (plain folds when a class is too small;
+    fewer folds when there are fewer than two items per fold)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     x, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
-    if len(x) < 2 * folds:
-        raise ValueError(f"need at least {2 * folds} training items for {folds} folds, got {len(x)}")
+    if len(x) < MIN_ITEMS:
+        raise ValueError(f"need at least {MIN_ITEMS} training items to set a threshold, got {len(x)}")
+    folds = min(folds, len(x) // 2)
     stratify = np.bincount(np.unique(labels, return_inverse=True)[1]).min() >= folds
     splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed)
     scores = np.empty(len(x))
