@@ -16,6 +16,7 @@ import yaml
 from vapm.data.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wavelet_feature_names, wavelet_packet_energies
 from vapm.data.features.reproducible import log10_float32
 from vapm.data.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
+from vapm.data.input_checks import fit_clip_limits, fit_image_limits
 from vapm.data.features.records import (AcousticImageRecord, AudioInput, ImageRecord, WaveletRecord,
                                    acoustic_image_record, read_record, wavelet_record)
 from vapm.data.features.vision import resize_image, resize_images
@@ -236,7 +237,10 @@ def test_featurize_vision_writes_items_in_order_with_their_labels(tmp_path):
     manifest = write_vision_interim(tmp_path / "vision", images)
     out = tmp_path / "features" / "image"
     assert featurize_vision(tmp_path / "vision", out, ImageRecord(image_size=8)) == 4
-    assert read_record(out) == ImageRecord(image_size=8)
+    train = [i for i, split in enumerate(manifest["split"]) if split == "train"]
+    # The record carries the input-check limits of the training split's images at the model's size.
+    assert read_record(out) == ImageRecord(image_size=8, checks=fit_image_limits(
+        np.stack([resize_image(images[i], 8) for i in train])))
     with np.load(out / "features.npz") as saved:
         assert saved["images"].shape == (4, 8, 8) and saved["images"].dtype == np.uint8
         for i, image in enumerate(images):
@@ -261,7 +265,10 @@ def test_featurize_acoustic_writes_both_feature_files_in_item_order(tmp_path):
     summary = featurize_acoustic(tmp_path / "acoustic", images_dir, wavelet_dir, image_record, energy_record,
                                  n_jobs=1, chunk_clips=2)
     assert summary.n_clips == 5
-    assert read_record(images_dir) == image_record and read_record(wavelet_dir) == energy_record
+    train = np.flatnonzero(manifest["split"].to_numpy() == "train")
+    checks = {"checks": fit_clip_limits(clips[train].astype(np.float32))}  # the training clips' limits, in both
+    assert read_record(images_dir) == image_record.model_copy(update=checks)
+    assert read_record(wavelet_dir) == energy_record.model_copy(update=checks)
     with np.load(images_dir / "features.npz") as saved:
         assert saved["images"].shape == (5, 8 + 16, 1 + 3_000 // 128) and saved["images"].dtype == np.float32
         assert list(saved["labels"]) == list(manifest["label"]) and list(saved["files"]) == list(manifest["file"])

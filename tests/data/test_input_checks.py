@@ -81,3 +81,34 @@ def test_limits_fitted_on_other_training_data_pass_it_and_still_catch_the_unfit(
     image_limits = fit_image_limits(images)
     assert image_limits.min_std <= ImageLimits().min_std and image_limits.black_share >= ImageLimits().black_share
     assert image_reasons(np.zeros((64, 64), np.uint8), image_limits)[0].startswith("black image")
+
+
+def knocking_clip(seed: int, n: int = 50_000) -> np.ndarray:
+    """Noise bursts that start sharply and die away slowly, as valve clicks and piston knocks do."""
+    rng = np.random.default_rng(seed)
+    envelope = np.zeros(n)
+    for start in rng.choice(n - 3000, 20, replace=False):
+        envelope[start:start + 3000] += np.exp(-np.arange(3000) / 500.0)
+    return 0.1 * (0.05 + envelope) * rng.standard_normal(n)
+
+
+def test_onset_asymmetry_tells_a_clip_from_itself_played_backwards():
+    from vapm.data.input_checks import onset_asymmetry
+
+    for seed in range(3):
+        forward = onset_asymmetry(knocking_clip(seed))
+        assert forward > 1 and onset_asymmetry(knocking_clip(seed)[::-1]) < -1
+    assert onset_asymmetry(np.zeros(50_000)) is None and onset_asymmetry(np.ones(100)) is None
+    assert abs(onset_asymmetry(np.random.default_rng(0).standard_normal(50_000))) < 0.5  # steady noise: no direction
+
+
+def test_reversed_clips_are_flagged_only_when_the_training_clips_all_have_onsets():
+    training = np.stack([knocking_clip(seed) for seed in range(10, 18)])
+    limits = fit_clip_limits(training)
+    assert limits.min_onset_asymmetry is not None and limits.min_onset_asymmetry > 0
+    assert clip_reasons(knocking_clip(99), limits) == []
+    assert any(r.startswith("no sharp onsets") for r in clip_reasons(knocking_clip(99)[::-1], limits))
+    steady = fit_clip_limits(np.random.default_rng(1).standard_normal((8, 50_000)) * 0.1)
+    assert steady.min_onset_asymmetry is None  # no consistent direction in the training data: the check is off
+    assert clip_reasons(knocking_clip(99)[::-1], steady) == []
+    assert ClipLimits().min_onset_asymmetry is None  # shipped limits never guess a direction

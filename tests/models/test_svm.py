@@ -241,3 +241,21 @@ def test_stage_reports_a_bad_features_csv(tmp_path):
     result = _run_stage(workspace)
     assert result.returncode == 1
     assert "Gearbox" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigmoid_calibration_gives_probabilities_and_their_calibration_error(tmp_path):
+    from vapm.config.model_registry import load_registry
+    from vapm.training.run import save_outputs
+
+    job = _job(_wavelet_folder(tmp_path / "wavelet", n_train=18), PARAMS.model_copy(update={"calibration": "sigmoid"}))
+    trained = acoustic_svm.train(job)
+    assert trained.score_kind == "probability" and trained.details["calibration"] == "sigmoid"
+    np.testing.assert_allclose(trained.test_scores.sum(axis=1), 1.0, atol=1e-9)
+    assert (trained.test_predictions == trained.features.labels[trained.split.test]).mean() > 0.9
+    save_outputs(tmp_path / "model", load_registry(REPO_ROOT / "models.yaml")["acoustic_svm"], job, trained)
+    calibration = json.loads((tmp_path / "model" / "calibration.json").read_text())
+    assert calibration["temperature"] == 1.0 and calibration["why"].startswith("no validation split")
+    assert 0 <= calibration["test"]["ece_before"] == calibration["test"]["ece_after"] <= 1
+    assert not (tmp_path / "model" / "linear.npz").exists()  # not a plain linear scorer any more: native runtime
+    record = json.loads((tmp_path / "model" / "record.json").read_text())
+    assert record["score_kind"] == "probability" and record["unfamiliar"]["features"] == N_FEATURES

@@ -12,12 +12,11 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 from PIL import Image
 
 from tests.serving.light_models import CLASSES, PROJECT_AUDIO, SMALL_AUDIO, clips, wav_bytes
 from tests.serving.test_serving import build_acoustic_model, build_vision_model
-from tests.training.test_training import SETTINGS, make_job
+from tests.training.test_training import make_job
 from vapm.config.model_registry import load_registry
 from vapm.data.features.records import WaveletRecord
 from vapm.data.input_checks import fit_clip_limits
@@ -87,7 +86,8 @@ def test_the_flag_fires_on_silence_and_noise_and_not_on_familiar_clips(trained):
     model = load_model(trained / "acoustic_svm")
     names = ["silence.wav", "noise.wav", *sorted(p.name for p in trained.glob("familiar_*.wav"))]
     answers = {a["file"]: a for a in model.predict_files([(n, (trained / n).read_bytes()) for n in names])}
-    assert answers["silence.wav"]["unfamiliar"] and answers["silence.wav"]["unfamiliar_reasons"][0].startswith("silence")
+    silence = answers["silence.wav"]
+    assert silence["unfamiliar"] and silence["unfamiliar_reasons"][0].startswith("silence")
     noise = answers["noise.wav"]
     assert noise["unfamiliar"] and noise["unfamiliar_score"] > noise["unfamiliar_threshold"]
     familiar = [answers[n] for n in names[2:]]

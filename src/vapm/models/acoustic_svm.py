@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -28,6 +28,9 @@ class Params(ModelParams):
     max_iter: int = Field(ge=1)
     features_csv: str | None = None          # WPTFeatures254_FaultStates.csv instead of our own features
     csv_test_fraction: float = Field(0.2, gt=0, lt=1)  # the stratified test share of that table
+    # none: decision scores (the book's); sigmoid: probabilities by scikit-learn's CalibratedClassifierCV (Platt
+    # scaling per class on cv_folds folds, at the best C), with their calibration error in the scores
+    calibration: Literal["none", "sigmoid"] = "none"
 
 
 def _check_class_counts(y: np.ndarray, class_names: Sequence[str], minimum: int, what: str) -> None:
@@ -48,6 +51,20 @@ def build_pipeline(C: float, max_iter: int, seed: int, class_weight: str = "none
     return Pipeline([("scale", StandardScaler()),
                      ("svm", LinearSVC(C=C, dual="auto", max_iter=max_iter, random_state=seed,
                                        class_weight=weights))])
+
+
+def calibrated_pipeline(x: Any, y: np.ndarray, C: float, cv_folds: int, max_iter: int, seed: int,
+                        class_weight: str = "none"):
+    """StandardScaler + the linear SVM at C wrapped in CalibratedClassifierCV (sigmoid): probabilities from Platt
+    scaling fitted on held-out folds (stratified, shuffled, seeded), averaged over the folds' SVMs."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import Pipeline
+
+    base = build_pipeline(C, max_iter, seed, class_weight)
+    folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    return Pipeline([base.steps[0], ("svm", CalibratedClassifierCV(base.steps[1][1], method="sigmoid", cv=folds))]
+                    ).fit(x, y)
 
 
 def grid_search(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], C_grid: Sequence[float], cv_folds: int,
@@ -171,13 +188,19 @@ def train(job: TrainingJob) -> Trained:
     class_weight = job.settings.train.class_weight if job.settings is not None else "none"
     search = grid_search(x_fit, features.labels[split.fit], job.class_names, params.C_grid, params.cv_folds,
                          params.max_iter, job.seed, class_weight=class_weight)
-    seconds = time.perf_counter() - start
     table = cv_results_table(search)
     best_C = float(search.best_params_["svm__C"])
     print(f"acoustic_svm: best C={best_C:g} (CV accuracy {search.best_score_:.3f}) of {list(table['C'])}", flush=True)
-    return Trained(model=search.best_estimator_, split=split,
-                   test_scores=search.best_estimator_.decision_function(x_test), score_kind="decision",
+    model, score_kind = search.best_estimator_, "decision"
+    if params.calibration == "sigmoid":
+        model = calibrated_pipeline(x_fit, features.labels[split.fit], best_C, params.cv_folds, params.max_iter,
+                                    job.seed, class_weight)
+        score_kind = "probability"
+    seconds = time.perf_counter() - start
+    test_scores = model.predict_proba(x_test) if score_kind == "probability" else model.decision_function(x_test)
+    return Trained(model=model, split=split, test_scores=test_scores, score_kind=score_kind,
                    details={"best_C": best_C, "cv_folds": params.cv_folds, "class_weight": class_weight,
+                            "calibration": params.calibration,
                             "cv_best_accuracy": round(float(search.best_score_), 6), "feature_names": columns},
                    tables={"cv_results": table},
                    metrics={"best_C": best_C, "cv_best_accuracy": float(search.best_score_),

@@ -176,11 +176,15 @@ def readme_text(record: dict[str, Any], int8: Int8Report | None, calibration: in
         *[f"{i}. {step}" for i, step in enumerate(steps, 1)],
         "",
         (f"The network (`model.onnx`, input `input`) takes float32 of shape (batch, {shape.replace(' x ', ', ')}) "
-         "and gives softmax probabilities, one column per class, in this order (also `classes.txt`):"),
+         "and gives softmax probabilities, one column per class, in this order (also `classes.txt`); a second output, "
+         "the penultimate layer's values, is what vapm's unfamiliar-input flag scores:"),
         "",
         *[f"{i}. {c}" for i, c in enumerate(classes)],
         "",
-        "The answer is the class of the highest probability; probabilities are rounded to 6 decimals.",
+        "The answer is the class of the highest probability; the probabilities are calibrated as vapm's are (divided "
+        "in log space by the temperature in `record.json` under `calibration`, then normalised) and rounded to 6 "
+        "decimals. This program does not flag unfamiliar inputs: `vapm predict` does (its input checks and the "
+        "distance scorer are part of vapm, not of the bundle).",
     ]
     if int8 is not None:
         def pct(value: float | None) -> str:

@@ -218,6 +218,8 @@ class Bundle:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # The temperature vapm fitted at training (its answers are calibrated the same way); 1 for older records
+        self.temperature = float(self.record.get("calibration", {}).get("temperature", 1.0))
 
     @property
     def suffixes(self) -> tuple[str, ...]:
@@ -239,6 +241,9 @@ class Bundle:
                                for i in range(0, len(x), BATCH)])
 
     def answer(self, name: str, scores: np.ndarray) -> dict:
+        logits = np.log(np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1.0)) / self.temperature
+        scores = np.exp(logits - logits.max())
+        scores = scores / scores.sum()
         best = int(np.argmax(scores))
         values = {c: round(float(v), 6) for c, v in zip(self.classes, scores)}
         return {"file": name, "model": self.record["model"], "class": self.classes[best],

@@ -34,7 +34,7 @@ def fit_calibration(val_probabilities: np.ndarray, val_labels: np.ndarray, test_
                     test_labels: np.ndarray) -> tuple[float, dict[str, Any]]:
     """T from the validation split (1 with none, or when the model is right on all of it) and its summary."""
     if len(val_labels) == 0:
-        temperature, why = 1.0, "no validation split (train.validation_fraction is 0): T stays 1"
+        temperature, why = 1.0, "no validation split: T stays 1"
     elif np.all(np.argmax(val_probabilities, axis=1) == val_labels):
         temperature, why = 1.0, "the model is right on every validation item: nothing to fit, T stays 1"
     else:
