@@ -183,13 +183,14 @@ def test_stage_writes_model_outputs_and_mlflow_run(tmp_path):
     assert result.returncode == 0, result.stderr
     model_dir = workspace / "models" / "acoustic_svm"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "cv_results.csv", "linear.npz", "model.skops", "predictions.parquet", "record.json"]
+        "cv_results.csv", "linear.npz", "model.skops", "predictions.parquet", "record.json", "unfamiliar.npz"]
     record = json.loads((model_dir / "record.json").read_text())
     assert record["details"]["best_C"] in [0.1, 1] and record["classes"] == CLASSES and record["input_shape"] == [254]
     assert record["details"]["feature_names"] == FEATURE_NAMES and record["score_kind"] == "decision"
     predictions = pd.read_parquet(model_dir / "predictions.parquet")
     assert list(predictions.columns[:3]) == ["file", "y_true", "y_pred"] and len(predictions) == 16
-    assert list(predictions.columns[3:]) == [f"decision_{name}" for name in CLASSES]
+    assert list(predictions.columns[3:]) == [f"decision_{name}" for name in CLASSES] + ["unfamiliar_score",
+                                                                                     "unfamiliar"]
     assert (predictions["y_true"] == predictions["y_pred"]).mean() > 0.9
     test = pd.read_parquet(workspace / "data" / "features" / "wavelet" / "features.parquet").query("split == 'test'")
     model = SklearnArtefact().load(model_dir)

@@ -89,7 +89,14 @@ def flag_shares(model: LoadedModel, items: dict[str, np.ndarray], labels: np.nda
 
 
 def evaluate_shifted_inputs(model_dir: Path, seed: int) -> dict[str, dict[str, Any]] | None:
-    """The flag's shares for the model folder (loaded as the line loads it), or None when they cannot be built."""
+    """The flag's shares for the model folder (loaded as the line loads it), or None when they cannot be built:
+    a model saved before vapm flagged unfamiliar inputs (no `unfamiliar` in its record), or one whose inputs cannot
+    be rebuilt from the pipeline's data."""
+    import json
+
+    record_path = Path(model_dir) / "record.json"
+    if not record_path.is_file() or "unfamiliar" not in json.loads(record_path.read_text()):
+        return None
     model = load_model(model_dir)
     built = familiar_and_shifted(model, seed)
     if built is None:
