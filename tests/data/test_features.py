@@ -17,7 +17,7 @@ from vapm.data.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wav
 from vapm.data.features.reproducible import log10_float32
 from vapm.data.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
 from vapm.data.input_checks import fit_clip_limits, fit_image_limits
-from vapm.data.features.records import (AcousticImageRecord, AudioInput, ImageRecord, WaveletRecord,
+from vapm.data.features.records import (AcousticImageRecord, ImageRecord, WaveletRecord,
                                    acoustic_image_record, read_record, wavelet_record)
 from vapm.data.features.vision import resize_image, resize_images
 from vapm.config.model_registry import load_registry

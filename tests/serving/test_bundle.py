@@ -24,7 +24,7 @@ from tests.serving.test_serving import (
     build_vision_model,
 )
 from vapm.cli import export as export_cli
-from vapm.data.features.records import AcousticImageRecord, AudioInput, ImageRecord
+from vapm.data.features.records import AcousticImageRecord, AudioInput
 from vapm.data.synth.acoustic import render_clip
 from vapm.data.synth.vision import render_defect
 from vapm.serving import bundle_program

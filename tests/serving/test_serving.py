@@ -1,7 +1,6 @@
 """Served models: the raw-file pyfunc, the registry's champion alias, and `mlflow models serve` over real HTTP."""
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.training.test_training import SETTINGS, make_job
+from tests.training.test_training import make_job
 from vapm.serving import pyfunc as serving
 from vapm.tracking import promotion
 from vapm.tracking import runs as tracking
