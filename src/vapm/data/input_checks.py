@@ -91,8 +91,8 @@ def clip_reasons(clip: np.ndarray, limits: ClipLimits = ClipLimits()) -> list[st
     if limits.min_onset_asymmetry is not None and rms >= limits.rms_floor:
         asymmetry = onset_asymmetry(samples)
         if asymmetry is not None and asymmetry < limits.min_onset_asymmetry:
-            reasons.append(f"no sharp onsets, time-reversed? (onset asymmetry {asymmetry:.2g} < "
-                           f"{limits.min_onset_asymmetry:.2g})")
+            reasons.append(f"onsets unlike the training clips' (asymmetry {asymmetry:.2g} < "
+                           f"{limits.min_onset_asymmetry:.2g}; a time-reversed clip gives a negative one)")
     return reasons
 
 
