@@ -35,7 +35,8 @@ def write_side(repo: Path, learning_rate: float, predicted: list[str], manifest:
     scores = {"acc": right / len(actual), "acc_lo": 0.1, "acc_hi": 0.9, "f1": 0.5, "n": len(actual)}
     if balanced:  # scores from before balanced accuracy and the baseline were added have neither
         recalls = [sum(a == p == name for a, p in zip(actual, predicted)) / actual.count(name) for name in CLASSES]
-        scores |= {"bal_acc": round(sum(recalls) / len(CLASSES), 4), "baseline": round(4 / 12, 4)}
+        scores |= {"bal_acc": round(sum(recalls) / len(CLASSES), 4), "baseline": round(4 / 12, 4),
+                   "ece": 0.0412, "unfl_test": 0.0139, "unfl_min": 0.25}  # and the flag's shares (issue 26)
     (_mkdir(metrics / "scores") / "toy.json").write_text(json.dumps(scores))
     (_mkdir(metrics / "details") / "toy.json").write_text(json.dumps({"data_manifest_sha256": manifest}))
     index = {name: i for i, name in enumerate(CLASSES)}
@@ -90,10 +91,13 @@ def test_report_pairs_predictions_and_computes_mcnemar_by_hand(branch_with_a_cha
     assert "| 0.500 | 0.500 | — | 0.917 | 0.333 |" in markdown
     assert data["models"]["toy"]["after"]["bal_acc"] == 0.9167
     assert "`train.learning_rate` | 0.001 | 0.01" in markdown
+    # The calibration error and the unfamiliar-input shares, which the base side's scores predate.
+    assert "| toy | — → 0.041 | — → 1.4 % | — → 25.0 % |" in markdown
     assert "![confusion before](pictures/toy-confusion-base.png)" in markdown
     assert (repo / "reports" / "pictures" / "toy-confusion-head.png").is_file()
     page = (repo / "reports" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<script" not in page and "http" not in page
+    assert "<td>— → 0.041</td><td>— → 1.4 %</td>" in page
 
 
 def test_different_test_sets_are_compared_by_their_intervals_only(branch_with_a_changed_learning_rate):

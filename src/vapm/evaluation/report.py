@@ -201,6 +201,25 @@ def _baseline(base: dict[str, Any] | None, head: dict[str, Any] | None) -> str:
     return values[-1] if len(set(values)) == 1 or len(values) == 1 else f"{values[0]} → {values[1]}"
 
 
+TRUST_COLUMNS = (("ece", "calibration error (ECE)"), ("unfl_test", "test items flagged unfamiliar"),
+                 ("unfl_min", "least share of a shift flagged"))
+
+
+def _trust_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Per classifier with the numbers: before → after of the ECE and of the unfamiliar-input flag's shares."""
+    rows = []
+    for model in report["models"]:
+        cells = []
+        for key, _ in TRUST_COLUMNS:
+            before, after = (("—" if not scores or key not in scores else
+                              f"{scores[key]:.3f}" if key == "ece" else f"{100 * scores[key]:.1f} %")
+                             for scores in (model.base, model.head))
+            cells.append(after if before == after else f"{before} → {after}")
+        if any(cell != "—" for cell in cells):
+            rows.append((model.name, cells))
+    return rows
+
+
 def _verdict(test: dict[str, Any]) -> str:
     if not test["paired"]:
         return test["why"]
@@ -228,6 +247,11 @@ def render_markdown(report: dict[str, Any], picture_links: dict[tuple[str, str, 
         lines.append(f"| {model.name} | {_pct(model.base)} | {_pct(model.head)} | {_f1(model.base)} | "
                      f"{_f1(model.head)} | {_balanced(model.base)} | {_balanced(model.head)} | "
                      f"{_baseline(model.base, model.head)} | {_verdict(model.test)} |")
+    trust = _trust_rows(report)
+    if trust:
+        lines += ["", "## Calibration and unfamiliar inputs (before → after)", "",
+                  "| model | " + " | ".join(label for _, label in TRUST_COLUMNS) + " |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in trust]
     lines += ["", "## Data and time", "", "| model | data manifest before | after | training time before | after |",
               "|---|---|---|---:|---:|"]
     for model in report["models"]:
@@ -265,6 +289,11 @@ def render_html(report: dict[str, Any]) -> str:
             f"<td><code>{esc(((d or {}).get('data_manifest_sha256') or '—')[:12])}</code></td>"
             for d in (m.base_details, m.head_details)) +
         f"<td>{esc(_seconds(m.seconds[0]))}</td><td>{esc(_seconds(m.seconds[1]))}</td></tr>" for m in report["models"])
+    trust = "".join(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>"
+                    for name, cells in _trust_rows(report))
+    trust_table = ("<h2>Calibration and unfamiliar inputs (before → after)</h2><table><tr><th>model</th>" +
+                   "".join(f"<th>{esc(label)}</th>" for _, label in TRUST_COLUMNS) + f"</tr>{trust}</table>"
+                   if trust else "")
     pictures = "".join(
         f"<h3>{esc(m.name)}: {kind}</h3><div class='pair'><figure>{_img(m.pictures[kind][0], 'before')}"
         f"<figcaption>before</figcaption></figure><figure>{_img(m.pictures[kind][1], 'after')}"
@@ -286,6 +315,7 @@ figure {{ margin: 0; }} img {{ max-width: 640px; border: 1px solid #ddd; }}
 <h2>Models</h2><table><tr><th>model</th><th>accuracy (detector: AUC) before (95 % CI)</th><th>after</th><th>macro-F1 before</th>
 <th>after</th><th>balanced acc. before</th><th>after</th><th>majority baseline</th><th>paired test on the same items</th>
 </tr>{models}</table>
+{trust_table}
 <h2>Data and time</h2><table><tr><th>model</th><th>data manifest before</th><th>after</th><th>training time before</th>
 <th>after</th></tr>{data}</table>
 <h2>Pictures</h2>{pictures}
