@@ -49,19 +49,24 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def _finite_stack(array: np.ndarray, ndim: int, what: str, shape: str, items: str) -> np.ndarray:
+    """`array` as float64 once it is `ndim`-D, not empty and finite; a ValueError naming `what` otherwise."""
+    if array.ndim != ndim:
+        raise ValueError(f"{what} must be {shape}, got shape {array.shape}")
+    if 0 in array.shape:
+        raise ValueError(f"{what} must hold {items}, got shape {array.shape}")
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what} hold NaN or infinite values")
+    return values
+
+
 def _check_other_images(other_images: np.ndarray) -> np.ndarray:
     other = np.asarray(other_images)
     if other.dtype == np.bool_ or not (np.issubdtype(other.dtype, np.integer)
                                        or np.issubdtype(other.dtype, np.floating)):
         raise ValueError(f"other_images must be real numbers, got dtype {other.dtype}")
-    if other.ndim != 3:
-        raise ValueError(f"other_images must be a stack (N, h, w), got shape {other.shape}")
-    if 0 in other.shape:
-        raise ValueError(f"other_images must hold at least one image of at least one pixel, got shape {other.shape}")
-    other = other.astype(np.float64)
-    if not np.isfinite(other).all():
-        raise ValueError("other_images holds NaN or infinite values")
-    return other
+    return _finite_stack(other, 3, "other_images", "a stack (N, h, w)", "at least one image of at least one pixel")
 
 
 def _as_picture(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -112,13 +117,7 @@ def clip_shifts(clips: np.ndarray, sample_rate: float, seed: int) -> dict[str, n
     clips = np.asarray(clips)
     if not np.issubdtype(clips.dtype, np.floating):
         raise ValueError(f"clips must be floating-point samples at full scale 1, got dtype {clips.dtype}")
-    if clips.ndim != 2:
-        raise ValueError(f"clips must be an array (N, samples), got shape {clips.shape}")
-    if 0 in clips.shape:
-        raise ValueError(f"clips must hold at least one clip of at least one sample, got shape {clips.shape}")
-    values = clips.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("clips hold NaN or infinite samples")
+    values = _finite_stack(clips, 2, "clips", "an array (N, samples)", "at least one clip of at least one sample")
     sample_rate = float(sample_rate)
     if not np.isfinite(sample_rate) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive number of samples per second, got {sample_rate}")
