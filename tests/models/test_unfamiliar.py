@@ -55,3 +55,27 @@ def test_the_per_class_products_give_the_einsum_distances():
     reference = np.einsum("ncf,fg,ncg->nc", differences, scorer.precision, differences).min(axis=1)
     # The same sums in another order: float64 rounding of values of order 10-100 over 12 terms.
     np.testing.assert_allclose(scorer.score(probes), reference, rtol=1e-12)
+
+
+def test_feature_groups_combine_by_their_familiar_medians_and_round_trip():
+    from vapm.models.components.unfamiliar import Familiarity, combined_score, fit_familiarity
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    near = rng.normal(size=(120, 6)) + labels[:, None]
+    texture = rng.normal(size=(120, 4)) * 10  # another scale: counts by how unusual, not by its size
+    single = fit_familiarity(near, labels, "mahalanobis", 5, 0.05, 5, seed=0)
+    grouped = fit_familiarity([near, texture], labels, "mahalanobis", 5, 0.05, 5, seed=0)
+    assert len(grouped.scorers) == 2 and len(grouped.medians) == 2 and single.medians == ()
+    familiar = [rng.normal(size=(50, 6)) + 1, rng.normal(size=(50, 4)) * 10]
+    assert np.mean(grouped.score(familiar) > grouped.threshold) < 0.15
+    odd_texture = [familiar[0], familiar[1] + 60]  # familiar in the first group, far off in the second
+    assert np.all(grouped.score(odd_texture) > grouped.threshold)
+    assert np.mean(single.score(odd_texture[0]) > single.threshold) < 0.15  # the penultimate group alone misses it
+    np.testing.assert_allclose(combined_score([np.array([2.0, 8.0]), np.array([3.0, 3.0])], np.array([2.0, 3.0])),
+                               [0.0, np.log(4.0)])
+    again = Familiarity.from_arrays(grouped.arrays())
+    np.testing.assert_array_equal(again.score(odd_texture), grouped.score(odd_texture))
+    assert Familiarity.from_arrays(single.arrays()).score(familiar[0]).tolist() == single.score(familiar[0]).tolist()
+    with pytest.raises(ValueError, match="2 feature groups"):
+        grouped.score(familiar[0])

@@ -58,7 +58,7 @@ def build_acoustic_model(folder: Path, record: AcousticImageRecord = ACOUSTIC_RE
     save_outputs(folder, load_registry(REPO_ROOT / "models.yaml")["acoustic_cnn"], job, acoustic_cnn.train(job))
 
 
-def build_vision_model(folder: Path) -> None:
+def build_vision_model(folder: Path, feature_layers: tuple[str, ...] = ()) -> None:
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(3), 8)
     images = np.stack([render_defect(VISION_CLASSES[label], 32, rng) for label in labels])
@@ -68,7 +68,15 @@ def build_vision_model(folder: Path) -> None:
     job = job.__class__(**{**job.__dict__, "class_names": VISION_CLASSES,
                            "features": job.features.__class__(**{**job.features.__dict__, "record": record.to_dict()})})
     set_global_seed(0)
-    save_outputs(folder, load_registry(REPO_ROOT / "models.yaml")["vision_scratch"], job, vision_scratch.train(job))
+    trained = vision_scratch.train(job)
+    if feature_layers:  # ood.layers, as params.yaml would give them
+        from dataclasses import replace
+        from types import SimpleNamespace
+
+        from vapm.config.settings import OodSettings
+
+        job = replace(job, settings=SimpleNamespace(ood=OodSettings(layers={"vision_scratch": list(feature_layers)})))
+    save_outputs(folder, load_registry(REPO_ROOT / "models.yaml")["vision_scratch"], job, trained)
 
 
 @pytest.fixture(scope="module")

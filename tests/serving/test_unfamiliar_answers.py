@@ -147,3 +147,17 @@ def test_the_monitor_alerts_on_an_unfamiliar_file(trained, tmp_path):
     assert lines["silence.wav"]["alert"] and lines["silence.wav"]["results"][0]["unfamiliar"]
     assert not lines["familiar_2.wav"]["alert"]  # every class is normal here: only the flag could alert
     assert "unfamiliar input (silence" in out.getvalue()
+
+
+def test_a_feature_group_from_an_early_layer_travels_in_the_export(trained, tmp_path):
+    build_vision_model(tmp_path / "grouped", feature_layers=("conv1",))
+    record = json.loads((tmp_path / "grouped" / "record.json").read_text())
+    flag = record["unfamiliar"]
+    assert flag["layers"] == ["penultimate", "conv1"] and flag["group_features"] == [8, 8]  # 4 filters: mean, std
+    assert flag["features"] == 16 and len(flag["medians"]) == 2
+    light, native = load_model(tmp_path / "grouped"), load_model(tmp_path / "grouped", runtime="native")
+    assert len(light.model.session.get_outputs()) == 3  # probabilities, penultimate, conv1's statistics
+    files = [(n, (trained / n).read_bytes()) for n in ("blank.png", "strip.png")]
+    for a, b in zip(light.predict_files(files), native.predict_files(files), strict=True):
+        assert a["unfamiliar_score"] == pytest.approx(b["unfamiliar_score"], rel=1e-3, abs=1e-4)
+        assert a["unfamiliar"] == b["unfamiliar"]

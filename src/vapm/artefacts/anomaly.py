@@ -32,7 +32,8 @@ class AnomalyArtefact:
             stable_keras_file(keras_file)
         return path
 
-    def export(self, model: Any, folder: Path, check_inputs: Any) -> dict[str, Any]:
+    def export(self, model: Any, folder: Path, check_inputs: Any, feature_layers: tuple[str, ...] = ()
+               ) -> dict[str, Any]:
         """detector/autoencoder.onnx for the autoencoder, checked on `check_inputs` (the test clips): the same
         verdict for every clip at the threshold and scores within SCORE_TOLERANCE; nothing for the other methods."""
         if model.detector.method != "autoencoder":
@@ -70,7 +71,7 @@ class AnomalyArtefact:
             raise ArtefactError(f"{Path(folder) / self.filename} not found: train the model first (dvc repro)")
         return AnomalyModel.load(folder, network_loader=None if runtime == "native" else open_session)
 
-    def scores_and_features(self, model: Any, x: Any) -> tuple[np.ndarray, None]:
+    def scores_and_features(self, model: Any, x: Any, feature_layers: tuple[str, ...] = ()) -> tuple[np.ndarray, None]:
         """A detector's scores; it has no unfamiliar-input features (its score is itself one)."""
         return self.scores(model, x), None
 

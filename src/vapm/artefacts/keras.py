@@ -33,10 +33,11 @@ class KerasArtefact:
         stable_keras_file(path)
         return path
 
-    def export(self, model: Any, folder: Path, check_inputs: Any) -> dict[str, Any]:
-        """model.onnx (scores, then features), checked against Keras on `check_inputs`; what the record says and
-        what the check found."""
-        check = export_checked(with_features(model), folder, check_inputs)
+    def export(self, model: Any, folder: Path, check_inputs: Any,
+               feature_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+        """model.onnx (scores, then the feature groups), checked against Keras on `check_inputs`; what the record
+        says and what the check found."""
+        check = export_checked(with_features(model, feature_layers), folder, check_inputs)
         return {"runtimes": {"onnx": ONNX_FILE}, "check": {"onnx": check.as_dict()}}
 
     def load(self, folder: Path, runtime: str = "onnx") -> Any:
@@ -56,12 +57,14 @@ class KerasArtefact:
             return model.scores(x)
         return np.asarray(model.predict(np.asarray(x), batch_size=256, verbose=0), dtype=np.float32)
 
-    def scores_and_features(self, model: Any, x: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """The class scores and the penultimate layer's values, in one pass (features None: an export without)."""
+    def scores_and_features(self, model: Any, x: Any, feature_layers: tuple[str, ...] = ()
+                            ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """The class scores and the feature groups (the penultimate layer's values, then the pooled statistics of
+        `feature_layers`), in one pass; features None: an export without them."""
         if isinstance(model, OnnxModel):
             return model.scores_and_features(x)
-        scores, features = with_features(model).predict(np.asarray(x), batch_size=256, verbose=0)
-        return np.asarray(scores, dtype=np.float32), np.asarray(features, dtype=np.float32)
+        scores, *features = with_features(model, feature_layers).predict(np.asarray(x), batch_size=256, verbose=0)
+        return np.asarray(scores, dtype=np.float32), [np.asarray(group, dtype=np.float32) for group in features]
 
 
 def feature_tensor(model: Any) -> Any:
@@ -73,14 +76,35 @@ def feature_tensor(model: Any) -> Any:
     return operation._inbound_nodes[node_index].input_tensors[0]
 
 
-def with_features(model: Any) -> Any:
-    """The model with its features as a second output (built once per model object)."""
+def pooled_statistics(model: Any, name: str) -> Any:
+    """The per-channel mean and standard deviation of layer `name`'s output over its other axes (space, time):
+    how an early layer sees the input's texture, whatever its size."""
+    import keras
+
+    try:
+        tensor = model.get_layer(name).output
+    except ValueError:
+        names = [layer.name for layer in model.layers]
+        raise ArtefactError(f"ood.layers names {name!r}, which {model.name} does not have; its layers: "
+                            f"{', '.join(names)}") from None
+    axes = tuple(range(1, len(tensor.shape) - 1))
+    if not axes:
+        return tensor
+    # A named layer: the graph output's name must not come from Keras's process-wide op counters (export bytes).
+    return keras.layers.Concatenate(axis=-1, name=f"pooled_{name}")(
+        [keras.ops.mean(tensor, axis=axes), keras.ops.std(tensor, axis=axes)])
+
+
+def with_features(model: Any, feature_layers: tuple[str, ...] = ()) -> Any:
+    """The model with its feature groups as further outputs: the penultimate layer, then the pooled statistics of
+    each of `feature_layers` (built once per model object and list of layers)."""
     import keras
 
     if len(model.outputs) > 1:
         return model
-    cached = getattr(model, "_vapm_with_features", None)
-    if cached is None:
-        cached = keras.Model(model.inputs, [model.outputs[0], feature_tensor(model)], name=model.name)
-        model._vapm_with_features = cached
-    return cached
+    cache = model.__dict__.setdefault("_vapm_with_features", {})
+    key = tuple(feature_layers)
+    if key not in cache:
+        outputs = [model.outputs[0], feature_tensor(model), *(pooled_statistics(model, n) for n in key)]
+        cache[key] = keras.Model(model.inputs, outputs, name=model.name)
+    return cache[key]

@@ -64,9 +64,10 @@ class OnnxModel:
     def scores(self, x: Any) -> np.ndarray:
         return self.outputs(x)[0]
 
-    def scores_and_features(self, x: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    def scores_and_features(self, x: Any) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """The scores and the feature groups (every further output), None for an export without them."""
         outputs = self.outputs(x)
-        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+        return outputs[0], (outputs[1:] or None)
 
 
 def open_session(path: Path, threads: int = 0) -> OnnxModel:
@@ -147,7 +148,7 @@ def check_features(keras_features: np.ndarray, onnx_features: np.ndarray, path: 
 
 def export_checked(model: Any, folder: Path, check_inputs: Any) -> ExportCheck:
     """Write folder/model.onnx from a Keras model and check it against Keras on `check_inputs` (the test split):
-    the first output (the scores) always, a second one (a classifier's features) when the model has it."""
+    the first output (the scores) always, and every further one (a classifier's feature groups)."""
     path = Path(folder) / ONNX_FILE
     path.write_bytes(onnx_graph_of(model).SerializeToString(deterministic=True))
     x = np.asarray(check_inputs, dtype=np.float32)
@@ -160,6 +161,6 @@ def export_checked(model: Any, folder: Path, check_inputs: Any) -> ExportCheck:
         raise ArtefactError(f"{path}: the export has {len(onnx_outputs)} outputs, the Keras model "
                             f"{len(keras_outputs)}: the export is broken")
     check = check_export(keras_outputs[0], onnx_outputs[0], path)
-    if len(keras_outputs) > 1:
-        check_features(keras_outputs[1], onnx_outputs[1], path)
+    for keras_features, onnx_features in zip(keras_outputs[1:], onnx_outputs[1:]):
+        check_features(keras_features, onnx_features, path)
     return check

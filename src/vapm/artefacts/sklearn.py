@@ -33,7 +33,8 @@ class SklearnArtefact:
         write_linear(model, path.parent, path)
         return path
 
-    def export(self, model: Any, folder: Path, check_inputs: Any) -> dict[str, Any]:
+    def export(self, model: Any, folder: Path, check_inputs: Any, feature_layers: tuple[str, ...] = ()
+               ) -> dict[str, Any]:
         """linear.npz (written by save) checked on `check_inputs` too (the test split); nothing for other models."""
         if not (Path(folder) / LINEAR_FILE).is_file():
             return {}
@@ -63,16 +64,17 @@ class SklearnArtefact:
             raise ArtefactError(f"{path} holds types that no vapm model contains: {unexpected}; refusing to load it")
         return skops.io.load(path, trusted=untrusted)
 
-    def scores_and_features(self, model: Any, x: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """The scores and the features the unfamiliar-input flag scores: the standardised inputs of a
+    def scores_and_features(self, model: Any, x: Any, feature_layers: tuple[str, ...] = ()
+                            ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """The scores and the features the unfamiliar-input flag scores (one group): the standardised inputs of a
         StandardScaler + classifier pipeline (None for another model)."""
         if isinstance(model, LinearScorer):
-            return self.scores(model, x), model.standardised(np.asarray(x, dtype=np.float64))
+            return self.scores(model, x), [model.standardised(np.asarray(x, dtype=np.float64))]
         steps = getattr(model, "steps", None)
         if not steps or type(steps[0][1]).__name__ != "StandardScaler":
             return self.scores(model, x), None
         table = self._as_table(model, x)
-        return self.scores(model, table), np.asarray(steps[0][1].transform(table), dtype=np.float64)
+        return self.scores(model, table), [np.asarray(steps[0][1].transform(table), dtype=np.float64)]
 
     @staticmethod
     def _as_table(model: Any, x: Any) -> Any:

@@ -246,6 +246,8 @@ class OodSettings(Section):
     method: Literal["mahalanobis", "knn"] = "mahalanobis"
     k: int = Field(5, ge=1, le=1000)        # neighbours, for method knn
     folds: int = Field(5, ge=2, le=20)      # out-of-fold scores of the training items set the threshold
+    # per model: layers whose per-channel mean and std join the penultimate layer as further feature groups
+    layers: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class CrossvalSettings(Section):

@@ -80,12 +80,14 @@ class LoadedModel:
         if not decoded:
             return []
         reasons = [self.input.input_reasons(item) for item in decoded]
+        layers = tuple(self.record.get("unfamiliar", {}).get("layers", ["penultimate"])[1:])
         scores, features = self._artefact.scores_and_features(
-            self.model, np.stack([self.input.from_decoded(item) for item in decoded]))
+            self.model, np.stack([self.input.from_decoded(item) for item in decoded]), layers)
         scores = np.asarray(scores).reshape(len(decoded), -1)
         distances = None
         if self.familiarity is not None and features is not None:
-            distances = self.familiarity.score(np.asarray(features, dtype=np.float64).reshape(len(decoded), -1))
+            distances = self.familiarity.score([np.asarray(group, dtype=np.float64).reshape(len(decoded), -1)
+                                                for group in features])
         return [self.result(name, row, reasons[i], None if distances is None else float(distances[i]))
                 for i, (name, row) in enumerate(zip(names, scores))]
 

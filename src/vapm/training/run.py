@@ -133,7 +133,7 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
         adapter = artefact(entry.artefact)
         test, features = trained.split.test, used_features(job, trained)
         adapter.save(trained.model, staging)
-        exported = adapter.export(trained.model, staging, features.x[test])
+        exported = adapter.export(trained.model, staging, features.x[test], feature_layers(entry, job))
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
                           job.class_names, trust)
         if trust is not None and trust.familiarity is not None:
@@ -273,9 +273,17 @@ def trust_of(entry: ModelEntry, job: TrainingJob, trained: Trained) -> Trust | N
     if trained.score_kind == "anomaly":
         return None
     features = used_features(job, trained)
-    ood = job.settings.ood if job.settings is not None else OodSettings()
     return fit_trust(artefact(entry.artefact), trained.model, features.x, features.labels, trained.split,
-                     trained.score_kind, ood, job.seed)
+                     trained.score_kind, ood_settings(job), job.seed, feature_layers(entry, job))
+
+
+def ood_settings(job: TrainingJob) -> OodSettings:
+    return job.settings.ood if job.settings is not None else OodSettings()
+
+
+def feature_layers(entry: ModelEntry, job: TrainingJob) -> tuple[str, ...]:
+    """The layers whose pooled statistics join the penultimate layer in the model's unfamiliar-input flag."""
+    return tuple(ood_settings(job).layers.get(entry.name, ()))
 
 
 def trust_line(name: str, trust: Trust | None) -> str | None:

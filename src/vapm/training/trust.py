@@ -48,12 +48,13 @@ def fit_calibration(val_probabilities: np.ndarray, val_labels: np.ndarray, test_
 
 
 def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split: Any, score_kind: str,
-              ood: Any, seed: int) -> Trust:
-    """Calibration and familiarity of a trained classifier from its items `x` (all splits) and labels."""
+              ood: Any, seed: int, feature_layers: tuple[str, ...] = ()) -> Trust:
+    """Calibration and familiarity of a trained classifier from its items `x` (all splits) and labels; the
+    familiarity scores the penultimate layer and the pooled statistics of `feature_layers` (ood.layers)."""
     trust = Trust()
     train_rows = np.concatenate([split.fit, split.val]).astype(np.int64)
     rows = np.concatenate([train_rows, split.test]).astype(np.int64)
-    scores, features = adapter.scores_and_features(model, x[rows])
+    scores, features = adapter.scores_and_features(model, x[rows], feature_layers)
     scores = np.asarray(scores, dtype=np.float64)
     n_train = len(train_rows)
     if score_kind == "probability":
@@ -62,14 +63,16 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
                                                                labels[split.test])
         trust.record["calibration"] = {key: trust.calibration[key] for key in ("temperature", "fitted", "why")}
     if features is not None and n_train >= MIN_ITEMS:
-        features = np.asarray(features, dtype=np.float64).reshape(len(rows), -1)
-        trust.familiarity = fit_familiarity(features[:n_train], labels[train_rows], ood.method, ood.k,
-                                            ood.false_flag_rate, ood.folds, seed)
-        trust.feature_size = int(features.shape[1])
-        trust.test_scores = trust.familiarity.score(features[n_train:])
+        groups = [np.asarray(group, dtype=np.float64).reshape(len(rows), -1) for group in features]
+        trust.familiarity = fit_familiarity([group[:n_train] for group in groups], labels[train_rows], ood.method,
+                                            ood.k, ood.false_flag_rate, ood.folds, seed)
+        trust.feature_size = int(sum(group.shape[1] for group in groups))
+        trust.test_scores = trust.familiarity.score([group[n_train:] for group in groups])
         trust.record["unfamiliar"] = {
             "file": "unfamiliar.npz", "method": trust.familiarity.method,
             **({"k": int(ood.k)} if trust.familiarity.method == "knn" else {}),
+            **({"layers": ["penultimate", *feature_layers], "group_features": [g.shape[1] for g in groups],
+                "medians": list(trust.familiarity.medians)} if len(groups) > 1 else {}),
             "features": trust.feature_size, "threshold": trust.familiarity.threshold,
             "false_flag_rate": trust.familiarity.false_flag_rate, "held_out": trust.familiarity.held_out,
             "test_flagged": float(np.mean(trust.test_scores > trust.familiarity.threshold))

@@ -96,41 +96,73 @@ def fit_scorer(method: str, features: np.ndarray, labels: np.ndarray, k: int) ->
     raise ValueError(f"unknown unfamiliar-input method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+def _scorer_arrays(scorer: MahalanobisScorer | NeighbourScorer) -> dict[str, np.ndarray]:
+    if isinstance(scorer, MahalanobisScorer):
+        return {"method": np.str_("mahalanobis"), "means": scorer.means, "precision": scorer.precision}
+    return {"method": np.str_("knn"), "reference": scorer.reference, "k": np.int64(scorer.k)}
+
+
+def _scorer_from(arrays: dict[str, np.ndarray], prefix: str = "") -> MahalanobisScorer | NeighbourScorer:
+    method = str(arrays[f"{prefix}method"])
+    if method == "mahalanobis":
+        return MahalanobisScorer(np.asarray(arrays[f"{prefix}means"]), np.asarray(arrays[f"{prefix}precision"]))
+    if method == "knn":
+        return NeighbourScorer(np.asarray(arrays[f"{prefix}reference"]), int(arrays[f"{prefix}k"]))
+    raise ValueError(f"unknown unfamiliar-input method {method!r}")
+
+
+def combined_score(group_scores: list[np.ndarray], medians: np.ndarray) -> np.ndarray:
+    """Several feature groups as one score: the largest log(score / its familiar median) over the groups, so a
+    group on its own scale counts by how unusual its score is (0: a typical familiar item)."""
+    ratios = [np.log(np.maximum(np.asarray(scores, dtype=np.float64), _TINY) / max(float(median), _TINY))
+              for scores, median in zip(group_scores, medians)]
+    return np.max(np.stack(ratios), axis=0)
+
+
+_TINY = np.finfo(np.float64).tiny
+
+
 @dataclass(frozen=True)
 class Familiarity:
-    """A fitted scorer and the score above which an input is unfamiliar."""
-    scorer: MahalanobisScorer | NeighbourScorer
+    """Fitted scorers, one per feature group (the penultimate layer first), and the score above which an input is
+    unfamiliar: the group's own distance with one group, `combined_score` with several."""
+    scorers: tuple[MahalanobisScorer | NeighbourScorer, ...]
     threshold: float
     false_flag_rate: float
-    held_out: int            # training items whose out-of-fold scores set the threshold
+    held_out: int                 # training items whose out-of-fold scores set the threshold
+    medians: tuple[float, ...] = ()  # per group, of the out-of-fold scores (several groups only)
 
     @property
     def method(self) -> str:
-        return "mahalanobis" if isinstance(self.scorer, MahalanobisScorer) else "knn"
+        return "mahalanobis" if isinstance(self.scorers[0], MahalanobisScorer) else "knn"
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        return self.scorer.score(features)
+    def score(self, features: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        groups = list(features) if isinstance(features, (list, tuple)) else [features]
+        if len(groups) != len(self.scorers):
+            raise ValueError(f"the scorer takes {len(self.scorers)} feature groups, got {len(groups)}")
+        if len(groups) == 1:
+            return self.scorers[0].score(groups[0])
+        return combined_score([scorer.score(group) for scorer, group in zip(self.scorers, groups)],
+                              np.asarray(self.medians))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything needed to score again, as arrays (the model folder's unfamiliar.npz)."""
         common = {"threshold": np.float64(self.threshold), "false_flag_rate": np.float64(self.false_flag_rate),
                   "held_out": np.int64(self.held_out)}
-        if isinstance(self.scorer, MahalanobisScorer):
-            return {**common, "method": np.str_("mahalanobis"), "means": self.scorer.means,
-                    "precision": self.scorer.precision}
-        return {**common, "method": np.str_("knn"), "reference": self.scorer.reference, "k": np.int64(self.scorer.k)}
+        if len(self.scorers) == 1:
+            return {**common, **_scorer_arrays(self.scorers[0])}
+        grouped = {f"g{i}_{key}": value for i, scorer in enumerate(self.scorers)
+                   for key, value in _scorer_arrays(scorer).items()}
+        return {**common, **grouped, "groups": np.int64(len(self.scorers)),
+                "medians": np.asarray(self.medians, dtype=np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Familiarity:
-        method = str(arrays["method"])
-        if method == "mahalanobis":
-            scorer: MahalanobisScorer | NeighbourScorer = MahalanobisScorer(np.asarray(arrays["means"]),
-                                                                            np.asarray(arrays["precision"]))
-        elif method == "knn":
-            scorer = NeighbourScorer(np.asarray(arrays["reference"]), int(arrays["k"]))
-        else:
-            raise ValueError(f"unknown unfamiliar-input method {method!r}")
-        return cls(scorer, float(arrays["threshold"]), float(arrays["false_flag_rate"]), int(arrays["held_out"]))
+        common = (float(arrays["threshold"]), float(arrays["false_flag_rate"]), int(arrays["held_out"]))
+        if "groups" not in arrays:
+            return cls((_scorer_from(arrays),), *common)
+        scorers = tuple(_scorer_from(arrays, f"g{i}_") for i in range(int(arrays["groups"])))
+        return cls(scorers, *common, tuple(float(m) for m in np.asarray(arrays["medians"])))
 
 
 def out_of_fold_scores(method: str, features: np.ndarray, labels: np.ndarray, k: int, folds: int,
@@ -151,10 +183,16 @@ def out_of_fold_scores(method: str, features: np.ndarray, labels: np.ndarray, k:
     return scores
 
 
-def fit_familiarity(features: np.ndarray, labels: np.ndarray, method: str, k: int, false_flag_rate: float,
-                    folds: int, seed: int) -> Familiarity:
-    """The scorer fitted on every training item, and a threshold that at most `false_flag_rate` of their
-    out-of-fold scores exceed."""
-    held_out = out_of_fold_scores(method, features, labels, k, folds, seed)
-    return Familiarity(fit_scorer(method, np.asarray(features, dtype=np.float64), np.asarray(labels), k),
-                       flag_threshold(held_out, false_flag_rate), false_flag_rate, len(held_out))
+def fit_familiarity(features: np.ndarray | list[np.ndarray], labels: np.ndarray, method: str, k: int,
+                    false_flag_rate: float, folds: int, seed: int) -> Familiarity:
+    """Scorers fitted on every training item, one per feature group, and a threshold that at most
+    `false_flag_rate` of their out-of-fold (combined) scores exceed."""
+    groups = [np.asarray(group, dtype=np.float64) for group in
+              (features if isinstance(features, (list, tuple)) else [features])]
+    held_out = [out_of_fold_scores(method, group, labels, k, folds, seed) for group in groups]
+    scorers = tuple(fit_scorer(method, group, np.asarray(labels), k) for group in groups)
+    if len(groups) == 1:
+        return Familiarity(scorers, flag_threshold(held_out[0], false_flag_rate), false_flag_rate, len(held_out[0]))
+    medians = tuple(float(np.median(scores)) for scores in held_out)
+    return Familiarity(scorers, flag_threshold(combined_score(held_out, np.asarray(medians)), false_flag_rate),
+                       false_flag_rate, len(held_out[0]), medians)
