@@ -90,12 +90,13 @@ def pooled_statistics(model: Any, name: str) -> Any:
     axes = tuple(range(1, len(tensor.shape) - 1))
     if not axes:
         return tensor
-    # The std as sqrt(E[x^2] - E[x]^2): keras.ops.std's broadcast reshape is folded by tf2onnx or not depending on
-    # Python's hash seed, so the export's bytes varied from process to process. A named layer, so the graph
-    # output's name does not come from Keras's process-wide op counters either.
-    mean = keras.ops.mean(tensor, axis=axes)
-    spread = keras.ops.sqrt(keras.ops.maximum(keras.ops.mean(tensor * tensor, axis=axes) - mean * mean, 0.0))
-    return keras.layers.Concatenate(axis=-1, name=f"pooled_{name}")([mean, spread])
+    # The std from a mean kept as (batch, 1, ..., channels): keras.ops.std's broadcast reshape is folded by tf2onnx
+    # or not depending on Python's hash seed, so the export's bytes varied from process to process (and
+    # sqrt(E[x^2] - E[x]^2) loses the small spreads to float32 cancellation). A named layer, so the graph output's
+    # name does not come from Keras's process-wide op counters either.
+    centre = keras.ops.mean(tensor, axis=axes, keepdims=True)
+    spread = keras.ops.sqrt(keras.ops.mean(keras.ops.square(tensor - centre), axis=axes))
+    return keras.layers.Concatenate(axis=-1, name=f"pooled_{name}")([keras.ops.mean(tensor, axis=axes), spread])
 
 
 def with_features(model: Any, feature_layers: tuple[str, ...] = ()) -> Any:
