@@ -77,8 +77,9 @@ def flag_shares(model: LoadedModel, items: dict[str, np.ndarray], labels: np.nda
         flagged = np.array([answer["unfamiliar"] for answer in answers], dtype=bool)
         by_score = np.array([answer.get("unfamiliar_score", -np.inf) > answer.get("unfamiliar_threshold", np.inf)
                              for answer in answers], dtype=bool)
-        by_checks = np.array([any(not reason.startswith("score ") for reason in answer["unfamiliar_reasons"])
-                              for answer in answers], dtype=bool)
+        # The distance adds at most one reason, after the checks' own: any more came from the input checks.
+        by_checks = np.array([len(answer["unfamiliar_reasons"]) > int(score)
+                              for answer, score in zip(answers, by_score)], dtype=bool)
         shares[kind] = {"n": len(answers), "flagged": float(flagged.mean()) if answers else 0.0,
                         "by_checks": float(by_checks.mean()) if answers else 0.0,
                         "by_score": float(by_score.mean()) if answers else 0.0}
