@@ -281,3 +281,38 @@ def test_efficientnet_base_is_pretrained_offline_and_recorded_without_host_facts
     assert into_base.shape == (6, 64, 64, 3) and into_base.max() > 100  # RGB in [0, 255]: the base scales itself
     with pytest.raises(WeightsError, match="vision_transfer.base"):
         resolve_weights("resnet", "imagenet", "fail", 1.0, 64)
+
+
+# The real-data preset's scratch recipe (docs/vision_scratch.md): input pooled by 2, same-padded convs batch-normalised
+# before the relu, a global-average head.
+RECIPE = SCRATCH.model_copy(update={"filters": [8, 16, 32], "input_pool": 2, "padding": "same", "batch_norm": True,
+                                    "head": "global_average"})
+
+
+def test_scratch_recipe_options_build_the_layers_they_name():
+    model = vision_scratch.build(64, 6, RECIPE, seed=0)
+    names = [layer.name for layer in model.layers]
+    assert names == ["grey_image", "add_channel", "scale_0_1", "input_pool",
+                     "conv1", "norm1", "relu1", "pool1", "conv2", "norm2", "relu2", "pool2",
+                     "conv3", "norm3", "relu3", "pool3", "channel_means", "dropout", "probabilities"]
+    assert model.get_layer("input_pool").output.shape[1:3] == (32, 32)
+    assert model.get_layer("pool3").output.shape[1:3] == (4, 4)        # same padding: 32 -> 16 -> 8 -> 4
+    assert all(not model.get_layer(f"conv{i}").use_bias for i in (1, 2, 3))
+    assert model.get_layer("norm1").momentum == pytest.approx(vision_scratch.BATCH_NORM_MOMENTUM)
+    # convs without bias, 4 numbers per BatchNorm channel, no Dense layer before the softmax
+    expected = (9 * 1 * 8 + 4 * 8) + (9 * 8 * 16 + 4 * 16) + (9 * 16 * 32 + 4 * 32) + (32 * 6 + 6)
+    assert model.count_params() == expected
+    assert vision_scratch.conv_stack_side(32, 3, 3, "same") == 4 and vision_scratch.conv_stack_side(32, 3, 3) == 2
+
+
+def test_scratch_recipe_options_off_keep_the_books_graph():
+    book = vision_scratch.build(64, 6, SCRATCH, seed=0)
+    explicit = vision_scratch.build(64, 6, SCRATCH.model_copy(update={"input_pool": 1, "padding": "valid",
+                                                                      "batch_norm": False, "head": "dense"}), 0)
+    assert book.get_config() == explicit.get_config()
+
+
+def test_scratch_input_pool_counts_in_the_too_small_check():
+    vision_scratch.build(64, 3, SCRATCH, seed=0)
+    with pytest.raises(TrainingError, match="pooled by 4"):
+        vision_scratch.build(64, 3, SCRATCH.model_copy(update={"input_pool": 4}), seed=0)

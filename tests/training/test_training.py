@@ -279,3 +279,51 @@ def test_train_stage_names_an_unknown_model(tmp_path):
     (tmp_path / "models.yaml").write_text((REPO_ROOT / "models.yaml").read_text())
     proc = _run_stage(tmp_path, "vision_scrach")
     assert proc.returncode == 1 and "no model ['vision_scrach'] in models.yaml" in proc.stderr
+
+
+# --------------------------------------------------------------------------- schedule and label smoothing
+
+def test_cosine_schedule_warms_up_for_one_epoch_then_decays_to_a_hundredth():
+    from vapm.models.components.keras_fit import learning_rate_schedule
+
+    train = SETTINGS.model_copy(update={"epochs": 5, "batch_size": 8, "learning_rate": 0.01, "lr_schedule": "cosine"})
+    schedule = learning_rate_schedule(train, n_fit=36)          # 5 steps per epoch, 25 steps in all
+    rates = [float(schedule(step)) for step in range(25)]
+    assert rates[0] == pytest.approx(0.001) and rates[5] == pytest.approx(0.01)
+    assert all(a < b for a, b in zip(rates[:5], rates[1:6]))        # warm-up rises
+    assert all(a > b for a, b in zip(rates[5:24], rates[6:25]))     # then only falls
+    assert float(schedule(25)) == pytest.approx(0.0001)
+    assert learning_rate_schedule(SETTINGS, n_fit=36) == SETTINGS.learning_rate
+
+
+def test_smoothed_loss_is_the_cross_entropy_of_the_smoothed_targets():
+    from vapm.models.components.keras_fit import smoothed_sparse_crossentropy
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    labels = np.array([0, 1])
+    targets = np.full((2, 3), 0.3 / 3) + 0.7 * np.eye(3)[labels]
+    expected = -(targets * np.log(probabilities)).sum(axis=1)
+    got = np.asarray(smoothed_sparse_crossentropy(0.3)(labels, probabilities))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_cosine_schedule_cannot_be_cut_on_plateaus_too():
+    with pytest.raises(ValueError, match="reduce_lr_patience to 0"):
+        TrainSettings(**{**SETTINGS.model_dump(), "lr_schedule": "cosine", "reduce_lr_patience": 2})
+
+
+def test_the_scratch_recipe_learns_and_repeats_bit_identically():
+    from tests.models.test_models import RECIPE
+
+    images, labels = pattern_images(16, 32)
+    train = SETTINGS.model_copy(update={"epochs": 8, "learning_rate": 0.01, "lr_schedule": "cosine",
+                                        "label_smoothing": 0.1})
+    runs = []
+    for _ in range(2):
+        set_global_seed(3)
+        runs.append(vision_scratch.train(make_job(images, labels, tiny_split(labels),
+                                                  RECIPE.model_copy(update={"filters": [8, 16]}), train, seed=3)))
+    accuracy = (runs[0].test_predictions == labels[runs[0].split.test]).mean()
+    assert accuracy >= 0.9, runs[0].history
+    pd.testing.assert_frame_equal(runs[0].history, runs[1].history, check_exact=True)
+    assert np.array_equal(runs[0].test_scores, runs[1].test_scores)

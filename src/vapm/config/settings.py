@@ -217,6 +217,10 @@ class TrainSettings(Section):
     reduce_lr_patience: int = Field(ge=0)
     reduce_lr_factor: Fraction01
     class_weight: Literal["balanced", "none"] = "none"  # balanced: each class's loss weighs n / (k x its count)
+    # constant: learning_rate throughout (cut on plateaus by reduce_lr_patience); cosine: one epoch of linear
+    # warm-up from learning_rate / 10, then a cosine decay to learning_rate / 100 at the last epoch
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)   # targets (1 - s) on the class, s / k spread over all k
 
     @model_validator(mode="after")
     def _watchers_need_validation(self) -> "TrainSettings":
@@ -224,6 +228,9 @@ class TrainSettings(Section):
         if watching and self.validation_fraction == 0:
             raise ValueError("early stopping and the learning-rate schedule watch val_loss: set "
                              "validation_fraction > 0, or their patience to 0")
+        if self.lr_schedule == "cosine" and self.reduce_lr_patience > 0:
+            raise ValueError("lr_schedule: cosine sets the learning rate of every step; cutting it on plateaus "
+                             "as well cannot apply: set reduce_lr_patience to 0, or lr_schedule to constant")
         return self
 
 
@@ -237,6 +244,8 @@ class TrainOverrides(Section):
     reduce_lr_patience: int | None = Field(None, ge=0)
     reduce_lr_factor: Fraction01 | None = None
     class_weight: Literal["balanced", "none"] | None = None
+    lr_schedule: Literal["constant", "cosine"] | None = None
+    label_smoothing: float | None = Field(None, ge=0, lt=1)
 
 
 class OodSettings(Section):

@@ -89,7 +89,9 @@ def fused_adam(learning_rate: float):
                 lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
                 grad=tf.cast(gradient, dtype), use_locking=False)
 
-    return FusedAdam(learning_rate=float(learning_rate), name="adam")
+    rate = learning_rate if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) \
+        else float(learning_rate)
+    return FusedAdam(learning_rate=rate, name="adam")
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,37 @@ def fit_options() -> FitOptions:
     return _OPTIONS[-1]
 
 
-def compile_classifier(model, learning_rate: float) -> None:
-    model.compile(optimizer=fit_options().optimizer(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def compile_classifier(model, learning_rate: Any, label_smoothing: float = 0.0) -> None:
+    """Adam on integer labels; `learning_rate` a number or a Keras schedule (`learning_rate_schedule`)."""
+    loss = smoothed_sparse_crossentropy(label_smoothing) if label_smoothing > 0 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=fit_options().optimizer(learning_rate), loss=loss, metrics=["accuracy"])
+
+
+def learning_rate_schedule(train, n_fit: int) -> Any:
+    """`train.learning_rate` as the optimizer gets it: the number itself, or for `lr_schedule: cosine` one epoch
+    of linear warm-up from lr/10 to lr, then a cosine decay to lr/100 over the remaining steps of `train.epochs`."""
+    if train.lr_schedule == "constant":
+        return float(train.learning_rate)
+    import keras
+
+    steps_per_epoch = max(1, -(-n_fit // train.batch_size))
+    decay_steps = max(1, steps_per_epoch * (train.epochs - 1))
+    return keras.optimizers.schedules.CosineDecay(
+        float(train.learning_rate) / 10, decay_steps, alpha=0.01, warmup_target=float(train.learning_rate),
+        warmup_steps=steps_per_epoch)
+
+
+def smoothed_sparse_crossentropy(smoothing: float):
+    """Cross-entropy of integer labels against smoothed one-hot targets (Keras's sparse loss has no smoothing)."""
+    import keras
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        targets = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(targets, y_pred, label_smoothing=smoothing)
+
+    loss.__name__ = "smoothed_sparse_crossentropy"
+    return loss
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
@@ -240,7 +271,7 @@ def validation(x: np.ndarray, y: np.ndarray, split: DataSplit) -> tuple[np.ndarr
 def fit_simple(job: TrainingJob, model, x: np.ndarray, split: DataSplit, callbacks: Sequence[Any] = ()) -> Trained:
     """Compile, fit on split.fit (watching split.val), predict split.test: the recipe of the plain CNNs."""
     labels = job.features.labels
-    compile_classifier(model, job.train.learning_rate)
+    compile_classifier(model, learning_rate_schedule(job.train, len(split.fit)), job.train.label_smoothing)
     log = LiveLog(job.live_dir)
     start = time.perf_counter()
     history = fit_classifier(model, (x[split.fit], labels[split.fit]), validation(x, labels, split),

@@ -127,6 +127,7 @@ def train_transfer(job: TrainingJob, weights: BaseWeights) -> Trained:
         LiveLog,
         compile_classifier,
         fit_classifier,
+        learning_rate_schedule,
         predict_in_batches,
         validation,
         watchers,
@@ -159,7 +160,7 @@ def train_transfer(job: TrainingJob, weights: BaseWeights) -> Trained:
         head_model = parts.head
     else:
         head_model = parts.full
-    compile_classifier(head_model, job.train.learning_rate)
+    compile_classifier(head_model, learning_rate_schedule(job.train, len(fit_x)), job.train.label_smoothing)
     head_start = time.perf_counter()
     histories = [fit_classifier(head_model, (fit_x, fit_y), val_data, epochs=job.train.epochs, seed=job.seed,
                                 phase="head", **common)]
@@ -167,7 +168,7 @@ def train_transfer(job: TrainingJob, weights: BaseWeights) -> Trained:
 
     if params.fine_tune_epochs > 0:
         details["fine_tuned_layers"] = unfreeze_top_layers(parts.base, params.fine_tune_layers)
-        compile_classifier(parts.full, params.fine_tune_learning_rate)
+        compile_classifier(parts.full, params.fine_tune_learning_rate, job.train.label_smoothing)
         tune_start = time.perf_counter()
         histories.append(fit_classifier(parts.full, (images[split.fit], fit_y), validation(images, labels, split),
                                         epochs=params.fine_tune_epochs, seed=job.seed + 1, phase="fine_tune",
