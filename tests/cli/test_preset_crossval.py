@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from tests.helpers import REPO_ROOT
-from vapm.training.crossval import CrossvalError, fold_splits, summarize
+from vapm.evaluation.crossval import summarize
+from vapm.training.crossval import CrossvalError, fold_splits
 from vapm.config.presets import PresetError, load_preset, override_args
 from vapm.config.settings import read_params
 
@@ -74,8 +75,12 @@ def test_fold_splits_refuse_impossible_folds():
         fold_splits(np.array([0, 1]), 1, seed=0)
 
 
-def test_summarize_reports_mean_and_sample_spread():
-    result = summarize([0.9, 1.0, 0.95], n_items=30)
+def test_summarize_reports_each_fold_mean_sample_spread_and_minimum():
+    per_fold = [{"accuracy": a, "balanced_accuracy": a - 0.1, "macro_f1": a / 2} for a in (0.9, 1.0, 0.95)]
+    result = summarize(per_fold, n_items=30)
+    assert result["folds"] == 3 and result["n_items"] == 30
+    assert result["accuracy_per_fold"] == [0.9, 1.0, 0.95]
     assert result["accuracy_mean"] == pytest.approx(0.95)
-    assert result["accuracy_std"] == pytest.approx(0.05)
-    assert result["accuracy_min"] == 0.9 and result["folds"] == 3
+    assert result["accuracy_sd"] == pytest.approx(0.05)  # sample standard deviation (ddof=1), not 0.0408
+    assert result["accuracy_min"] == 0.9
+    assert result["balanced_accuracy_mean"] == pytest.approx(0.85) and result["macro_f1_sd"] == pytest.approx(0.025)

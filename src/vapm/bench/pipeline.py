@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="extra param overrides after the preset, e.g. --set train.epochs=3")
     parser.add_argument("--crossval", action="store_true",
-                        help="also run the k-fold evaluation of the SVM and the scratch CNN (python -m vapm.training.crossval)")
+                        help="also run the k-fold evaluation `vapm crossval` (the models in crossval.models)")
     parser.add_argument("--skip-pipeline", action="store_true",
                         help="do not time every stage: only build the features the roofline and comparison need")
     parser.add_argument("--roofline", action="store_true",

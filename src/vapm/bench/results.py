@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vapm.evaluation.crossval import read_summary
+
 
 def markdown_table(result: dict[str, Any]) -> str:
     lines: list[str] = []
@@ -26,9 +28,11 @@ def markdown_table(result: dict[str, Any]) -> str:
             lines.append(f"| {model} | {100 * metrics['acc']:.2f} % | "
                          f"{100 * metrics['acc_lo']:.1f}-{100 * metrics['acc_hi']:.1f} % | "
                          f"{metrics['f1']:.4f} | {metrics['n']} |")
-        for model, cv in result.get("crossval", {}).items():
+        for model, document in result.get("crossval", {}).items():
+            cv = read_summary(document, model)
             lines.append(f"| {model}, {cv['folds']}-fold CV | {100 * cv['accuracy_mean']:.2f} % ± "
-                         f"{100 * cv['accuracy_std']:.2f} | | | {cv['n_items']} |")
+                         f"{100 * cv['accuracy_sd']:.2f} | | {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_sd']:.4f} | "
+                         f"{cv['n_items']} |")
     if "monitor" in result:
         from vapm.bench.monitor import markdown as monitor_markdown
 

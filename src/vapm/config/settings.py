@@ -262,6 +262,7 @@ class OodSettings(Section):
 class CrossvalSettings(Section):
     folds: int = Field(ge=2, le=100)
     models: list[str] = Field(min_length=1)    # registered classifiers `vapm crossval` evaluates by default
+    jobs: int = Field(1, ge=1, le=64)          # folds trained at once, each in its own process (`-j` overrides)
 
 
 class ModelParams(Section):

@@ -7,7 +7,8 @@ The base side is read from git (`git show <ref>:<path>`), the other side from th
 any clone, after `dvc repro`, without a DVC remote or a CI vendor. For each model: accuracy (with its 95 %
 interval), macro-F1 and balanced accuracy before and after, and the majority-class baseline; when both sides scored the same test items (same data manifest and the
 same files), an exact McNemar test on the paired predictions, else a note that the test sets differ and only
-the intervals can be compared. Then the params that changed, confusion matrices and training curves side by
+the intervals can be compared. Where `vapm crossval` wrote metrics/crossval/<model>.json, each model's k-fold
+mean ± standard deviation of accuracy, balanced accuracy and macro-F1. Then the params that changed, confusion matrices and training curves side by
 side, stage times where MLflow recorded them, and the data manifest hashes of both sides. The HTML page is
 self-contained (pictures embedded, no scripts, no CDN): it renders offline.
 """
@@ -126,6 +127,7 @@ class ModelComparison:
     test: dict[str, Any]
     pictures: dict[str, tuple[bytes | None, bytes | None]] = field(default_factory=dict)
     seconds: tuple[float | None, float | None] = (None, None)
+    crossval: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)  # vapm crossval's summaries
 
 
 def compare_model(name: str, base: Side, head: Side) -> ModelComparison:
@@ -136,7 +138,15 @@ def compare_model(name: str, base: Side, head: Side) -> ModelComparison:
                        head.read(f"metrics/plots/images/{kind}/{name}.png")) for kind in ("confusion", "curves")}
     return ModelComparison(name, base.json(f"metrics/scores/{name}.json"), head.json(f"metrics/scores/{name}.json"),
                            base_details, head_details,
-                           paired_test(read_predictions(base, name), read_predictions(head, name), same_data), pictures)
+                           paired_test(read_predictions(base, name), read_predictions(head, name), same_data), pictures,
+                           crossval=(crossval_summary(base, name), crossval_summary(head, name)))
+
+
+def crossval_summary(side: Side, name: str) -> dict[str, Any] | None:
+    """The k-fold summary `vapm crossval` wrote for a model on this side, or None."""
+    from vapm.evaluation.crossval import OUT_DIR, read_summary
+
+    return read_summary(side.json(f"{OUT_DIR.as_posix()}/{name}.json"), name)
 
 
 def training_seconds(commits: tuple[str | None, str | None], models: list[str]) -> dict[str, tuple[Any, Any]]:
@@ -220,6 +230,31 @@ def _trust_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return rows
 
 
+CROSSVAL_COLUMNS = ("folds (items)", "accuracy, mean ± sd", "lowest fold's accuracy", "balanced acc., mean ± sd",
+                    "macro-F1, mean ± sd")
+
+
+def _crossval_cells(summary: dict[str, Any] | None) -> list[str]:
+    if not summary:
+        return ["—"] * len(CROSSVAL_COLUMNS)
+    return [f"{summary['folds']} ({summary['n_items']})",
+            f"{100 * summary['accuracy_mean']:.1f} % ± {100 * summary['accuracy_sd']:.1f}",
+            f"{100 * summary['accuracy_min']:.1f} %",
+            f"{summary['balanced_accuracy_mean']:.3f} ± {summary['balanced_accuracy_sd']:.3f}",
+            f"{summary['macro_f1_mean']:.3f} ± {summary['macro_f1_sd']:.3f}"]
+
+
+def _crossval_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Per model that either side cross-validated: each cell, or before → after where the two sides differ."""
+    rows = []
+    for model in report["models"]:
+        if not any(model.crossval):
+            continue
+        before, after = (_crossval_cells(summary) for summary in model.crossval)
+        rows.append((model.name, [a if b == a else f"{b} → {a}" for b, a in zip(before, after)]))
+    return rows
+
+
 def _verdict(test: dict[str, Any]) -> str:
     if not test["paired"]:
         return test["why"]
@@ -252,6 +287,11 @@ def render_markdown(report: dict[str, Any], picture_links: dict[tuple[str, str, 
         lines += ["", "## Calibration and unfamiliar inputs (before → after)", "",
                   "| model | " + " | ".join(label for _, label in TRUST_COLUMNS) + " |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in trust]
+    crossval = _crossval_rows(report)
+    if crossval:
+        lines += ["", "## Cross-validation (vapm crossval: stratified k folds of train + test)", "",
+                  "| model | " + " | ".join(CROSSVAL_COLUMNS) + " |", "|---|" + "---:|" * len(CROSSVAL_COLUMNS)]
+        lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in crossval]
     lines += ["", "## Data and time", "", "| model | data manifest before | after | training time before | after |",
               "|---|---|---|---:|---:|"]
     for model in report["models"]:
@@ -291,6 +331,11 @@ def render_html(report: dict[str, Any]) -> str:
         f"<td>{esc(_seconds(m.seconds[0]))}</td><td>{esc(_seconds(m.seconds[1]))}</td></tr>" for m in report["models"])
     trust = "".join(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>"
                     for name, cells in _trust_rows(report))
+    crossval = "".join(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>"
+                       for name, cells in _crossval_rows(report))
+    crossval_table = ("<h2>Cross-validation (vapm crossval: stratified k folds of train + test)</h2><table><tr>"
+                      "<th>model</th>" + "".join(f"<th>{esc(label)}</th>" for label in CROSSVAL_COLUMNS) +
+                      f"</tr>{crossval}</table>" if crossval else "")
     trust_table = ("<h2>Calibration and unfamiliar inputs (before → after)</h2><table><tr><th>model</th>" +
                    "".join(f"<th>{esc(label)}</th>" for _, label in TRUST_COLUMNS) + f"</tr>{trust}</table>"
                    if trust else "")
@@ -316,6 +361,7 @@ figure {{ margin: 0; }} img {{ max-width: 640px; border: 1px solid #ddd; }}
 <th>after</th><th>balanced acc. before</th><th>after</th><th>majority baseline</th><th>paired test on the same items</th>
 </tr>{models}</table>
 {trust_table}
+{crossval_table}
 <h2>Data and time</h2><table><tr><th>model</th><th>data manifest before</th><th>after</th><th>training time before</th>
 <th>after</th></tr>{data}</table>
 <h2>Pictures</h2>{pictures}
@@ -346,4 +392,6 @@ def report_data(report: dict[str, Any]) -> dict[str, Any]:
     return {"base": report["base"], "head": report["head"],
             "params": [{"param": k, "before": b, "after": a} for k, b, a in report["params"]],
             "models": {m.name: {"before": m.base, "after": m.head, "test": m.test,
-                                "training_seconds": list(m.seconds)} for m in report["models"]}}
+                                "training_seconds": list(m.seconds),
+                                "crossval": {"before": m.crossval[0], "after": m.crossval[1]}}
+                       for m in report["models"]}}

@@ -1,29 +1,50 @@
-"""Stratified k-fold evaluation of registered models: mean test accuracy and its spread.
+"""Stratified k-fold evaluation of registered classifiers: accuracy, balanced accuracy and macro-F1 per fold,
+their mean and sample standard deviation.
 
     vapm crossval                          # the models in params.yaml `crossval.models`
-    vapm crossval acoustic_svm vision_scratch
+    vapm crossval acoustic_svm vision_transfer -j 2
 
 The book's NEU test set holds 72 images, so one image moves its accuracy by 1.39 points. Here every
-item (train and test splits pooled) is tested exactly once, in k folds, each model trained from
-scratch on the other k-1 folds by its own trainer with exactly the pipeline's settings. Writes
-metrics/crossval/<model>.json. An evaluation mode for benchmarks, not a DVC stage: it costs k trainings.
+item (train and test splits pooled) is tested exactly once, in k stratified folds (seeded), each model trained
+from scratch on the other k-1 folds by its own trainer with exactly the pipeline's settings. vision_transfer's
+trainer computes its frozen base's features once per training (`cache_frozen_features`), so once per fold,
+not once per epoch (its fine-tuning epochs, if any, run the base as they must).
+
+The CLI writes metrics/crossval/<model>.json (in git, a DVC metric: deterministic, no times or host facts) and
+metrics/crossval_timing/<model>.json (not in git: each fold's training seconds); vapm.evaluation.crossval
+scores the folds and describes the files. An evaluation mode for benchmarks, not a DVC stage: it costs k
+trainings.
+
+With `jobs` > 1 the folds train in that many processes at once (started fresh, 'spawn': one per fold). Each
+fold seeds everything and fixes its thread pools (`compute.threads`) before it trains, as a stage does, so a
+fold's predictions -- and the JSON -- are the same whether it ran alone, after another fold or beside one.
 """
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import time
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import numpy as np
 
 from vapm.core.errors import VapmError
-
-OUT_DIR = Path("metrics/crossval")
+from vapm.evaluation.crossval import fold_scores, summarize
 
 
 class CrossvalError(VapmError, ValueError):
     """The k-fold evaluation cannot be run as asked."""
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold's test items: actual and predicted classes, and the training time (console and timing file only)."""
+    number: int
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    seconds: float
 
 
 def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -34,7 +55,8 @@ def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
         raise CrossvalError(f"crossval.folds must be at least 2, got {folds}")
     smallest = int(np.bincount(labels).min())
     if smallest < folds:
-        raise CrossvalError(f"crossval.folds={folds} but a class has only {smallest} items")
+        raise CrossvalError(f"crossval.folds={folds} but a class has only {smallest} items: lower crossval.folds "
+                            "or add items to that class")
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     result = []
     for _, test_index in splitter.split(np.zeros(len(labels)), labels):
@@ -44,27 +66,93 @@ def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     return result
 
 
-def summarize(accuracies: list[float], n_items: int) -> dict[str, Any]:
-    values = np.asarray(accuracies)
-    return {"folds": len(values), "n_items": n_items, "accuracy_per_fold": [round(float(a), 6) for a in values],
-            "accuracy_mean": round(float(values.mean()), 6), "accuracy_std": round(float(values.std(ddof=1)), 6),
-            "accuracy_min": round(float(values.min()), 6)}
-
-
-def crossval_model(name: str, settings, folds: int) -> tuple[dict[str, Any], float]:
-    """Train the registered model k times on k-1 folds and test it on the k-th; (summary, seconds)."""
-    from vapm.config.model_registry import get_entry
+def train_fold(entry, trainer, job, splits: np.ndarray, number: int, threads: int) -> FoldResult:
+    """Train on the fold's 'train' items, predict its 'test' items; seeded first, as a fresh stage is."""
     from vapm.config.seeding import set_global_seed
+
+    set_global_seed(job.seed, tensorflow=entry.artefact == "keras", threads=threads)
+    features = replace(job.features, splits=splits)
+    started = time.perf_counter()
+    trained = trainer.train(replace(job, features=features))
+    seconds = time.perf_counter() - started
+    if trained.features is not None and trained.features is not features:
+        raise CrossvalError(f"{entry.name} trained on other data than its features folder (an external table?): "
+                            "its folds cannot be chosen here; unset that option to cross-validate it")
+    return FoldResult(number, job.features.labels[trained.split.test], trained.test_predictions, seconds)
+
+
+def run_fold(name: str, settings, folds: int, number: int) -> FoldResult:
+    """Fold `number` (1-based) of model `name`, from the features on disk: what one worker process runs."""
+    from vapm.config.model_registry import get_entry
     from vapm.training.run import prepare_job
 
     entry = get_entry(name)
-    trainer = entry.load_trainer()
     job = prepare_job(entry, settings, live_dir=None)
-    labels = job.features.labels
-    started, accuracies = time.perf_counter(), []
-    for number, splits in enumerate(fold_splits(labels, folds, settings.seed), start=1):
-        set_global_seed(settings.seed, tensorflow=entry.artefact == "keras")  # each fold starts as a fresh stage
-        trained = trainer.train(replace(job, features=replace(job.features, splits=splits)))
-        accuracies.append(float((trained.test_predictions == labels[trained.split.test]).mean()))
-        print(f"  {name} fold {number}/{folds}: accuracy {accuracies[-1]:.4f}", flush=True)
-    return summarize(accuracies, len(labels)), time.perf_counter() - started
+    splits = fold_splits(job.features.labels, folds, settings.seed)[number - 1]
+    try:
+        return train_fold(entry, entry.load_trainer(), job, splits, number, settings.compute.threads)
+    finally:
+        stop_joblib_workers()
+
+
+def stop_joblib_workers() -> None:
+    """Stop the worker processes joblib keeps for reuse (the SVM's grid search starts them), if any.
+
+    A multiprocessing worker joins its child processes before it exits, and joblib's would first wait out their
+    idle timeout (300 s): the pool then learns of the next fold's result only minutes after it was ready."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+def run_folds(name: str, settings, folds: int, jobs: int = 1,
+              done: Callable[[FoldResult], None] | None = None) -> list[FoldResult]:
+    """Every fold of model `name`, in fold order; `done` is called as each finishes (in any order when jobs > 1)."""
+    if jobs < 1:
+        raise CrossvalError(f"jobs must be at least 1, got {jobs}")
+    results = []
+    if jobs == 1:
+        from vapm.config.model_registry import get_entry
+        from vapm.training.run import prepare_job
+
+        entry = get_entry(name)
+        trainer, job = entry.load_trainer(), prepare_job(entry, settings, live_dir=None)
+        for number, splits in enumerate(fold_splits(job.features.labels, folds, settings.seed), start=1):
+            results.append(train_fold(entry, trainer, job, splits, number, settings.compute.threads))
+            if done is not None:
+                done(results[-1])
+        return results
+    # One fresh process per fold (max_tasks_per_child=1): no state of an earlier fold (Keras's, TensorFlow's
+    # memory) carries over, and a fold computes what it computes alone.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, folds), mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(run_fold, name, settings, folds, number) for number in range(1, folds + 1)]
+        try:
+            for future in as_completed(futures):
+                results.append(future.result())
+                if done is not None:
+                    done(results[-1])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return sorted(results, key=lambda fold: fold.number)
+
+
+def crossval_model(name: str, settings, folds: int, jobs: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the registered model k times on k-1 folds and test it on the k-th: (metrics, timing)."""
+    started = time.perf_counter()
+
+    def report(fold: FoldResult) -> None:
+        scores = fold_scores(fold.y_true, fold.y_pred)
+        print(f"  {name} fold {fold.number}/{folds}: accuracy {scores['accuracy']:.4f}, balanced accuracy "
+              f"{scores['balanced_accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f} "
+              f"(trained in {fold.seconds:.1f} s)", flush=True)
+
+    results = run_folds(name, settings, folds, jobs, done=report)
+    n_items = int(sum(len(fold.y_true) for fold in results))
+    metrics = summarize([fold_scores(fold.y_true, fold.y_pred) for fold in results], n_items)
+    timing = {"model": name, "folds": folds, "jobs": jobs, "threads_per_fold": settings.compute.threads,
+              "fold_training_seconds": [round(fold.seconds, 2) for fold in results],
+              "wall_seconds": round(time.perf_counter() - started, 2)}
+    return metrics, timing
