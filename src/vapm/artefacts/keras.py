@@ -90,10 +90,10 @@ def pooled_statistics(model: Any, name: str) -> Any:
     axes = tuple(range(1, len(tensor.shape) - 1))
     if not axes:
         return tensor
-    # The std from a mean kept as (batch, 1, ..., channels): keras.ops.std's broadcast reshape is folded by tf2onnx
-    # or not depending on Python's hash seed, so the export's bytes varied from process to process (and
-    # sqrt(E[x^2] - E[x]^2) loses the small spreads to float32 cancellation). A named layer, so the graph output's
-    # name does not come from Keras's process-wide op counters either.
+    # The std from a mean kept as (batch, 1, ..., channels) (sqrt(E[x^2] - E[x]^2) loses the small spreads to
+    # float32 cancellation). Whether tf2onnx folds its broadcast Reshape once depended on Python's hash seed; the
+    # export now fixes the order it decides in (vapm.artefacts.onnx.consumers_in_name_order). A named layer, so the
+    # graph output's name does not come from Keras's process-wide op counters either.
     centre = keras.ops.mean(tensor, axis=axes, keepdims=True)
     spread = keras.ops.sqrt(keras.ops.mean(keras.ops.square(tensor - centre), axis=axes))
     return keras.layers.Concatenate(axis=-1, name=f"pooled_{name}")([keras.ops.mean(tensor, axis=axes), spread])

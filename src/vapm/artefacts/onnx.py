@@ -9,6 +9,8 @@ Export (tensorflow, tf2onnx) happens only in training; `OnnxModel` needs only nu
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +101,33 @@ def onnx_graph_of(model: Any) -> Any:
 
     shape = (None, *model.inputs[0].shape[1:])
     spec = [tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    with consumers_in_name_order():
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     return canonical(proto)
+
+
+@contextmanager
+def consumers_in_name_order() -> Iterator[None]:
+    """tf2onnx's graph keeps the consumers of each tensor as a set of node names (`Graph._output_to_consumers`),
+    so `Graph.find_output_consumers` lists them in an order that follows Python's hash seed (PYTHONHASHSEED,
+    random per process). Its transpose optimizer pushes a transpose into a tensor's consumers in that order, and
+    where a tensor feeds several branches that rejoin (the pooled std of ood.layers: the conv output minus its own
+    kept-dims mean) the order decides whether a broadcast Reshape is folded: 34 or 35 nodes, different bytes from
+    process to process. While converting, the consumers come sorted by node name instead; tf2onnx's names come from
+    its own counters and the Keras graph, the same in every process that runs the same steps. Exports that never
+    depended on the order keep their bytes (the three networks without ood.layers: checked)."""
+    from tf2onnx.graph import Graph
+
+    unordered = Graph.find_output_consumers
+
+    def ordered(self: Any, output_name: str) -> list[Any]:
+        return sorted(unordered(self, output_name), key=lambda node: node.name)
+
+    Graph.find_output_consumers = ordered
+    try:
+        yield
+    finally:
+        Graph.find_output_consumers = unordered
 
 
 @dataclass(frozen=True)
