@@ -298,7 +298,7 @@ def test_scratch_recipe_options_build_the_layers_they_name():
     assert model.get_layer("input_pool").output.shape[1:3] == (32, 32)
     assert model.get_layer("pool3").output.shape[1:3] == (4, 4)        # same padding: 32 -> 16 -> 8 -> 4
     assert all(not model.get_layer(f"conv{i}").use_bias for i in (1, 2, 3))
-    assert model.get_layer("norm1").momentum == pytest.approx(vision_scratch.BATCH_NORM_MOMENTUM)
+    assert model.get_layer("norm1").momentum == pytest.approx(0.9)
     # convs without bias, 4 numbers per BatchNorm channel, no Dense layer before the softmax
     expected = (9 * 1 * 8 + 4 * 8) + (9 * 8 * 16 + 4 * 16) + (9 * 16 * 32 + 4 * 32) + (32 * 6 + 6)
     assert model.count_params() == expected
@@ -316,3 +316,11 @@ def test_scratch_input_pool_counts_in_the_too_small_check():
     vision_scratch.build(64, 3, SCRATCH, seed=0)
     with pytest.raises(TrainingError, match="pooled by 4"):
         vision_scratch.build(64, 3, SCRATCH.model_copy(update={"input_pool": 4}), seed=0)
+
+
+def test_acoustic_batch_norm_momentum_is_a_param_whose_default_is_the_books():
+    rows = np.zeros(20, np.float32)
+    book = acoustic_cnn.build((20, 20), 4, ACOUSTIC, rows, rows + 1, seed=0)
+    assert book.get_layer("batchnorm1").momentum == pytest.approx(0.99)      # Keras's default, as the book built it
+    quick = acoustic_cnn.build((20, 20), 4, ACOUSTIC.model_copy(update={"batch_norm_momentum": 0.9}), rows, rows + 1, 0)
+    assert [quick.get_layer(f"batchnorm{i}").momentum for i in (1, 2)] == pytest.approx([0.9, 0.9])

@@ -17,10 +17,6 @@ from vapm.models.components.data import TrainingError, split_indices
 from vapm.models.components.job import Trained, TrainingJob
 from vapm.models.components.layers import Augmentation, grey_input, square_side
 
-# Keras's default 0.99 averages the batch statistics over ~100 steps: at the learning rates a cosine schedule
-# starts from, the weights move faster than that, and validation (which uses the averages) read 17-60 % while
-# training read 98 % (NEU, epochs 5-14). 0.9 (PyTorch's default) follows within ~10 steps.
-BATCH_NORM_MOMENTUM = 0.9
 
 
 class Params(ModelParams):
@@ -31,6 +27,10 @@ class Params(ModelParams):
     input_pool: int = Field(1, ge=1, le=16)          # average-pool the input by this factor first (1: off)
     padding: Literal["valid", "same"] = "valid"       # same: each conv keeps its input's size
     batch_norm: bool = False                          # conv (no bias), BatchNormalization, relu
+    # Keras's default 0.99 averages the batch statistics over ~100 steps: at the learning rates a cosine schedule
+    # starts from, the weights move faster than that, and validation (which uses the averages) read 17-60 % while
+    # training read 98 % (NEU, epochs 5-14). 0.9 (PyTorch's default) follows within ~10 steps.
+    batch_norm_momentum: float = Field(0.9, ge=0, lt=1)
     head: Literal["dense", "global_average"] = "dense"   # global_average: mean of each channel, no Dense layer
     augmentation: Augmentation = Augmentation()
     train: TrainOverrides = TrainOverrides()
@@ -63,7 +63,7 @@ def build(image_size: int, n_classes: int, params: Params, seed: int):
         if params.batch_norm:
             x = layers.Conv2D(n_filters, params.kernel_size, padding=params.padding, use_bias=False,
                               name=f"conv{i}")(x)
-            x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"norm{i}")(x)
+            x = layers.BatchNormalization(momentum=params.batch_norm_momentum, name=f"norm{i}")(x)
             x = layers.ReLU(name=f"relu{i}")(x)
         else:
             x = layers.Conv2D(n_filters, params.kernel_size, padding=params.padding, activation="relu",
