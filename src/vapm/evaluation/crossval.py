@@ -19,12 +19,13 @@ DECIMALS = 6
 
 
 def fold_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy (mean recall over classes) and macro-F1 of one fold (scikit-learn's)."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    """Accuracy, balanced accuracy (mean recall over the classes present) and macro-F1 of one fold, as the
+    evaluate stage scores a test split (`classification_summary`)."""
+    from vapm.evaluation.metrics import classification_summary
 
-    return {"accuracy": float(accuracy_score(y_true, y_pred)),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+    n_classes = max(2, int(max(np.max(y_true), np.max(y_pred))) + 1)
+    summary = classification_summary(y_true, y_pred, [str(label) for label in range(n_classes)])
+    return {metric: float(summary[metric]) for metric in METRICS}
 
 
 def summarize(per_fold: list[dict[str, float]], n_items: int) -> dict[str, Any]:

@@ -81,13 +81,18 @@ def train_fold(entry, trainer, job, splits: np.ndarray, number: int, threads: in
     return FoldResult(number, job.features.labels[trained.split.test], trained.test_predictions, seconds)
 
 
-def run_fold(name: str, settings, folds: int, number: int) -> FoldResult:
-    """Fold `number` (1-based) of model `name`, from the features on disk: what one worker process runs."""
+def model_job(name: str, settings):
+    """The registered model's entry and its training job over the features on disk (as its train stage builds it)."""
     from vapm.config.model_registry import get_entry
     from vapm.training.run import prepare_job
 
     entry = get_entry(name)
-    job = prepare_job(entry, settings, live_dir=None)
+    return entry, prepare_job(entry, settings, live_dir=None)
+
+
+def run_fold(name: str, settings, folds: int, number: int) -> FoldResult:
+    """Fold `number` (1-based) of model `name`, from the features on disk: what one worker process runs."""
+    entry, job = model_job(name, settings)
     splits = fold_splits(job.features.labels, folds, settings.seed)[number - 1]
     try:
         return train_fold(entry, entry.load_trainer(), job, splits, number, settings.compute.threads)
@@ -113,11 +118,8 @@ def run_folds(name: str, settings, folds: int, jobs: int = 1,
         raise CrossvalError(f"jobs must be at least 1, got {jobs}")
     results = []
     if jobs == 1:
-        from vapm.config.model_registry import get_entry
-        from vapm.training.run import prepare_job
-
-        entry = get_entry(name)
-        trainer, job = entry.load_trainer(), prepare_job(entry, settings, live_dir=None)
+        entry, job = model_job(name, settings)
+        trainer = entry.load_trainer()
         for number, splits in enumerate(fold_splits(job.features.labels, folds, settings.seed), start=1):
             results.append(train_fold(entry, trainer, job, splits, number, settings.compute.threads))
             if done is not None:
