@@ -4,7 +4,7 @@
 
 prints one JSON object: a sha256 per array (synthetic clips and images, MFCC + log-mel images, wavelet
 energies, resized images, SVM coefficients and decision values, trained weights and test probabilities
-of the three neural models) and the compute report. tests/config/test_determinism.py runs it in subprocesses
+of the three neural models and the scratch recipe) and the compute report. tests/config/test_determinism.py runs it in subprocesses
 under different environments and core affinities and compares the digests.
 """
 from __future__ import annotations
@@ -111,6 +111,11 @@ def probe_train(out: dict) -> None:
     images, labels = rng.integers(0, 256, (60, 64, 64), dtype=np.uint8), np.arange(60) % 6
     record("vision_scratch", vision_scratch.train(job(images, labels, splits, vision_scratch.Params(
         filters=[32, 64, 128], kernel_size=3, dense_units=256, dropout=0.2), 6)))
+    # The real-data preset's recipe (docs/vision_scratch.md): pooled input, same padding, BatchNorm, average head,
+    # a cosine schedule with warm-up and label smoothing: other kernels (BatchNorm, global pooling) than the book's.
+    record("vision_scratch_recipe", vision_scratch.train(job(images, labels, splits, vision_scratch.Params(
+        filters=[32, 64, 128, 256], kernel_size=3, dense_units=256, dropout=0.2, input_pool=2, padding="same",
+        batch_norm=True, head="global_average"), 6, learning_rate=3e-3, lr_schedule="cosine", label_smoothing=0.1)))
     features = (rng.normal(size=(60, 104, 98)) * 10 - 40).astype(np.float32)
     record("acoustic_cnn", acoustic_cnn.train(job(features, np.arange(60) % 8, splits, acoustic_cnn.Params(
         filters=32, kernel_size=4, strides=2, pool_size=2, dense_units=[512, 64], dropout=0.5), 8)))
