@@ -122,6 +122,8 @@ class SampleDataSettings(Section):
     train_per_class: PositiveInt
     test_per_class: int = Field(ge=0)
     clips_per_class: PositiveInt
+    anomaly_normal_class: str = "Normal"
+    anomaly_defect_train: PositiveInt = 2
 
 
 MAX_LIMIT_MB = float(2**40)
