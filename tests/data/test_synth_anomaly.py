@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from vapm.data.features.build import featurize_vision
+from vapm.data.features.records import ImageRecord
 from vapm.data.ingest.dataset import ingest_vision
 from vapm.data.ingest.layout import Layout
 from vapm.data.synth import build_vision_archive
@@ -130,6 +132,13 @@ def test_ingest_reads_the_archive_with_its_masks(tmp_path, anomaly_zip):
                 assert row["mask_file"] == "" and not mask.any()
             else:
                 np.testing.assert_array_equal(mask, _grey(archive, row["mask_file"]) > 0)
+    # featurize's image features carry them, resized with their images: what a detector's pixel scores read.
+    featurize_vision(out, tmp_path / "features", ImageRecord(image_size=32))
+    with np.load(tmp_path / "features" / "features.npz") as features:
+        normal = features["labels"] == list(features["classes"]).index("Normal")
+        np.testing.assert_array_equal(features["has_mask"], ~normal)
+        assert features["masks"].shape == (len(manifest), 32, 32)
+        assert not features["masks"][normal].any() and features["masks"][~normal].any(axis=(1, 2)).all()
 
 
 def test_a_class_list_holding_the_normal_class_keeps_it_out_of_the_defects():

@@ -73,8 +73,9 @@ def test_overlay_and_gallery_are_written_with_the_same_bytes_twice(tmp_path):
     assert gallery.read_bytes() == again.read_bytes()
     with Image.open(gallery) as png:
         assert png.size == (int(round((3 * 2.5 + 1.2) * 100)), int(round((2 * 3.1 + 0.8) * 100)))
-    other = save_anomaly_gallery_png(images, maps, masks, scores, abnormal, 0.05, tmp_path / "other.png", "toy")
-    assert other.read_bytes() != gallery.read_bytes()
+    scaled = save_anomaly_gallery_png(images, maps, masks, scores, abnormal, 0.5, tmp_path / "scaled.png", "toy",
+                                      names=[f"item_{i}.jpg" for i in range(6)], limit=5, columns=3, vmin=0.2, vmax=1.2)
+    assert scaled.read_bytes() != gallery.read_bytes()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -388,10 +388,12 @@ def anomaly_gallery_order(scores: Sequence[float], abnormal: Sequence[bool], thr
 
 def save_anomaly_gallery_png(images: Any, anomaly_maps: Any, masks: Any, scores: Sequence[float],
                              abnormal: Sequence[bool], threshold: float, path: str | Path, title: str,
-                             names: Sequence[str] | None = None, limit: int = 12, columns: int = 4) -> Path:
+                             names: Sequence[str] | None = None, limit: int = 12, columns: int = 4,
+                             vmin: float | None = None, vmax: float | None = None) -> Path:
     """Test images with their anomaly maps and mask outlines (`save_anomaly_overlay_png`'s panel), worst misses and
     false alarms first (`anomaly_gallery_order`), titled with the truth, the score and the verdict, mistakes in red;
-    one colour scale for all panels (the shown maps' range)."""
+    one colour scale for all panels: the shown maps' range, or from `vmin` (transparent, e.g. a high percentile of
+    the normal images' pixel scores, so that only what stands out is coloured) to `vmax`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -401,7 +403,8 @@ def save_anomaly_gallery_png(images: Any, anomaly_maps: Any, masks: Any, scores:
                          + ("" if names is None else f" and {len(names)} names"))
     order = anomaly_gallery_order(scores, abnormal, threshold)[:limit]
     shown = maps[order]
-    vmin, vmax = float(shown.min()), float(shown.max())
+    vmin = float(shown.min()) if vmin is None else vmin
+    vmax = float(shown.max()) if vmax is None else vmax
     columns = max(1, min(columns, len(order)))
     rows = max(1, -(-len(order) // columns))
     width, height, bar_room = columns * 2.5 + 1.2, rows * 3.1 + 0.8, 1.2  # inches; the colour bar's room on the right

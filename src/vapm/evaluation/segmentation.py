@@ -163,7 +163,7 @@ def area_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     if x[end - 1] < limit:
         y_limit = y[end - 1] + (y[end] - y[end - 1]) * (limit - x[end - 1]) / (x[end] - x[end - 1])
         area += 0.5 * (y[end - 1] + y_limit) * (limit - x[end - 1])
-    return area
+    return float(area)
 
 
 def _check_limit(fpr_limit: float) -> None:
@@ -179,7 +179,7 @@ def aupro(anomaly_maps: Any, masks: Any, fpr_limit: float = PRO_FPR_LIMIT) -> fl
 
 def _aupro(maps: np.ndarray, truth: np.ndarray, fpr_limit: float) -> float:
     fprs, pros = _curve(maps, truth, fpr_limit)
-    return area_to(fprs, pros, fpr_limit) / fpr_limit
+    return float(area_to(fprs, pros, fpr_limit) / fpr_limit)
 
 
 def pixel_scores(anomaly_maps: Any, masks: Any, fpr_limit: float = PRO_FPR_LIMIT) -> dict[str, Any]:
