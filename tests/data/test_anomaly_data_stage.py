@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from vapm.data.synth import build_vision_archive
 from vapm.data.synth.vision import ANOMALY_MASK_PATTERN, build_anomaly_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,13 +102,30 @@ def test_the_stage_writes_images_with_masks_for_defects_only(project, capsys):
     ({"archive": "data/raw/none.zip"}, "data/raw/none.zip"),
 ])
 def test_bad_settings_fail_in_one_line_and_leave_no_outputs(project, capsys, changes, message):
-    for folder in OUTPUTS:  # an earlier run's outputs, which must not look current after a failed run
+    # an earlier run's outputs, which must not look current after a failed run, and a killed run's leftovers
+    for folder in OUTPUTS + tuple(f"{folder}.partial" for folder in OUTPUTS):
         (project / folder).mkdir(parents=True)
         (project / folder / "old.npy").write_bytes(b"old")
     set_params(project, **changes)
     assert run_stage() == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert not any((project / folder).exists() for folder in OUTPUTS)
+    assert not (project / "data" / "interim").exists() or not any((project / "data" / "interim").iterdir())
+    assert not (project / "data" / "features").exists() or not any((project / "data" / "features").iterdir())
     report = json.loads((project / REPORT).read_text())["vision_anomaly"]
     assert report["status"] == "failed" and report["error"]
+
+
+def test_an_archive_without_masks_gives_images_only(project, capsys):
+    """Real data such as NEU's: no normal class of its own, no masks (the sample mask pattern matches nothing); each
+    class can be the normal one in turn."""
+    archive = project / "NEU-data-TrainTest.zip"
+    build_vision_archive(archive, DEFECTS, 24, 2, 1, seed=4)
+    set_params(project, archive=str(archive))
+    assert run_stage() == 0
+    assert "2 classes (Crazing, Scratches), 0 with a defect mask" in capsys.readouterr().out
+    assert not (project / OUTPUTS[0] / "masks.npy").exists()
+    with np.load(project / OUTPUTS[1] / "features.npz") as features:
+        assert features["classes"].tolist() == DEFECTS and features["images"].shape == (6, SIDE, SIDE)
+        assert "masks" not in features.files and "has_mask" not in features.files
+    assert json.loads((project / REPORT).read_text())["vision_anomaly"]["features"]["with_mask"] == 0
