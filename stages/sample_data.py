@@ -1,4 +1,5 @@
-"""Stage sample_data: write small synthetic NEU and air-compressor archives to sample_data.out_dir.
+"""Stage sample_data: write small synthetic NEU and air-compressor archives to sample_data.out_dir, and an anomaly
+archive (a defect-free class beside the NEU-like classes, with every defect image's mask) for anomaly detectors.
 
 They have the layouts of the real archives, so ingest and everything after it run unchanged on them.
 Any class names work (vision.classes, audio.classes): the book's keep their hand-made look, others get
@@ -14,6 +15,7 @@ from vapm.core.errors import run_stage
 
 VISION_ARCHIVE = "NEU-data-TrainTest.zip"
 ACOUSTIC_ARCHIVE = "AirCompressor_Data.zip"
+ANOMALY_ARCHIVE = "NEU-anomaly.zip"  # a defect-free class and the defect images' masks (vapm.data.synth.vision)
 
 
 def main() -> None:
@@ -22,7 +24,8 @@ def main() -> None:
     from vapm.data.synth import build_acoustic_archive, build_vision_archive
     from vapm.data.synth.acoustic import FAULT_SIGNATURES
     from vapm.data.synth.acoustic import check_classes as check_audio_classes
-    from vapm.data.synth.vision import DEFECT_RENDERERS
+    from vapm.data.synth.vision import (DEFECT_RENDERERS, anomaly_defect_classes, build_anomaly_archive,
+                                        check_anomaly_archive)
     from vapm.data.synth.vision import check_classes as check_vision_classes
 
     settings = load_settings(models=())
@@ -33,6 +36,9 @@ def main() -> None:
     # Every setting is checked before anything is written, so a bad one leaves no half-made output:
     # class names that cannot be folders, repeat in another case, or that ingest would read back wrongly.
     check_vision_classes(vision_classes)
+    defect_classes = anomaly_defect_classes(vision_classes, sample.anomaly_normal_class)
+    check_anomaly_archive(defect_classes, sample.anomaly_normal_class, sample.train_per_class, sample.test_per_class,
+                          sample.anomaly_defect_train)
     check_audio_classes(audio_classes)
     set_global_seed(settings.seed, tensorflow=False)
     out_dir = Path(sample.out_dir)
@@ -43,6 +49,10 @@ def main() -> None:
         (build_acoustic_archive, ACOUSTIC_ARCHIVE,
          dict(classes=audio_classes, n_samples=settings.audio.clip_samples,
               sample_rate=settings.audio.sample_rate, clips_per_class=sample.clips_per_class)),
+        (build_anomaly_archive, ANOMALY_ARCHIVE,
+         dict(defect_classes=defect_classes, normal_class=sample.anomaly_normal_class, image_size=sample.image_size,
+              train_per_class=sample.train_per_class, test_per_class=sample.test_per_class,
+              defect_train=sample.anomaly_defect_train)),
     ]:
         started = time.perf_counter()
         built = build(out_dir / name, seed=settings.seed, **options)

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         changes.update(flatten({key: yaml.safe_load(value)}))
-    for key, archive in (("ingest.vision_archive", args.vision_archive),
+    # The copy has no data/sample when archives are given (sample_data is not run): anomaly_data reads the NEU one too.
+    for key, archive in (("ingest.vision_archive", args.vision_archive), ("anomaly_data.archive", args.vision_archive),
                          ("ingest.acoustic_archive", args.acoustic_archive)):
         if archive is not None:
             changes[key] = "data/raw/" + archive.name

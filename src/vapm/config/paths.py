@@ -8,11 +8,14 @@ INTERIM = Path("data/interim")
 VISION_INTERIM = INTERIM / "vision"
 ACOUSTIC_INTERIM = INTERIM / "acoustic"
 INGEST_REPORT = Path("metrics/ingest_report.json")
+VISION_ANOMALY_INTERIM = INTERIM / "vision_anomaly"        # the anomaly_data stage's ingest of its archive
+ANOMALY_DATA_REPORT = Path("metrics/anomaly_data_report.json")
 
 FEATURES = Path("data/features")
 IMAGE_FEATURES = FEATURES / "image"
 ACOUSTIC_IMAGE_FEATURES = FEATURES / "acoustic_image"
 WAVELET_FEATURES = FEATURES / "wavelet"
+ANOMALY_IMAGE_FEATURES = FEATURES / "anomaly_image"        # the anomaly_data stage's images (and masks)
 
 MODELS = Path("models")
 

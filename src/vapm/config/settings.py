@@ -122,6 +122,8 @@ class SampleDataSettings(Section):
     train_per_class: PositiveInt
     test_per_class: int = Field(ge=0)
     clips_per_class: PositiveInt
+    anomaly_normal_class: str = "Normal"
+    anomaly_defect_train: PositiveInt = 2
 
 
 MAX_LIMIT_MB = float(2**40)
@@ -157,6 +159,21 @@ class IngestConfig(Section):
     @classmethod
     def _mask_pattern(cls, pattern: str | None) -> str | None:
         return _member_pattern(pattern, ("class", "stem"))
+
+
+class AnomalyDataSettings(Section):
+    """The anomaly_data stage: one image archive (a normal class beside defect classes, defect masks optional) read
+    like ingest reads the NEU archive, then made square at its own size: the anomaly detectors' images and masks."""
+    archive: str = Field("data/sample/NEU-anomaly.zip", min_length=1)
+    classes: ClassesParam = AUTO
+    pattern: str | None = None         # as ingest.vision_pattern; None: the built-in layouts
+    mask_pattern: str | None = None    # as ingest.vision_mask_pattern; None: no masks
+    image_size: int = Field(224, ge=8, le=2048)
+    resize: Literal["squash", "pad", "crop"] = "squash"
+
+    _check_classes = field_validator("classes")(_classes)
+    _check_pattern = field_validator("pattern")(lambda pattern: _member_pattern(pattern, ("class",)))
+    _check_mask_pattern = field_validator("mask_pattern")(lambda pattern: _member_pattern(pattern, ("class", "stem")))
 
 
 class FeaturizeSettings(Section):
@@ -277,6 +294,7 @@ class Settings(Section):
     sample_data: SampleDataSettings
     ingest: IngestConfig
     featurize: FeaturizeSettings
+    anomaly_data: AnomalyDataSettings = AnomalyDataSettings()
     mlflow: MlflowSettings
     train: TrainSettings
     crossval: CrossvalSettings

@@ -299,3 +299,132 @@ def save_unfamiliar_png(rates: dict[str, dict[str, float]], path: str | Path, ti
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})
     return path
+
+
+# Anomaly maps over their images. The heat colour's opacity grows with the score, so low scores leave the image
+# visible; the ground-truth defect is outlined in a colour the heat map does not use.
+ANOMALY_CMAP = "inferno"
+ANOMALY_MAX_ALPHA = 0.7
+MASK_OUTLINE = "cyan"
+
+
+def _anomaly_panel(axes: Any, image: Any, anomaly_map: Any, mask: Any, vmin: float, vmax: float) -> Any:
+    """Draw one grey image, its anomaly map as a semi-transparent heat colour and its mask's outline on `axes`;
+    return the colour scale (for a colour bar). A map of another size than the image is stretched over it."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    image = np.asarray(image)
+    height, width = image.shape
+    norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1.0, clip=True)
+    level = norm(np.asarray(anomaly_map, dtype=np.float64))
+    heat = colormaps[ANOMALY_CMAP](level)
+    heat[..., 3] = ANOMALY_MAX_ALPHA * level
+    axes.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    axes.imshow(heat, extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="bilinear")
+    if mask is not None and np.asarray(mask).any():
+        axes.contour(np.asarray(mask, dtype=np.float64), levels=[0.5], colors=MASK_OUTLINE, linewidths=1.2)
+    axes.set_xlim(-0.5, width - 0.5)
+    axes.set_ylim(height - 0.5, -0.5)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return ScalarMappable(norm=norm, cmap=ANOMALY_CMAP)
+
+
+def _checked_panels(images: Any, anomaly_maps: Any, masks: Any) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    images, maps = np.asarray(images), np.asarray(anomaly_maps, dtype=np.float64)
+    if images.ndim != 3 or maps.ndim != 3 or len(maps) != len(images):
+        raise ValueError(f"need grey images (N, H, W) and one anomaly map each (N, h, w), got shapes {images.shape} "
+                         f"and {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise ValueError("anomaly maps hold NaN or infinite values")
+    if masks is not None:
+        masks = np.asarray(masks).astype(bool)
+        if masks.shape != images.shape:
+            raise ValueError(f"masks have shape {masks.shape}, the images {images.shape}: one mask per image, its size")
+    return images, maps, masks
+
+
+def save_anomaly_overlay_png(image: Any, anomaly_map: Any, mask: Any, path: str | Path, title: str,
+                             vmin: float | None = None, vmax: float | None = None) -> Path:
+    """One grey image with its anomaly map as a semi-transparent heat colour (transparent at `vmin`, the map's
+    minimum by default, most opaque at `vmax`), the outline of its defect mask (None or empty: none) and a colour bar
+    of the anomaly score."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images, maps, masks = _checked_panels([image], [anomaly_map], None if mask is None else [mask])
+    figure = Figure(figsize=(5.2, 4.4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    scale = _anomaly_panel(axes, images[0], maps[0], None if masks is None else masks[0],
+                           float(maps.min()) if vmin is None else vmin, float(maps.max()) if vmax is None else vmax)
+    figure.colorbar(scale, ax=axes, fraction=0.046, pad=0.04, label="anomaly score")
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def anomaly_gallery_order(scores: Sequence[float], abnormal: Sequence[bool], threshold: float) -> list[int]:
+    """Items worst first: misses (abnormal items scored at or below the threshold) and false alarms (normal items
+    scored above it) by how far they lie on the wrong side, then the correct ones, closest to the threshold first.
+    Ties keep the items' order. An item is called abnormal when its score is above the threshold."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    truth = np.asarray(abnormal, dtype=bool)
+    if scores.shape != truth.shape or scores.ndim != 1:
+        raise ValueError(f"need one score and one label per item, got {scores.shape} and {truth.shape}")
+    wrongness = np.where(truth, threshold - scores, scores - threshold)  # >= 0: on the wrong side
+    return [int(i) for i in np.argsort(-wrongness, kind="stable")]
+
+
+def save_anomaly_gallery_png(images: Any, anomaly_maps: Any, masks: Any, scores: Sequence[float],
+                             abnormal: Sequence[bool], threshold: float, path: str | Path, title: str,
+                             names: Sequence[str] | None = None, limit: int = 12, columns: int = 4,
+                             vmin: float | None = None, vmax: float | None = None) -> Path:
+    """Test images with their anomaly maps and mask outlines (`save_anomaly_overlay_png`'s panel), worst misses and
+    false alarms first (`anomaly_gallery_order`), titled with the truth, the score and the verdict, mistakes in red;
+    one colour scale for all panels: the shown maps' range, or from `vmin` (transparent, e.g. a high percentile of
+    the normal images' pixel scores, so that only what stands out is coloured) to `vmax`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images, maps, masks = _checked_panels(images, anomaly_maps, masks)
+    if len(scores) != len(images) or (names is not None and len(names) != len(images)):
+        raise ValueError(f"{len(images)} images but {len(scores)} scores"
+                         + ("" if names is None else f" and {len(names)} names"))
+    order = anomaly_gallery_order(scores, abnormal, threshold)[:limit]
+    shown = maps[order]
+    vmin = float(shown.min()) if vmin is None else vmin
+    vmax = float(shown.max()) if vmax is None else vmax
+    columns = max(1, min(columns, len(order)))
+    rows = max(1, -(-len(order) // columns))
+    width, height, bar_room = columns * 2.5 + 1.2, rows * 3.1 + 0.8, 1.2  # inches; the colour bar's room on the right
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    scale = None
+    for position, i in enumerate(order, start=1):
+        axes = figure.add_subplot(rows, columns, position)
+        scale = _anomaly_panel(axes, images[i], maps[i], None if masks is None else masks[i], vmin, vmax)
+        truth, called = bool(abnormal[i]), float(scores[i]) > threshold
+        verdict = ("missed" if truth else "false alarm") if truth != called else ("detected" if truth else "normal")
+        label = f"{names[i]}\n" if names is not None else ""
+        axes.set_title(f"{label}{'defect' if truth else 'normal'}, score {float(scores[i]):.3g}: {verdict}",
+                       fontsize=7, color="red" if truth != called else "black",
+                       fontweight="bold" if truth != called else "normal")
+    figure.suptitle(f"{title}\n(threshold {threshold:.3g}; {MASK_OUTLINE} outline: defect mask)", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1 - bar_room / width, 1 - 0.6 / height), h_pad=3.0)
+    colour_bar = figure.add_axes((1 - 0.95 / width, 0.1, 0.15 / width, 0.75))
+    figure.colorbar(scale, cax=colour_bar, label="anomaly score")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path

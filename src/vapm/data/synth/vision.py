@@ -12,6 +12,10 @@ defects and backgrounds. Any other name gets a look derived from a SHA-256 of th
 or brighter than the strip, at its own contrast, on a strip of its own brightness band and grain.
 So a class always looks the same, whatever else is in the list, and two different names rarely
 look alike.
+
+`build_anomaly_archive` writes a second archive for anomaly detectors: defect-free strips of a normal class
+(`render_normal`) beside the same defect images, each with its mask (`render_defect_with_mask`, which draws exactly
+`render_defect`'s image), so the classifier archive's bytes do not depend on it.
 """
 from __future__ import annotations
 
@@ -263,6 +267,18 @@ def check_classes(classes: Sequence[str]) -> None:
 
 def render_defect(class_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One grey uint8 (size, size) image of `class_name` on a steel-like background."""
+    return render_defect_with_mask(class_name, size, rng)[0]
+
+
+# A pixel belongs to a defect's mask when the drawn defect changes it by at least this many grey levels.
+MASK_MIN_EFFECT = 8.0
+
+
+def render_defect_with_mask(class_name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`render_defect`'s image (the same bits from the same stream) and its defect mask: bool (size, size), True
+    where the drawn defect changes the pixel by at least MASK_MIN_EFFECT grey levels (before rounding and clipping),
+    flipped with the image. The strip's own faint specks and lines (`_blemishes`) are texture, not defect: normal
+    images have them too."""
     if size < MIN_IMAGE_SIZE:
         raise SynthError(f"image size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
     look = vision_look(class_name)
@@ -270,11 +286,33 @@ def render_defect(class_name: str, size: int, rng: np.random.Generator) -> np.nd
     mask, contrast = look.renderer(rng, size)
     if look.across:
         mask = mask.T
-    image = background + (look.contrast_gain * contrast) * mask
+    effect = (look.contrast_gain * contrast) * mask
+    image = background + effect
+    image, effect = _random_flips(rng, image, effect)
+    return _grey(image), np.abs(effect) >= MASK_MIN_EFFECT
+
+
+def render_normal(classes: Sequence[str], size: int, rng: np.random.Generator) -> np.ndarray:
+    """One grey uint8 (size, size) defect-free strip: the background (with its blemishes) of one of `classes`,
+    drawn at random, so that normal strips span the defect classes' brightness and grain and a detector must find
+    the defect itself, not the strip it is on."""
+    if size < MIN_IMAGE_SIZE:
+        raise SynthError(f"image size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
+    look = vision_look(classes[int(rng.integers(len(classes)))])
+    image, = _random_flips(rng, _background(rng, size, look.brightness, look.grain))
+    return _grey(image)
+
+
+def _random_flips(rng: np.random.Generator, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The same random left-right and up-down flips (half the time each) of every array."""
     if rng.random() < 0.5:
-        image = image[:, ::-1]
+        arrays = tuple(array[:, ::-1] for array in arrays)
     if rng.random() < 0.5:
-        image = image[::-1, :]
+        arrays = tuple(array[::-1, :] for array in arrays)
+    return arrays
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
@@ -314,5 +352,90 @@ def build_vision_archive(path: str | Path, classes: Sequence[str], image_size: i
             yield name, encode_jpeg(render_defect(class_name, image_size, rng))
 
     # JPEG data does not deflate; NEU-data-TrainTest.zip stores its members too.
+    count = write_zip(path, members(), compression=zipfile.ZIP_STORED)
+    return BuiltArchive(Path(path), count, Path(path).stat().st_size)
+
+
+# The anomaly archive: a defect-free class beside the defect classes, and every defect image's mask, in the
+# NEU layout (train/ and test/ folders of class folders) with the masks in MVTec AD's place and naming:
+# NEU-anomaly/ground_truth/<Class>/<image stem>_mask.png, 0/255 PNG. Ingest reads it with
+#   ingest.vision_archive: data/sample/NEU-anomaly.zip, vision.classes: auto (or the list with the normal class),
+#   ingest.vision_mask_pattern: ANOMALY_MASK_PATTERN
+ANOMALY_ROOT = "NEU-anomaly"
+ANOMALY_MASK_PATTERN = r"ground_truth/(?P<class>[^/]+)/(?P<stem>[^/]+)_mask\.png$"
+
+
+@dataclass(frozen=True)
+class AnomalyMember:
+    split: str
+    class_name: str
+    number: int
+    image: str  # member path of the JPEG
+    mask: str | None  # member path of its mask PNG; None for the normal class
+
+
+def anomaly_member_names(defect_classes: Sequence[str], normal_class: str, train_per_class: int, test_per_class: int,
+                         defect_train: int) -> list[AnomalyMember]:
+    """The anomaly archive's members in order: the normal class first, with `train_per_class` train and
+    `test_per_class` test images; then each defect class with its first `defect_train` train images and all its
+    `test_per_class` test images, numbered as in the classifier archive (so they are the same images)."""
+    members = []
+    for split, class_name, number, name in vision_member_names([normal_class, *defect_classes], train_per_class,
+                                                               test_per_class):
+        if class_name != normal_class and split == "train" and number > defect_train:
+            continue
+        image = name.replace(f"{VISION_ROOT}/", f"{ANOMALY_ROOT}/", 1)
+        stem = image.rsplit("/", 1)[1][:-len(".jpg")]
+        mask = None if class_name == normal_class else f"{ANOMALY_ROOT}/ground_truth/{class_name}/{stem}_mask.png"
+        members.append(AnomalyMember(split, class_name, number, image, mask))
+    return members
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def anomaly_defect_classes(classes: Sequence[str], normal_class: str) -> list[str]:
+    """The defect classes of the anomaly archive for the vision classes `classes`: all of them, but the normal class
+    (in any case) when the list has it: a class list of your own that holds its defect-free class keeps working."""
+    return [name for name in classes if name.casefold() != normal_class.casefold()]
+
+
+def check_anomaly_archive(defect_classes: Sequence[str], normal_class: str, train_per_class: int,
+                          test_per_class: int, defect_train: int) -> None:
+    """Refuse, with one SynthError, what build_anomaly_archive cannot build: a class list `check_classes` refuses
+    (the normal class named like a defect class, in any case, included), or counts that leave a class out of a split
+    (ingest wants every class in both)."""
+    if not defect_classes:
+        raise SynthError(f"the anomaly archive needs a defect class beside its normal class {normal_class!r}")
+    check_classes([normal_class, *defect_classes])
+    if train_per_class < 1 or test_per_class < 1 or not 1 <= defect_train <= train_per_class:
+        raise SynthError(f"the anomaly archive needs train_per_class >= 1, test_per_class >= 1 and 1 <= "
+                         f"anomaly_defect_train <= train_per_class (ingest wants every class in both splits), got "
+                         f"{train_per_class}, {test_per_class} and {defect_train}")
+
+
+def build_anomaly_archive(path: str | Path, defect_classes: Sequence[str], normal_class: str, image_size: int,
+                          train_per_class: int, test_per_class: int, defect_train: int, seed: int) -> BuiltArchive:
+    """Write the synthetic NEU-anomaly.zip (`anomaly_member_names`): defect-free strips of `normal_class`
+    (`render_normal`) and the defect classes' images, each with its mask (`render_defect_with_mask`); a defect image
+    is the very image of the same name in build_vision_archive's archive for the same seed and size. The same
+    arguments always give the same bytes."""
+    check_anomaly_archive(defect_classes, normal_class, train_per_class, test_per_class, defect_train)
+    entries = anomaly_member_names(defect_classes, normal_class, train_per_class, test_per_class, defect_train)
+
+    def members() -> Iterator[tuple[str, bytes]]:
+        for entry in progress(entries, desc="synthetic anomaly images", unit="image"):
+            if entry.mask is None:
+                rng = member_rng(seed, "vision-normal", entry.class_name, entry.number)
+                yield entry.image, encode_jpeg(render_normal(defect_classes, image_size, rng))
+                continue
+            rng = member_rng(seed, "vision", entry.class_name, entry.number)
+            image, mask = render_defect_with_mask(entry.class_name, image_size, rng)
+            yield entry.image, encode_jpeg(image)
+            yield entry.mask, encode_mask_png(mask)
+
     count = write_zip(path, members(), compression=zipfile.ZIP_STORED)
     return BuiltArchive(Path(path), count, Path(path).stat().st_size)
