@@ -97,33 +97,50 @@ def test_crossval_folds_on_the_cluster_write_the_local_bytes(dask_repo, dask_clu
     assert metrics.read_bytes() == local
 
 
-def test_a_worker_killed_mid_featurize_changes_no_byte(dask_repo, dask_cluster):
-    """compute.scheduler in params.yaml this time: it invalidates no stage (no stage lists it)."""
+def featurize_killing(repo: Path, address: str, victims: list[int]) -> tuple[subprocess.CompletedProcess, int]:
+    """`dvc repro --force --single-item featurize`, SIGKILLing each of `victims` (worker pids) as soon as a
+    featurize task is on it; (the finished run, how many were killed)."""
     from distributed import Client
 
+    killed = 0
+    with Client(address, set_as_default=False) as client:
+        addresses = {pid: worker for worker, pid in client.run(os.getpid).items()}
+        targets = [addresses[pid] for pid in victims]
+        stage = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "featurize"], cwd=repo,
+                                 env=pipeline_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 900
+        while stage.poll() is None and killed < len(victims) and time.monotonic() < deadline:
+            processing = client.processing(workers=[targets[killed]]).get(targets[killed], ())
+            if any(str(key).startswith("clip_range_task") for key in processing):
+                os.kill(victims[killed], signal.SIGKILL)
+                killed += 1
+            time.sleep(0.01)
+        stdout, stderr = stage.communicate(timeout=900)
+    return subprocess.CompletedProcess(stage.args, stage.returncode, stdout, stderr), killed
+
+
+def test_a_worker_killed_mid_featurize_changes_no_byte(dask_repo, dask_cluster):
+    """compute.scheduler in params.yaml this time: it invalidates no stage (no stage lists it). The scheduler runs
+    the dead worker's tasks again on the other one."""
     repo, local = dask_repo
     address = dask_cluster["address"]
     update_params(repo, {"compute.scheduler": address})
     assert "changed" not in run(["dvc", "status", "ingest", "featurize"], repo).stdout
-    victim = dask_cluster["pids"]["worker-1"]
-    with Client(address, set_as_default=False) as client:
-        victim_address = next(worker for worker, pid in client.run(os.getpid).items() if pid == victim)
-        stage = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "featurize"], cwd=repo,
-                                 env=pipeline_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        killed = False
-        deadline = time.monotonic() + 900
-        while stage.poll() is None and time.monotonic() < deadline:
-            processing = client.processing(workers=[victim_address]).get(victim_address, ())
-            if any(str(key).startswith("clip_range_task") for key in processing):
-                os.kill(victim, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.01)
-        stdout, stderr = stage.communicate(timeout=900)
-    assert killed, f"the featurize tasks never reached worker-1\n{stdout[-3000:]}\n{stderr[-3000:]}"
-    if stage.returncode == 0:
-        assert snapshot(repo) == local
-    else:  # allowed by the issue: one clear line, and none of the stage's outputs
-        lines = [line for line in stderr.splitlines() if line.startswith("featurize:")]
-        assert len(lines) == 1 and "Dask cluster" in lines[0], stderr[-3000:]
-        assert not any((repo / folder).exists() and any((repo / folder).iterdir()) for folder in FEATURES)
+    proc, killed = featurize_killing(repo, address, [dask_cluster["pids"]["worker-1"]])
+    assert killed == 1, f"the featurize tasks never reached worker-1\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"on the Dask cluster {address}" in proc.stdout
+    assert snapshot(repo) == local
+
+
+def test_with_every_worker_killed_featurize_fails_in_one_line_and_leaves_no_output(dask_repo, dask_cluster):
+    """The last worker killed mid-featurize: after 60 s without a worker the stage gives up, in one line."""
+    repo, _ = dask_repo
+    address = dask_cluster["address"]
+    proc, killed = featurize_killing(repo, address, [dask_cluster["pids"]["worker-2"]])
+    assert killed == 1 and proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("featurize:")]
+    assert lines == [f"featurize: Dask cluster {address}: featurize: no worker for 60 s; start workers "
+                     "(vapm cluster start) or unset the scheduler"], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not any((repo / folder).exists() and any((repo / folder).iterdir()) for folder in FEATURES)
