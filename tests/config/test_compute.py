@@ -121,3 +121,40 @@ def test_an_unreachable_scheduler_is_one_error_naming_it():
         port = probe.getsockname()[1]
     with pytest.raises(ComputeError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
         connect(f"tcp://127.0.0.1:{port}", timeout=2)
+
+
+def test_a_worker_started_without_the_pins_is_refused_by_name(tmp_path):
+    """A plain `dask worker` (NumPy loads before vapm could pin it) computes with this CPU's own kernels: a stage
+    must not send it work. Real scheduler and worker processes on 127.0.0.1, stopped by their process ids."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import vapm
+    from vapm.cli.cluster import stop_pids
+    from vapm.config.cpu_dispatch import ALWAYS_PINNED
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    environment = {name: value for name, value in os.environ.items() if name not in ALWAYS_PINNED}
+    environment["PYTHONPATH"] = str(Path(vapm.__file__).resolve().parent.parent)
+    scheduler_file = tmp_path / "scheduler.json"
+    pids = {}
+    try:
+        pids["scheduler"] = subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+             str(scheduler_file)], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        pids["worker"] = subprocess.Popen(
+            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
+            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
+        with pytest.raises(ComputeError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ would compute other bytes than "
+                                               r"this stage: \$ONEDNN_MAX_CPU_ISA '' \(here 'AVX2'\)"):
+            with Executor(scheduler=address):
+                pass
+    finally:
+        stop_pids(pids)

@@ -65,7 +65,7 @@ def worker_fingerprint() -> dict[str, str]:
     A worker whose fingerprint differs from the stage's would compute other bytes: `connect` refuses it."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from vapm.config.cpu_dispatch import ALWAYS_PINNED, _numpy_dispatch
+    from vapm.config.cpu_dispatch import _numpy_dispatch
 
     digest = hashlib.sha256()
     root = Path(find_spec("vapm").origin).parent
@@ -78,10 +78,25 @@ def worker_fingerprint() -> dict[str, str]:
             fingerprint[package] = version(package)
         except PackageNotFoundError:
             fingerprint[package] = "absent"
-    for name in (*ALWAYS_PINNED, "OPENBLAS_CORETYPE", "VAPM_CPU_DISPATCH"):
-        fingerprint[f"${name}"] = os.environ.get(name, "")
+    fingerprint.update(_effective_pins())
     fingerprint["NumPy dispatch"] = str(_numpy_dispatch())
     return fingerprint
+
+
+def _effective_pins() -> dict[str, str]:
+    """The CPU-dispatch variables as NumPy and TensorFlow saw them when they loaded: this environment's, or, when
+    they loaded before vapm could pin (a `dask worker` imports NumPy first), the environment the process started
+    with (Linux: /proc/self/environ). A worker started without the pins in its environment thus differs."""
+    from vapm.config.cpu_dispatch import ALWAYS_PINNED, OPT_OUT_VARIABLE, dispatch_pins
+
+    environment: Any = os.environ
+    if dispatch_pins().loaded_too_early:
+        try:
+            raw = Path("/proc/self/environ").read_bytes().decode(errors="replace")
+            environment = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+        except OSError:
+            pass
+    return {f"${name}": environment.get(name, "") for name in (*ALWAYS_PINNED, "OPENBLAS_CORETYPE", OPT_OUT_VARIABLE)}
 
 
 class Executor:
