@@ -16,7 +16,7 @@ export UV_COMPILE_BYTECODE := 1
 
 BASE ?= main
 
-.PHONY: setup repro test test-slow bench bench-queue report ui dag remote mlflow-server clean-env help
+.PHONY: setup repro test test-slow bench bench-queue report ui dag remote mlflow-server cluster cluster-stop clean-env help
 
 help:
 	@echo "make repro   set up .venv (locked) and run the pipeline: dvc repro"
@@ -27,6 +27,7 @@ help:
 	@echo "make remote URL=ssh://user@host[:port]/path [KEYFILE=~/.ssh/key]   the team's DVC remote (docs/team.md)"
 	@echo "make mlflow-server   MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (docs/team.md)"
 	@echo "make bench-queue     throughput of 4 queued experiments, dvc queue start -j 1 against -j 2"
+	@echo "make cluster [WORKERS=2]   a Dask scheduler + workers on 127.0.0.1 for compute.scheduler (make cluster-stop)"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -75,6 +76,15 @@ mlflow-server: setup
 
 bench-queue: setup
 	$(VENV)/bin/python -m vapm.bench.queue $(QUEUE_BENCH_ARGS)
+
+# A Dask scheduler and $(WORKERS) one-thread workers on 127.0.0.1 (docs/scaling.md); prints the address to export
+# as DASK_SCHEDULER_ADDRESS. `make cluster-stop` stops them by the process ids in .vapm/cluster.json.
+WORKERS ?= 2
+cluster: setup
+	$(VENV)/bin/python -m vapm cluster start --workers $(WORKERS)
+
+cluster-stop: setup
+	$(VENV)/bin/python -m vapm cluster stop
 
 dag: setup
 	$(VENV)/bin/dvc dag

@@ -80,6 +80,8 @@ def remove_outputs() -> None:
 def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
     """The two datasets' work, from params validated before any work starts (vapm.config.settings)."""
     ingest = ingest_settings(settings)
+    if ingest.scheduler:
+        print(f"ingest: hashing and decoding on the Dask cluster {ingest.scheduler}", flush=True)
     for modality, key in (("vision", "vision.classes"), ("audio", "audio.classes")):
         if settings.classes(modality) is not None:
             check_class_names(settings.classes(modality), key)

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vapm crossval", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", metavar="MODEL", help="registered classifiers (default: crossval.models)")
     parser.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                        help="folds trained at once, each in its own process (default: crossval.jobs)")
+                        help="folds trained at once, each in its own process (default: crossval.jobs; with a Dask "
+                             "scheduler, compute.scheduler or $DASK_SCHEDULER_ADDRESS, the cluster trains them)")
     args = parser.parse_args(argv)
     try:
         from vapm.config.model_registry import load_registry
@@ -29,14 +30,18 @@ def main(argv: list[str] | None = None) -> int:
         if not_classifiers:
             raise CrossvalError(f"{', '.join(not_classifiers)}: not a classifier (crossval scores classifiers: "
                                 f"{', '.join(n for n, e in registry.items() if e.task == 'classifier')})")
+        from vapm.config.compute import scheduler_address
+
         settings = load_settings(models=models)
+        scheduler = scheduler_address(settings.compute.scheduler)
         folds = settings.crossval.folds
         jobs = settings.crossval.jobs if args.jobs is None else args.jobs
         if jobs < 1:
             raise CrossvalError(f"-j/--jobs must be at least 1, got {jobs}")
         for name in models:
-            print(f"{name}: {folds}-fold cross-validation, {min(jobs, folds)} at a time", flush=True)
-            metrics, timing = crossval_model(name, settings, folds, jobs)
+            where = f"on the Dask cluster {scheduler}" if scheduler else f"{min(jobs, folds)} at a time"
+            print(f"{name}: {folds}-fold cross-validation, {where}", flush=True)
+            metrics, timing = crossval_model(name, settings, folds, jobs, scheduler)
             OUT_DIR.mkdir(parents=True, exist_ok=True)
             document = metrics_document(name, metrics)
             (OUT_DIR / f"{name}.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -6,6 +6,7 @@
     vapm report [--base REF]           what a change did to the models: reports/report.md and .html
     vapm preset PRESET [--run ...]     a preset as `dvc exp run -S` arguments (or run it)
     vapm crossval [MODEL...]           k-fold evaluation of registered classifiers
+    vapm cluster start|stop            a local Dask cluster for compute.scheduler (docs/scaling.md)
     vapm bench [...]                   time the pipeline on given archives
     vapm bench-predict                 cold `vapm predict` of one file per model, each runtime: time and memory
 
@@ -24,6 +25,7 @@ COMMANDS = {
     "report": ("vapm.cli.report", "compare the workspace's models with a git ref: reports/report.md and .html"),
     "preset": ("vapm.cli.preset", "turn a preset into dvc exp run -S arguments, or run it"),
     "crossval": ("vapm.cli.crossval", "k-fold evaluation of registered classifiers"),
+    "cluster": ("vapm.cli.cluster", "a local Dask cluster (scheduler + workers) for compute.scheduler"),
     "bench": ("vapm.bench.pipeline", "time the pipeline on given archives"),
     "bench-monitor": ("vapm.bench.monitor", "latency and throughput of the folder monitor"),
     "bench-predict": ("vapm.bench.cold_start", "cold `vapm predict` per model and runtime: wall time and memory"),

@@ -79,8 +79,31 @@ def _member_pattern(pattern: str | None, groups: tuple[str, ...]) -> str | None:
     return pattern
 
 
+# tcp:// or tls://, a host name or IPv4 address (or [IPv6]), and a port.
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})$")
+
+
+def check_address(address: str) -> str:
+    """`address` if it is a Dask scheduler address (tcp://host:port or tls://host:port), else ValueError."""
+    match = SCHEDULER_ADDRESS.match(address.strip())
+    if match is None or not 1 <= int(match.group(4)) <= 65535:
+        raise ValueError("is not a Dask scheduler address such as tcp://127.0.0.1:8786 (tcp:// or tls://, a host "
+                         "and a port 1-65535)")
+    return address.strip()
+
+
 class ComputeSettings(Section):
     threads: int = Field(2, ge=1, le=256)
+    # A Dask scheduler (tcp://host:port) for ingest's decoding, featurize and the k-fold folds; None: local
+    # processes ($DASK_SCHEDULER_ADDRESS then decides). It never changes a result (vapm.config.compute).
+    scheduler: str | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return check_address(value)
 
 
 def _classes(value: list[str] | str) -> list[str] | str:

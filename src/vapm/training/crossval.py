@@ -15,13 +15,16 @@ metrics/crossval_timing/<model>.json (not in git: each fold's training seconds);
 scores the folds and describes the files. An evaluation mode for benchmarks, not a DVC stage: it costs k
 trainings.
 
-With `jobs` > 1 the folds train in that many processes at once (started fresh, 'spawn': one per fold). Each
+With a Dask scheduler (`compute.scheduler` or $DASK_SCHEDULER_ADDRESS) the folds train on the cluster's workers
+instead (`-j` is then the cluster's size), with the same results. With `jobs` > 1 the folds train in that many
+processes at once (started fresh, 'spawn': one per fold). Each
 fold seeds everything and fixes its thread pools (`compute.threads`) before it trains, as a stage does, so a
 fold's predictions -- and the JSON -- are the same whether it ran alone, after another fold or beside one.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -111,12 +114,45 @@ def stop_joblib_workers() -> None:
         executor.shutdown(wait=True)
 
 
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold for a Dask worker: the repository it reads the features and models.yaml from (shared storage, the
+    same absolute path), the model, the validated settings, the number of folds and this fold's number."""
+    root: str
+    name: str
+    settings: Any
+    folds: int
+    number: int
+
+
+def fold_task(task: FoldTask) -> FoldResult:
+    """run_fold in the task's repository: what a cluster worker runs. The stage's paths are relative to the
+    repository, so the worker moves there (a worker runs one task at a time: `vapm cluster` starts one-thread
+    workers; the fold then computes what it computes in a process of its own, as after an earlier fold)."""
+    if os.getcwd() != task.root:
+        os.chdir(task.root)
+    return run_fold(task.name, task.settings, task.folds, task.number)
+
+
 def run_folds(name: str, settings, folds: int, jobs: int = 1,
-              done: Callable[[FoldResult], None] | None = None) -> list[FoldResult]:
-    """Every fold of model `name`, in fold order; `done` is called as each finishes (in any order when jobs > 1)."""
+              done: Callable[[FoldResult], None] | None = None, scheduler: str | None = None) -> list[FoldResult]:
+    """Every fold of model `name`, in fold order; `done` is called as each finishes (in any order when jobs > 1).
+
+    With `scheduler` (a Dask scheduler's address) the folds train on the cluster's workers instead, and `done` is
+    called in fold order."""
     if jobs < 1:
         raise CrossvalError(f"jobs must be at least 1, got {jobs}")
     results = []
+    if scheduler is not None:
+        from vapm.config.compute import Executor
+
+        tasks = [FoldTask(os.getcwd(), name, settings, folds, number) for number in range(1, folds + 1)]
+        with Executor(scheduler=scheduler, what=f"crossval {name}") as cluster:
+            for result in cluster.map(fold_task, tasks):
+                results.append(result)
+                if done is not None:
+                    done(result)
+        return results
     if jobs == 1:
         entry, job = model_job(name, settings)
         trainer = entry.load_trainer()
@@ -141,8 +177,10 @@ def run_folds(name: str, settings, folds: int, jobs: int = 1,
     return sorted(results, key=lambda fold: fold.number)
 
 
-def crossval_model(name: str, settings, folds: int, jobs: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train the registered model k times on k-1 folds and test it on the k-th: (metrics, timing)."""
+def crossval_model(name: str, settings, folds: int, jobs: int = 1,
+                   scheduler: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the registered model k times on k-1 folds and test it on the k-th: (metrics, timing). `scheduler`: a
+    Dask scheduler's address, whose workers then train the folds (the same bytes: vapm.config.compute)."""
     started = time.perf_counter()
 
     def report(fold: FoldResult) -> None:
@@ -151,7 +189,7 @@ def crossval_model(name: str, settings, folds: int, jobs: int = 1) -> tuple[dict
               f"{scores['balanced_accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f} "
               f"(trained in {fold.seconds:.1f} s)", flush=True)
 
-    results = run_folds(name, settings, folds, jobs, done=report)
+    results = run_folds(name, settings, folds, jobs, done=report, scheduler=scheduler)
     n_items = int(sum(len(fold.y_true) for fold in results))
     metrics = summarize([fold_scores(fold.y_true, fold.y_pred) for fold in results], n_items)
     timing = {"model": name, "folds": folds, "jobs": jobs, "threads_per_fold": settings.compute.threads,

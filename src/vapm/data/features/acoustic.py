@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -154,3 +155,21 @@ def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence
         image_seconds += tock - tick
         wavelet_seconds += time.thread_time() - tock
     return np.stack(images), np.stack(energies), image_seconds, wavelet_seconds
+
+
+@dataclass(frozen=True)
+class ClipRange:
+    """One task of featurize on a Dask cluster: rows start..stop-1 of a clips.npy, by its absolute path (the
+    worker maps the file itself: shared storage), and the records that compute the features."""
+    clips_path: Path
+    start: int
+    stop: int
+    files: Sequence[str]
+    image_record: Any     # an AcousticImageRecord (vapm.data.features.records)
+    wavelet_record: Any   # a WaveletRecord
+
+
+def clip_range_task(task: ClipRange) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """clip_range_features of one ClipRange: what a cluster worker runs."""
+    return clip_range_features(task.clips_path, task.start, task.stop, task.files, task.image_record,
+                               task.wavelet_record)

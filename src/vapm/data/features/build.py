@@ -15,7 +15,13 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from vapm.core.progress import progress
-from vapm.data.features.acoustic import acoustic_frame_count, check_clip_length, clip_range_features
+from vapm.data.features.acoustic import (
+    ClipRange,
+    acoustic_frame_count,
+    check_clip_length,
+    clip_range_features,
+    clip_range_task,
+)
 from vapm.data.features.errors import InterimDataError
 from vapm.data.input_checks import fit_clip_limits, fit_image_limits
 from vapm.data.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
@@ -186,9 +192,28 @@ def _check_clips(clips_path: Path, n_listed: int, image_record: AcousticImageRec
     return clips.shape[1]
 
 
+def _compute_on_cluster(clips_path: Path, files: list[str], bounds: list[tuple[int, int]],
+                        image_record: AcousticImageRecord, wavelet_record: WaveletRecord, scheduler: str,
+                        store: Callable[[int, int, tuple], None]) -> int:
+    """Every chunk computed by the cluster's workers, stored here in order; the number of worker threads."""
+    from vapm.config.compute import Executor
+
+    tasks = [ClipRange(Path(clips_path).absolute(), start, stop, files[start:stop], image_record, wavelet_record)
+             for start, stop in bounds]
+    with Executor(scheduler=scheduler, what="featurize") as cluster:
+        workers = cluster.workers
+        chunks = progress(zip(bounds, cluster.map(clip_range_task, tasks)), total=len(bounds), unit="chunk",
+                          desc=f"acoustic features ({len(files[bounds[0][0]:bounds[0][1]])} clips/chunk, "
+                               f"Dask cluster {scheduler}, {workers} worker thread(s))")
+        for (start, stop), chunk in chunks:
+            store(start, stop, chunk)
+    return workers
+
+
 def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_record: AcousticImageRecord,
                       wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int,
-                      parallel_worth_seconds: float) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+                      parallel_worth_seconds: float,
+                      scheduler: str | None = None) -> tuple[np.ndarray, np.ndarray, int, float, float]:
     """(images, energies, processes used, image CPU seconds, wavelet CPU seconds) for every clip."""
     n_clips = len(files)
     frames = acoustic_frame_count(n_samples, image_record.hop_length)
@@ -208,6 +233,9 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
         return delayed(clip_range_features)(clips_path, start, stop, files[start:stop], image_record, wavelet_record)
 
     bounds = [(start, min(start + chunk_clips, n_clips)) for start in range(0, n_clips, chunk_clips)]
+    if scheduler is not None:  # a cluster's workers are running already: all the work goes there
+        workers = _compute_on_cluster(clips_path, files, bounds, image_record, wavelet_record, scheduler, store)
+        return images, energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
     # The first chunk runs here and tells what a clip costs, which decides whether workers pay off.
     (first_start, first_stop), rest = bounds[0], bounds[1:]
     store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop],
@@ -224,12 +252,14 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
 
 def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, image_record: AcousticImageRecord,
                        wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int = CHUNK_CLIPS,
-                       parallel_worth_seconds: float = PARALLEL_WORTH_SECONDS) -> AcousticSummary:
+                       parallel_worth_seconds: float = PARALLEL_WORTH_SECONDS,
+                       scheduler: str | None = None) -> AcousticSummary:
     """Compute the MFCC + log-mel images and the wavelet-packet energies of every clip in one pass.
 
     Chunks of clips come back in order into preallocated arrays, from worker processes when there is
-    enough work (see PARALLEL_WORTH_SECONDS); every clip is computed on its own, so the numbers do not
-    depend on n_jobs, on whether workers were used, or on chunk_clips.
+    enough work (see PARALLEL_WORTH_SECONDS), or from a Dask cluster's workers when `scheduler` is its address
+    (vapm.config.compute); every clip is computed on its own, so the numbers do not depend on n_jobs, on whether
+    or where workers were used, or on chunk_clips.
     """
     started = time.perf_counter()
     interim_dir = Path(interim_dir)
@@ -241,7 +271,8 @@ def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, i
                                f"audio.clip_seconds gives {image_record.audio.clip_samples}: rerun ingest")
     files = manifest["file"].astype(str).tolist()
     images, energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
-        clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips, parallel_worth_seconds)
+        clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips, parallel_worth_seconds,
+        scheduler)
 
     _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest),
                                                 **class_names(manifest)})

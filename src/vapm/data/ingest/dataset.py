@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vapm.config.compute import Executor, scheduler_address
 from vapm.config.settings import DEFAULT_MAX_TOTAL_DECODED_MB, ParamsError
 from vapm.core.errors import VapmError
 from vapm.core.progress import progress
@@ -30,7 +31,6 @@ from vapm.data.ingest.masks import MASKS_FILE, write_masks
 from vapm.data.ingest.npy_stream import NpyAppender
 from vapm.data.ingest.parallel import (
     MemberTask,
-    Workers,
     chunked,
     decode_chunk,
     decode_chunk_items,
@@ -46,7 +46,8 @@ ACOUSTIC_COLUMNS = ["item", "file", "class", "label", "split", "sha256", "source
                     "source_archive"]
 BAD_FILE_POLICIES = ("fail", "skip")
 # Below this much member data, decoding in this process beats paying for starting worker processes
-# (measured on 2 cores: the 85 MB of 320 WAV clips or 1800 JPEGs decode in about a second).
+# (measured on 2 cores: the 85 MB of 320 WAV clips or 1800 JPEGs decode in about a second). A Dask cluster's
+# workers are running already: with a scheduler, every archive is hashed and decoded there.
 PARALLEL_MIN_BYTES = 256 * 2**20
 
 
@@ -68,6 +69,7 @@ class IngestSettings:
     limits: IngestLimits = IngestLimits()
     max_total_decoded_bytes: int = int(DEFAULT_MAX_TOTAL_DECODED_MB * 2**20)
     report_examples: int = DEFAULT_EXAMPLES
+    scheduler: str | None = None    # a Dask scheduler's address (vapm.config.compute), None: local processes
 
     def __post_init__(self) -> None:
         if self.on_bad_file not in BAD_FILE_POLICIES:
@@ -87,6 +89,7 @@ def ingest_settings(settings: Any) -> IngestSettings:
         on_bad_file=config.on_bad_file, test_fraction=config.test_fraction, seed=settings.seed,
         max_uncompressed_bytes=int(config.max_uncompressed_mb * 2**20), n_jobs=config.n_jobs,
         max_total_decoded_bytes=int(config.max_total_decoded_mb * 2**20), report_examples=config.report_examples,
+        scheduler=scheduler_address(settings.compute.scheduler),
         limits=IngestLimits(max_member_bytes=max(1, int(config.max_member_mb * 2**20)),
                             max_image_pixels=config.max_image_pixels, max_source_samples=config.max_source_samples))
 
@@ -137,6 +140,7 @@ def _ingest(archive: Path, kind: str, layout: Layout, out_dir: Path, settings: I
         except ArchiveError as err:
             raise IngestError(f"{kind}: {err}", report.as_dict(error=str(err))) from err
         remember_archive(archive, zf)  # the serial path reuses this one parse of the directory
+        remember_archive(archive.absolute(), zf)  # (tasks name it by its absolute path: workers may run elsewhere)
         try:
             return _ingest_members(members, archive, kind, layout, out_dir, data_name, settings,
                                    audio_target, report, fail)
@@ -172,11 +176,11 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
     manifest_partial = out_dir / "manifest.parquet.partial"
     mask_writer = None
     try:
-        with Workers(n_jobs) as workers:
-            candidates = _drop_duplicates(_hash(workers, archive, candidates, settings.limits, report,
+        with Executor(n_jobs, settings.scheduler, what=f"{kind} ingest") as workers:
+            candidates = _drop_duplicates(_hash(workers, archive.absolute(), candidates, settings.limits, report,
                                                 image_sizes=audio_target is None), report)
             _check_total_size(candidates, audio_target, settings, fail)
-            kept, details = _decode_into(writer, workers, archive, candidates, settings.limits, audio_target,
+            kept, details = _decode_into(writer, workers, archive.absolute(), candidates, settings.limits, audio_target,
                                          report)
         if audio_target is None:
             mask_files, mask_writer = write_masks(out_dir, archive, kept,
@@ -205,7 +209,7 @@ def _ingest_members(members: list[zipfile.ZipInfo], archive: Path, kind: str,
     return report.as_dict()
 
 
-def _hash(workers: Workers, archive: Path, candidates: list[Candidate], limits: IngestLimits,
+def _hash(workers: Executor, archive: Path, candidates: list[Candidate], limits: IngestLimits,
           report: IngestReport, image_sizes: bool = False) -> list[Candidate]:
     """The candidates whose bytes can be read within the limits and are not empty, with their sha256 (and, for
     images, their pixel count from the header)."""
@@ -268,7 +272,7 @@ def _drop_duplicates(candidates: list[Candidate], report: IngestReport) -> list[
     return unique
 
 
-def _decode_into(writer: NpyAppender, workers: Workers, archive: Path, candidates: list[Candidate],
+def _decode_into(writer: NpyAppender, workers: Executor, archive: Path, candidates: list[Candidate],
                  limits: IngestLimits, audio_target: AudioTarget | None,
                  report: IngestReport) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """Decode the candidates, append the good ones to `writer`; return them with their manifest details."""

@@ -1,20 +1,19 @@
-"""Reading and decoding members in chunks, in worker processes, with results in input order.
+"""Reading and decoding members in chunks, in worker processes or on a Dask cluster (vapm.config.compute.Executor),
+with results in input order.
 
-Each process parses the archive's directory once (`cached_archive`) and tasks carry the members' ZipInfo,
-so the work is linear in the number of members: opening the zip per chunk made it quadratic.
+Each process parses the archive's directory once (`cached_archive`) and tasks carry the archive's path and the
+members' ZipInfo (references, never the bytes), so the work is linear in the number of members: opening the zip
+per chunk made it quadratic. A long-lived worker (a Dask worker) reopens an archive whose file changed.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing
+import os
 import zipfile
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 from PIL import Image
 
@@ -24,7 +23,6 @@ from vapm.data.ingest.errors import BadFile
 from vapm.data.ingest.limits import IngestLimits
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 CHUNK_ITEMS = 32  # members per task: large enough to hide the cost of a task, small enough to bound memory
 # What the decoded results of one task may add up to at most (each member's worst case counts): with
@@ -42,65 +40,39 @@ def decode_chunk_items(limits: IngestLimits, audio_target: AudioTarget | None) -
     return max(1, min(CHUNK_ITEMS, CHUNK_RESULT_BYTES // worst_result))
 
 
-class Workers:
-    """Maps a function over tasks in input order: in `n_jobs` worker processes, or here when n_jobs is 1.
-
-    Workers are spawned, not forked: forking a process that has started threads (TensorFlow in a test
-    session, tqdm's monitor) can deadlock. Spawning costs a second or two of imports per worker, so use
-    them only for work that takes much longer. At most two tasks per worker are in flight, which bounds
-    the memory held by results waiting to be consumed.
-    """
-
-    def __init__(self, n_jobs: int):
-        self.n_jobs = max(1, n_jobs)
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> "Workers":
-        if self.n_jobs > 1:
-            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-    def map(self, function: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
-        if self._pool is None:
-            yield from map(function, tasks)
-            return
-        in_flight: deque[Future[R]] = deque()
-        pending = iter(tasks)
-        for task in islice(pending, 2 * self.n_jobs):
-            in_flight.append(self._pool.submit(function, task))
-        while in_flight:
-            result = in_flight.popleft().result()
-            for task in islice(pending, 1):
-                in_flight.append(self._pool.submit(function, task))
-            yield result
-
-
 # ---- one open archive per process ----
 
-_ARCHIVES: dict[Path, zipfile.ZipFile] = {}
+_ARCHIVES: dict[Path, tuple[zipfile.ZipFile, tuple[int, ...]]] = {}
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What tells one version of a file from another at the same path (DVC checks out by replacing files)."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def remember_archive(path: Path, zf: zipfile.ZipFile) -> None:
     """Let tasks run in this process use `zf`, already open, for `path`."""
-    _ARCHIVES[path] = zf
+    _ARCHIVES[path] = zf, _identity(path)
 
 
 def forget_archives() -> None:
     """Close every archive this process holds open (the caller that opened them closes them)."""
     while _ARCHIVES:
-        _ARCHIVES.popitem()[1].close()
+        _ARCHIVES.popitem()[1][0].close()
 
 
 def cached_archive(path: Path) -> zipfile.ZipFile:
-    """The archive opened once in this process (a worker opens it on its first task and keeps it)."""
-    if path not in _ARCHIVES:
-        _ARCHIVES[path] = open_archive(path)
-    return _ARCHIVES[path]
+    """The archive opened once in this process (a worker opens it on its first task and keeps it, and opens it
+    again when the file at `path` was replaced since)."""
+    cached = _ARCHIVES.get(path)
+    if cached is not None and cached[1] != _identity(path):
+        _ARCHIVES.pop(path)[0].close()
+        cached = None
+    if cached is None:
+        identity = _identity(path)
+        cached = _ARCHIVES[path] = open_archive(path), identity
+    return cached[0]
 
 
 # ---- tasks ----
