@@ -324,3 +324,37 @@ def test_acoustic_batch_norm_momentum_is_a_param_whose_default_is_the_books():
     assert book.get_layer("batchnorm1").momentum == pytest.approx(0.99)      # Keras's default, as the book built it
     quick = acoustic_cnn.build((20, 20), 4, ACOUSTIC.model_copy(update={"batch_norm_momentum": 0.9}), rows, rows + 1, 0)
     assert [quick.get_layer(f"batchnorm{i}").momentum for i in (1, 2)] == pytest.approx([0.9, 0.9])
+
+
+def test_acoustic_options_off_keep_the_books_graph():
+    rows = np.zeros(20, np.float32)
+    book = acoustic_cnn.build((20, 20), 4, ACOUSTIC, rows, rows + 1, seed=0)
+    explicit = acoustic_cnn.build((20, 20), 4, ACOUSTIC.model_copy(update={"time_shift": 0.0, "noise": 0.0,
+                                                                          "head": "flatten"}), rows, rows + 1, 0)
+    assert book.get_config() == explicit.get_config()
+    assert [layer.name for layer in book.layers] == ["feature_image", "add_channel", "standardise_rows", "conv1",
+                                                     "batchnorm1", "conv2", "batchnorm2", "pool", "flatten", "dense1",
+                                                     "dropout1", "dense2", "dropout2", "probabilities"]
+
+
+def test_acoustic_options_build_the_layers_they_name_and_act_in_training_only(tmp_path):
+    params = ACOUSTIC.model_copy(update={"time_shift": 0.5, "noise": 0.1, "head": "frame_average",
+                                         "dense_units": [16]})
+    model = acoustic_cnn.build((104, 98), 8, params, np.zeros(104), np.ones(104), seed=0)
+    names = [layer.name for layer in model.layers]
+    assert names[3:5] == ["time_shift", "noise"] and "frame_average" in names
+    assert model.get_layer("flatten").output.shape[1:] == (12 * 32,)    # (12, 11, 32) averaged over its 11 frames
+    trainable = (4 * 4 * 32 + 32) + 2 * 32 + (4 * 4 * 32 * 32 + 32) + 2 * 32 + (12 * 32 * 16 + 16) + (16 * 8 + 8)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
+    channel_means = acoustic_cnn.build((104, 98), 8, ACOUSTIC.model_copy(update={"head": "global_average"}),
+                                       np.zeros(104), np.ones(104), seed=0)
+    assert channel_means.get_layer("flatten").output.shape[1:] == (32,)
+
+    images = np.arange(2 * 104 * 98, dtype=np.float32).reshape(2, 104, 98) / 1000
+    augmented = keras.Model(model.input, model.get_layer("noise").output)
+    np.testing.assert_array_equal(np.asarray(augmented(images, training=False))[..., 0], images)
+    shifted = np.asarray(augmented(images, training=True))[..., 0]
+    assert not np.allclose(shifted, images)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)

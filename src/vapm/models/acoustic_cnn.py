@@ -2,8 +2,15 @@
 
 Per-row standardisation (fixed from the fit split), then 2 x [Conv2D k x k stride s relu, BatchNorm],
 MaxPool, Flatten, [Dense relu, Dropout] per entry of dense_units, softmax.
+
+Options, all off by default (the book's graph): `time_shift`, a seeded random circular shift of the frames in
+training (the compressor's sound is periodic, and a clip may start anywhere in its cycle); `noise`, seeded Gaussian
+noise on the standardised image in training; `head: frame_average` (the mean over the frames of each row and
+channel before the dense layers: a 12 x 32 vector instead of 12 x 11 x 32) or `global_average` (of each channel).
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -24,6 +31,9 @@ class Params(ModelParams):
     # set's 8 steps each: validation then scores with stale statistics, and early stopping can keep epoch 1
     # (docs/vision_scratch.md). The real-data preset uses 0.9.
     batch_norm_momentum: float = Field(0.99, ge=0, lt=1)
+    time_shift: float = Field(0.0, ge=0, le=1)   # training only: frames rolled by up to this fraction of the clip
+    noise: float = Field(0.0, ge=0, lt=10)       # training only: Gaussian noise (sd) on the standardised rows
+    head: Literal["flatten", "frame_average", "global_average"] = "flatten"
     train: TrainOverrides = TrainOverrides()
 
 
@@ -66,10 +76,18 @@ def build(input_shape: tuple[int, int], n_classes: int, params: Params, row_mean
     x = layers.Reshape((rows, frames, 1), name="add_channel")(inputs)
     x = layers.Normalization(axis=1, mean=np.asarray(row_mean, np.float32),
                              variance=np.asarray(row_variance, np.float32), name="standardise_rows")(x)
+    if params.time_shift > 0:
+        x = layers.RandomTranslation(0.0, params.time_shift, fill_mode="wrap", seed=seed + 101, name="time_shift")(x)
+    if params.noise > 0:
+        x = layers.GaussianNoise(params.noise, seed=seed + 102, name="noise")(x)
     for i in (1, 2):
         x = layers.Conv2D(params.filters, kernel, strides=strides, activation="relu", name=f"conv{i}")(x)
         x = layers.BatchNormalization(momentum=params.batch_norm_momentum, name=f"batchnorm{i}")(x)
     x = layers.MaxPooling2D(pool, name="pool")(x)
+    if params.head == "frame_average":
+        x = layers.AveragePooling2D((1, x.shape[2]), name="frame_average")(x)
+    elif params.head == "global_average":
+        x = layers.GlobalAveragePooling2D(name="channel_means")(x)
     x = layers.Flatten(name="flatten")(x)
     for i, units in enumerate(params.dense_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
