@@ -183,3 +183,16 @@ def test_refitting_is_bit_identical_and_a_saved_model_scores_the_same(planted, t
     loaded = PatchCoreModel.load(tmp_path / "model")
     assert loaded.score_images(images[10:]).tobytes() == scores.tobytes()
     assert loaded.threshold == first.threshold and loaded.normal_class == "ok"
+
+
+def test_the_normal_class_defaults_to_the_most_frequent_train_class():
+    from vapm.models.vision_anomaly.model import PatchCoreError, normal_train_rows, resolve_normal_class
+
+    labels = np.array([0, 1, 1, 2, 2, 2, 0, 0, 0])
+    splits = np.array(["train"] * 6 + ["test"] * 3)  # class 0 is the most frequent only with the test split
+    assert resolve_normal_class(labels, splits, ["a", "b", "c"], None) == "c"
+    assert resolve_normal_class(labels, splits, ["a", "b", "c"], "b") == "b"
+    assert resolve_normal_class(np.array([1, 0]), np.array(["train"] * 2), ["a", "b"], None) == "a"  # tie: first
+    assert normal_train_rows(labels, splits, ["a", "b", "c"], "a").tolist() == [0]  # train rows only
+    with pytest.raises(PatchCoreError, match="not one of vision.classes"):
+        normal_train_rows(labels, splits, ["a", "b", "c"], "z")

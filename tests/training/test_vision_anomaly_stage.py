@@ -53,6 +53,15 @@ def test_the_stage_saves_a_detector_that_loads_and_scores_as_trained(trained: Pa
     assert set(evaluation["per_fault"]) == set(record["classes"]) - {"Rolled"}
 
 
+def test_a_forced_rerun_writes_the_same_bytes(trained: Path):
+    folder = trained / "models" / "vision_anomaly"
+    before = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    run(["dvc", "repro", "-f", "-s", "train@vision_anomaly"], trained, timeout=1200)
+    after = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    assert after.keys() == before.keys() and Path("extractor.keras") in after and Path("bank.npy") in after
+    assert [name for name in after if after[name] != before[name]] == []  # no dates, no host facts, same bank
+
+
 def test_the_evaluate_stage_writes_the_detector_scores(trained: Path, tmp_path: Path):
     from vapm.evaluation.evaluate import evaluate_detector, open_live
 

@@ -157,6 +157,15 @@ def normal_train_rows(labels: Any, splits: Any, class_names: Sequence[str], norm
     return np.flatnonzero((splits == "train") & (labels == list(class_names).index(normal_class)))
 
 
+def resolve_normal_class(labels: Any, splits: Any, class_names: Sequence[str], normal_class: str | None) -> str:
+    """`normal_class`, or when it is None the class with the most train images (ties: the first in the list)."""
+    if normal_class is not None:
+        return normal_class
+    labels, splits = np.asarray(labels), np.asarray(splits).astype(str)
+    counts = np.bincount(labels[splits == "train"], minlength=len(class_names))
+    return str(list(class_names)[int(np.argmax(counts))])
+
+
 def fit_patchcore(images: np.ndarray, labels: Any, splits: Any, class_names: Sequence[str], *, settings: Params,
                   seed: int) -> PatchCoreModel:
     """The bank from the normal train images, the threshold from normal images it was not built from.
@@ -168,6 +177,8 @@ def fit_patchcore(images: np.ndarray, labels: Any, splits: Any, class_names: Seq
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise PatchCoreError(f"vision_anomaly takes square grey images (N, S, S), got {images.shape}")
+    settings = settings.model_copy(update={"normal_class": resolve_normal_class(labels, splits, class_names,
+                                                                                settings.normal_class)})
     rows = normal_train_rows(labels, splits, class_names, settings.normal_class)
     n_normal = len(rows)
     if n_normal < 2:

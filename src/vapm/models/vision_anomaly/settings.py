@@ -23,7 +23,8 @@ class EvaluationSettings(Section):
 
 
 class Params(ModelParams):
-    normal_class: str = Field("Rolled", min_length=1)    # one of vision.classes; the others are anomalies
+    normal_class: str | None = Field(None, min_length=1)  # one of vision.classes (the others are anomalies);
+                                                          # None: the class with the most train images
     base: Literal["efficientnet_lite0"] = "efficientnet_lite0"
     weights: str | None = "imagenet"                     # imagenet (installed with vapm) | none | path of a .pth file
     input_size: int = Field(224, ge=32, le=640)          # the base's input side; grey images are resized to it

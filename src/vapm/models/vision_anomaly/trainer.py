@@ -1,10 +1,11 @@
 """vision_anomaly as a registered model: a PatchCore bank from normal train images only, scores for every test image.
 
 It reads the featurized grey images (data/features/image), builds the bank from the train split's `normal_class`
-images, sets the threshold at `false_alarm_rate` on normal images the bank was not built from, and evaluates on the
-test split: image AUROC and pAUC with bootstrap intervals (overall and per defect class), false alarms among the
-normal test images and the detection rate of each defect class at the threshold (components.anomaly_metrics, as
-acoustic_anomaly). The evaluation and the ROC points are saved beside the model for the evaluate stage.
+images (unset: the class with the most train images), sets the threshold at `false_alarm_rate` on normal images the
+bank was not built from, and evaluates on the test split: image AUROC and pAUC with bootstrap intervals (overall
+and per defect class), false alarms among the normal test images and the detection rate of each defect class at
+the threshold (components.anomaly_metrics, as acoustic_anomaly). The evaluation and the ROC points are saved beside
+the model for the evaluate stage.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def train(job: TrainingJob) -> Trained:
     features = job.features
     if features.record.get("kind") != "image" or np.ndim(features.x) != 3:
         raise TrainingError(f"{job.name} takes grey images (data/features/image), got {features.record.get('kind')}")
-    if params.normal_class not in job.class_names:
+    if params.normal_class is not None and params.normal_class not in job.class_names:
         raise TrainingError(f"vision_anomaly.normal_class {params.normal_class!r} is not one of vision.classes "
                             f"{job.class_names}")
     split = train_test_only(features.splits)
