@@ -273,7 +273,8 @@ def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], me
     write_metrics_json(metrics_dir / "scores" / f"{name}.json", scores)
     write_metrics_json(metrics_dir / "details" / f"{name}.json", {
         "model": name, "task": record.get("task"), "input": record.get("input", {}).get("kind"),
-        "n_fit": record.get("details", {}).get("n_fit_clips"), "n_test": int(len(predictions)),
+        "n_fit": record.get("details", {}).get("n_fit_clips", record.get("details", {}).get("n_fit_images")),
+        "n_test": int(len(predictions)),
         "training": record.get("details", {}), "evaluation": evaluation,
         "data_manifest_sha256": record.get("data_manifest_sha256")})
     outcome = np.where(predictions["abnormal"], "abnormal", "normal")
@@ -284,8 +285,8 @@ def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], me
     live.log_sklearn_plot("confusion_matrix", actual.tolist(), outcome.tolist(), name=f"confusion/{name}.json")
     live.log_sklearn_plot("roc", (~predictions["normal"]).astype(int).tolist(), predictions["score"].tolist(),
                           name=f"roc/{name}.json")
-    for metric, label in (("auc", "AUC"), ("false_alarm_rate", "false-alarm rate")):
-        short = "auc" if metric == "auc" else "far"
+    for metric, label in (("auc", "AUC"), ("false_alarm_rate", "false-alarm rate")) if noise else ():
+        short = "auc" if metric == "auc" else "far"  # a detector without a noise sweep (vision_anomaly) has none
         live.log_plot(f"noise_{short}/{name}", noise_points(noise, metric), x="snr_db",
                       y=sorted({row["noise"] for row in noise}), x_label="signal-to-noise ratio (dB)", y_label=label)
     plots = Path(live.plots_dir)
@@ -294,10 +295,12 @@ def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], me
         fpr, tpr = curves.setdefault(row["curve"], ([], []))
         fpr.append(row["fpr"])
         tpr.append(row["tpr"])
-    save_roc_png(curves, plots / "images" / "roc" / f"{name}.png", f"{name}: ROC on test clips (AUC "
+    items = "images" if record.get("modality") == "vision" else "clips"
+    save_roc_png(curves, plots / "images" / "roc" / f"{name}.png", f"{name}: ROC on test {items} (AUC "
                  f"{overall['auc']:.3f})", max_fpr=evaluation["clean"].get("max_fpr"))
-    save_noise_png(noise, plots / "images" / "noise" / f"{name}.png", f"{name}: added noise, threshold fixed "
-                   "on clean healthy clips", target_rate=evaluation["clean"].get("target_false_alarm_rate") or 0)
+    if noise:
+        save_noise_png(noise, plots / "images" / "noise" / f"{name}.png", f"{name}: added noise, threshold fixed "
+                       "on clean healthy clips", target_rate=evaluation["clean"].get("target_false_alarm_rate") or 0)
     names = ["normal", "abnormal"]
     save_confusion_png([names.index(a) for a in actual], [names.index(p) for p in outcome], names,
                        plots / "images" / "confusion" / f"{name}.png",

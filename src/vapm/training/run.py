@@ -43,6 +43,7 @@ CALIBRATION_FILE = "calibration.json"
 LIVE_DIR = "live"
 SCORE_PREFIX = {"probability": "prob_", "decision": "decision_"}
 DETECTOR_CLASSES = ("normal", "abnormal")
+TENSORFLOW_ARTEFACTS = ("keras", "patchcore")  # trained with TensorFlow: its seed, determinism and threads
 
 
 def used_features(job: TrainingJob, trained: Trained):
@@ -312,7 +313,8 @@ def run_training(name: str) -> Trained:
     entry = get_entry(name)
     preflight()  # a tracking server that does not answer fails the stage now, not after training
     trainer = entry.load_trainer()
-    set_global_seed(settings.seed, tensorflow=entry.artefact == "keras", threads=settings.compute.threads)
+    set_global_seed(settings.seed, tensorflow=entry.artefact in TENSORFLOW_ARTEFACTS,
+                    threads=settings.compute.threads)
     with tempfile.TemporaryDirectory(prefix=f"vapm-{name}-") as scratch:
         job = prepare_job(entry, settings, Path(scratch) / LIVE_DIR if entry.artefact == "keras" else None)
         started = time.perf_counter()
