@@ -247,7 +247,18 @@ def _evaluate_workspace(tmp_path: Path, vision_classes: list[str] = VISION) -> P
     _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, True, "probability")
     _fake_detector_dir(tmp_path / "models" / "acoustic_anomaly")
     _fake_detector_dir(tmp_path / "models" / "vision_anomaly", noise=False)
+    _fake_anomaly_images(tmp_path / "data" / "features" / "anomaly_image",
+                         pd.read_parquet(tmp_path / "models" / "vision_anomaly" / "predictions.parquet")["file"])
     return tmp_path
+
+
+def _fake_anomaly_images(folder: Path, files) -> None:
+    """vision_anomaly's input as anomaly_data writes it from an archive without defect masks (NEU's): images only, so
+    the evaluate stage scores no anomaly maps (tests/training/test_vision_anomaly_stage.py scores them with masks)."""
+    folder.mkdir(parents=True)
+    n = len(files)
+    np.savez(folder / "features.npz", images=np.zeros((n, 8, 8), np.uint8), labels=np.zeros(n, np.int64),
+             splits=np.asarray(["test"] * n), files=np.asarray(list(files)), classes=np.asarray(VISION))
 
 
 def _fake_detector_dir(model_dir: Path, noise: bool = True) -> None:
@@ -270,6 +281,8 @@ def _fake_detector_dir(model_dir: Path, noise: bool = True) -> None:
          for kind in ("white", "pink") for snr, auc, far in ((20, 0.9, 0.33), (0, 0.6, 1.0))] if noise else []))
     (model_dir / "record.json").write_text(json.dumps({"model": model_dir.name, "task": "detector",
                                                        "score_kind": "anomaly",
+                                                       "artefact": "anomaly" if noise else "patchcore",
+                                                       "classes": AUDIO[:6] if noise else ["Normal", *VISION[:5]],
                                                        "input": {"kind": "clip" if noise else "image"},
                                                        "modality": "audio" if noise else "vision",
                                                        "details": {"n_fit_clips": 20} if noise else

@@ -194,5 +194,5 @@ def test_the_normal_class_defaults_to_the_most_frequent_train_class():
     assert resolve_normal_class(labels, splits, ["a", "b", "c"], "b") == "b"
     assert resolve_normal_class(np.array([1, 0]), np.array(["train"] * 2), ["a", "b"], None) == "a"  # tie: first
     assert normal_train_rows(labels, splits, ["a", "b", "c"], "a").tolist() == [0]  # train rows only
-    with pytest.raises(PatchCoreError, match="not one of vision.classes"):
+    with pytest.raises(PatchCoreError, match="not one of the classes"):
         normal_train_rows(labels, splits, ["a", "b", "c"], "z")

@@ -152,7 +152,7 @@ def normal_train_rows(labels: Any, splits: Any, class_names: Sequence[str], norm
     """Indices of the train split's images of the normal class: the only images the bank may learn from."""
     labels, splits = np.asarray(labels), np.asarray(splits).astype(str)
     if normal_class not in class_names:
-        raise PatchCoreError(f"vision_anomaly.normal_class {normal_class!r} is not one of vision.classes "
+        raise PatchCoreError(f"vision_anomaly.normal_class {normal_class!r} is not one of the classes "
                              f"{list(class_names)}")
     return np.flatnonzero((splits == "train") & (labels == list(class_names).index(normal_class)))
 

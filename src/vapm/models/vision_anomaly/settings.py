@@ -23,7 +23,7 @@ class EvaluationSettings(Section):
 
 
 class Params(ModelParams):
-    normal_class: str | None = Field(None, min_length=1)  # one of vision.classes (the others are anomalies);
+    normal_class: str | None = Field(None, min_length=1)  # one of its input's classes (others: anomalies);
                                                           # None: the class with the most train images
     base: Literal["efficientnet_lite0"] = "efficientnet_lite0"
     weights: str | None = "imagenet"                     # imagenet (installed with vapm) | none | path of a .pth file

@@ -1,7 +1,8 @@
 """vision_anomaly as a registered model: a PatchCore bank from normal train images only, scores for every test image.
 
-It reads the featurized grey images (data/features/image), builds the bank from the train split's `normal_class`
-images (unset: the class with the most train images), sets the threshold at `false_alarm_rate` on normal images the
+It reads the anomaly_data stage's grey images (data/features/anomaly_image: a normal class beside the defect classes,
+its own class list), builds the bank from the train split's `normal_class` images (unset: the class with the most
+train images), sets the threshold at `false_alarm_rate` on normal images the
 bank was not built from, and evaluates on the test split: image AUROC and pAUC with bootstrap intervals (overall
 and per defect class), false alarms among the normal test images and the detection rate of each defect class at
 the threshold (components.anomaly_metrics, as acoustic_anomaly). The evaluation and the ROC points are saved beside
@@ -26,9 +27,10 @@ def train(job: TrainingJob) -> Trained:
     params: Params = job.params
     features = job.features
     if features.record.get("kind") != "image" or np.ndim(features.x) != 3:
-        raise TrainingError(f"{job.name} takes grey images (data/features/image), got {features.record.get('kind')}")
+        raise TrainingError(f"{job.name} takes grey images (data/features/anomaly_image), got "
+                            f"{features.record.get('kind')}")
     if params.normal_class is not None and params.normal_class not in job.class_names:
-        raise TrainingError(f"vision_anomaly.normal_class {params.normal_class!r} is not one of vision.classes "
+        raise TrainingError(f"vision_anomaly.normal_class {params.normal_class!r} is not one of its input's classes "
                             f"{job.class_names}")
     split = train_test_only(features.splits)
     started = time.perf_counter()
