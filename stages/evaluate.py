@@ -6,6 +6,7 @@ vapm.evaluation.evaluate).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vapm.core.errors import run_stage
 
@@ -35,10 +36,12 @@ def main() -> None:
     scores, shares = {}, {}
     for name, entry in registry.items():
         try:
-            classes = settings.classes(entry.modality) or read_record(paths.model_dir(name))["classes"]
-            if entry.task == "detector":
-                summary = evaluate_detector(name, paths.model_dir(name), classes, paths.METRICS, live)
+            if entry.task == "detector":  # its own classes (vision_anomaly's input has a normal class beside the defects)
+                classes = read_record(paths.model_dir(name))["classes"]
+                summary = evaluate_detector(name, paths.model_dir(name), classes, paths.METRICS, live,
+                                            Path(entry.input) if entry.modality == "vision" else None)
             else:
+                classes = settings.classes(entry.modality) or read_record(paths.model_dir(name))["classes"]
                 # The answers on the line (exported model, input checks, flag) to the test split and shifted copies
                 shares[name] = evaluate_shifted_inputs(paths.model_dir(name), settings.seed)
                 summary = evaluate_classifier(name, paths.model_dir(name), classes, paths.METRICS, live, shares[name])
@@ -46,8 +49,10 @@ def main() -> None:
             raise EvaluationError(f"{name}: {err}") from err
         scores[name] = json.loads((paths.METRICS / "scores" / f"{name}.json").read_text())
         if entry.task == "detector":
+            pixels = f", pixel AUROC {summary['pixel_auroc']:.3f}, AUPRO {summary['aupro']:.3f}" \
+                if "aupro" in summary else ""
             print(f"{name}: AUC {summary['auc']:.3f} (95% CI {summary['auc_lo']:.3f}-{summary['auc_hi']:.3f}), "
-                  f"pAUC {summary['pauc']:.3f}, false alarms {summary['far']:.1%}, n={summary['n']}")
+                  f"pAUC {summary['pauc']:.3f}, false alarms {summary['far']:.1%}, n={summary['n']}{pixels}")
             continue
         low, high = summary["accuracy_ci95_low"], summary["accuracy_ci95_high"]
         print(f"{name}: accuracy {summary['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), "

@@ -246,11 +246,24 @@ def _evaluate_workspace(tmp_path: Path, vision_classes: list[str] = VISION) -> P
                     train_class_counts=TRAIN_COUNTS)
     _fake_model_dir(tmp_path, "acoustic_cnn", AUDIO, 4, True, "probability")
     _fake_detector_dir(tmp_path / "models" / "acoustic_anomaly")
+    _fake_detector_dir(tmp_path / "models" / "vision_anomaly", noise=False)
+    _fake_anomaly_images(tmp_path / "data" / "features" / "anomaly_image",
+                         pd.read_parquet(tmp_path / "models" / "vision_anomaly" / "predictions.parquet")["file"])
     return tmp_path
 
 
-def _fake_detector_dir(model_dir: Path) -> None:
-    """What train@acoustic_anomaly leaves: the verdicts, and its evaluation, ROC points and noise sweep."""
+def _fake_anomaly_images(folder: Path, files) -> None:
+    """vision_anomaly's input as anomaly_data writes it from an archive without defect masks (NEU's): images only, so
+    the evaluate stage scores no anomaly maps (tests/training/test_vision_anomaly_stage.py scores them with masks)."""
+    folder.mkdir(parents=True)
+    n = len(files)
+    np.savez(folder / "features.npz", images=np.zeros((n, 8, 8), np.uint8), labels=np.zeros(n, np.int64),
+             splits=np.asarray(["test"] * n), files=np.asarray(list(files)), classes=np.asarray(VISION))
+
+
+def _fake_detector_dir(model_dir: Path, noise: bool = True) -> None:
+    """What train@acoustic_anomaly leaves: the verdicts, and its evaluation, ROC points and noise sweep (train@
+    vision_anomaly: the same without a noise sweep)."""
     model_dir.mkdir(parents=True)
     scores = [0.1, 0.3, 0.2, 0.9, 0.8, 0.25, 0.7, 0.95]
     normal = [True, True, True, False, False, False, False, False]
@@ -265,10 +278,15 @@ def _fake_detector_dir(model_dir: Path) -> None:
                                                     for f, t in [(0, 0), (0, 0.8), (1 / 3, 0.8), (1, 1)]]))
     (model_dir / "noise.json").write_text(json.dumps(
         [{"noise": kind, "snr_db": snr, "auc": auc, "false_alarm_rate": far}
-         for kind in ("white", "pink") for snr, auc, far in ((20, 0.9, 0.33), (0, 0.6, 1.0))]))
-    (model_dir / "record.json").write_text(json.dumps({"model": "acoustic_anomaly", "task": "detector",
-                                                       "score_kind": "anomaly", "input": {"kind": "clip"},
-                                                       "details": {"n_fit_clips": 20}}))
+         for kind in ("white", "pink") for snr, auc, far in ((20, 0.9, 0.33), (0, 0.6, 1.0))] if noise else []))
+    (model_dir / "record.json").write_text(json.dumps({"model": model_dir.name, "task": "detector",
+                                                       "score_kind": "anomaly",
+                                                       "artefact": "anomaly" if noise else "patchcore",
+                                                       "classes": AUDIO[:6] if noise else ["Normal", *VISION[:5]],
+                                                       "input": {"kind": "clip" if noise else "image"},
+                                                       "modality": "audio" if noise else "vision",
+                                                       "details": {"n_fit_clips": 20} if noise else
+                                                       {"n_fit_images": 20}}))
 
 
 def _run_evaluate(cwd: Path) -> subprocess.CompletedProcess:
@@ -328,6 +346,14 @@ def test_evaluate_stage_writes_scores_details_and_plots(tmp_path):
         "AirCompressor_Data/x/3.dat,abnormal,abnormal"
     for picture in ("roc", "noise", "confusion"):
         assert (metrics / "plots" / "images" / picture / "acoustic_anomaly.png").is_file()
+    # vision_anomaly: a detector without a noise sweep: its scores, ROC and confusion, no noise plots
+    assert json.loads((metrics / "scores" / "vision_anomaly.json").read_text()) == detector
+    assert json.loads((metrics / "details" / "vision_anomaly.json").read_text())["n_fit"] == 20
+    assert json.loads((metrics / "headline.json").read_text())["vision_anomaly"] == {"auc": 0.9333}
+    for picture in ("roc", "confusion"):
+        assert (metrics / "plots" / "images" / picture / "vision_anomaly.png").is_file()
+    assert not (metrics / "plots" / "images" / "noise" / "vision_anomaly.png").exists()
+    assert not (metrics / "plots" / "custom" / "noise_far" / "vision_anomaly.json").exists()
 
     # A second run gives byte-identical files, so `dvc metrics diff` and `dvc status` stay clean.
     before = {p: p.read_bytes() for p in metrics.rglob("*") if p.is_file()}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from vapm.models.acoustic_anomaly.metrics import (anomaly_metrics, bootstrap_intervals, mcclish_standardised,
+from vapm.models.components.anomaly_metrics import (anomaly_metrics, bootstrap_intervals, mcclish_standardised,
                                                   partial_auc, roc_auc, roc_curve_points, roc_rows)
 
 

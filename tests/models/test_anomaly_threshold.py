@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vapm.models.acoustic_anomaly import AnomalySettings, SpectrogramSettings, fit_anomaly_model
-from vapm.models.acoustic_anomaly.threshold import (alarms, choose_method, fold_indices, holdout_indices,
+from vapm.models.components.anomaly_threshold import (alarms, choose_method, fold_indices, holdout_indices,
                                                     min_normal_scores, out_of_fold_scores, quantile_threshold)
 
 RATE = 0.05

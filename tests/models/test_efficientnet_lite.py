@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from vapm.core.errors import VapmError
-from vapm.models.vision_transfer.efficientnet_lite import (
+from vapm.models.components.efficientnet_lite import (
     PACKAGED,
     WEIGHTS_MEMBER,
     WEIGHTS_SHA256,
@@ -25,7 +25,7 @@ from vapm.models.vision_transfer.efficientnet_lite import (
     same_padding,
     split_at_block,
 )
-from vapm.models.vision_transfer.torch_pickle import read_state_dict
+from vapm.models.components.torch_pickle import read_state_dict
 
 # ImageNet-1k class indices (the standard order of the 1000 synsets).
 CAT_CLASSES = {281: "tabby", 282: "tiger cat", 285: "Egyptian cat"}

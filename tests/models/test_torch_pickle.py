@@ -13,8 +13,8 @@ import pytest
 
 from tests.models.torch_checkpoints import Tensor, contiguous, legacy_bytes, state_dict_pickle, write, zip_bytes
 from vapm.core.errors import VapmError
-from vapm.models.vision_transfer.efficientnet_lite import packaged_weights
-from vapm.models.vision_transfer.torch_pickle import ForbiddenPickleGlobal, TorchCheckpointError, read_state_dict
+from vapm.models.components.efficientnet_lite import packaged_weights
+from vapm.models.components.torch_pickle import ForbiddenPickleGlobal, TorchCheckpointError, read_state_dict
 
 FORMATS = {"legacy": legacy_bytes, "zip": zip_bytes}
 

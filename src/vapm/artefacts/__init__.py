@@ -1,7 +1,8 @@
 """Saving, loading and scoring with a trained model, whatever it is: one small protocol, one adapter per kind.
 
 The registry entry's `artefact` (models.yaml) names the adapter: `keras` (model.keras), `sklearn`
-(model.skops), `anomaly` (a detector's folder). The train stage saves through it; predict, the served MLflow
+(model.skops), `anomaly` (a detector's folder), `patchcore` (vision_anomaly's bank and patch extractor). The
+train stage saves through it; predict, the served MLflow
 model and the monitor load through it; `record` reads and writes the folder's record.json. Saved files have
 deterministic bytes (`zipfiles`).
 
@@ -25,6 +26,7 @@ import numpy as np
 from vapm.artefacts.anomaly import AnomalyArtefact
 from vapm.artefacts.errors import ArtefactError
 from vapm.artefacts.keras import KerasArtefact
+from vapm.artefacts.patchcore import PatchCoreArtefact
 from vapm.artefacts.sklearn import SklearnArtefact
 
 RUNTIMES = ("onnx", "native")
@@ -50,7 +52,8 @@ class Artefact(Protocol):
 
 
 ARTEFACTS: dict[str, Artefact] = {adapter.kind: adapter
-                                   for adapter in (KerasArtefact(), SklearnArtefact(), AnomalyArtefact())}
+                                   for adapter in (KerasArtefact(), SklearnArtefact(), AnomalyArtefact(),
+                                                   PatchCoreArtefact())}
 
 
 def artefact(kind: str) -> Artefact:

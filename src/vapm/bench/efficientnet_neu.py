@@ -94,7 +94,7 @@ def fine_tune_accuracy(cached: np.ndarray, labels: np.ndarray, train: np.ndarray
     import keras
 
     from vapm.config.seeding import set_global_seed
-    from vapm.models.vision_transfer.efficientnet_lite import build_efficientnet_lite0, split_at_block
+    from vapm.models.components.efficientnet_lite import build_efficientnet_lite0, split_at_block
 
     set_global_seed(seed)
     base = build_efficientnet_lite0((size, size, 3), include_top=False, pooling="avg", weights=state_dict, seed=seed)
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from vapm.config.seeding import set_global_seed
     from vapm.evaluation.metrics import wilson_interval
-    from vapm.models.vision_transfer.efficientnet_lite import build_efficientnet_lite0, packaged_weights, split_at_block
-    from vapm.models.vision_transfer.torch_pickle import read_state_dict
+    from vapm.models.components.efficientnet_lite import build_efficientnet_lite0, packaged_weights, split_at_block
+    from vapm.models.components.torch_pickle import read_state_dict
     from vapm.training.crossval import fold_splits
 
     set_global_seed(args.seed)

@@ -45,6 +45,7 @@ SMALL_BASELINE = {
     "vision_transfer.fine_tune_epochs": 1,
     "acoustic_svm.C_grid": [0.1, 1.0],
     "acoustic_svm.cv_folds": 3,
+    "vision_anomaly.input_size": 64,
 }
 DEFAULT_VARY = "acoustic_cnn.dropout=0.3,0.4,0.5,0.6"
 POLL_S = 5.0

@@ -23,7 +23,7 @@ from vapm.core.errors import VapmError
 REGISTRY_FILE = Path("models.yaml")
 SOURCE_ROOT = PurePosixPath("src")
 MODALITIES = ("vision", "audio")
-ARTEFACTS = ("keras", "sklearn", "anomaly")
+ARTEFACTS = ("keras", "sklearn", "anomaly", "patchcore")
 TASKS = ("classifier", "detector")
 
 
@@ -35,7 +35,7 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     modality: Literal["vision", "audio"]
     input: str
-    artefact: Literal["keras", "sklearn", "anomaly"]
+    artefact: Literal["keras", "sklearn", "anomaly", "patchcore"]
     task: Literal["classifier", "detector"]
     trainer: str
     defaults: str

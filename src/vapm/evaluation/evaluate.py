@@ -16,6 +16,9 @@
       images/gallery/<model>.png       image models: test images with actual and predicted class, mistakes in red
     Detectors: scores auc (with its interval), pauc, far (false alarms on healthy test clips), n; plots
       sklearn/roc/<model>.json, custom/noise_auc/<model>.json, custom/noise_far/<model>.json and their PNGs.
+      An image detector whose test images have defect masks (anomaly_data's features): also pixel_auroc and aupro
+      (vapm.evaluation.segmentation, its anomaly maps of the test images against the masks) and
+      images/gallery/<model>.png (the maps over the images, mask outlines, worst mistakes first).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import pandas as pd
 
 from vapm.evaluation.figures import (
     FAMILIAR_KIND,
+    save_anomaly_gallery_png,
     save_confusion_png,
     save_curves_png,
     save_gallery_png,
@@ -37,6 +41,8 @@ from vapm.evaluation.figures import (
     save_unfamiliar_png,
 )
 from vapm.evaluation.metrics import EvaluationError, classification_summary, rounded, write_metrics_json
+
+GALLERY_VMIN_PERCENTILE = 99.0  # the gallery's colour starts at this percentile of the normal test images' pixel scores
 
 PREDICTION_COLUMNS = ["file", "y_true", "y_pred"]
 UNFAMILIAR_COLUMNS = ["unfamiliar_score", "unfamiliar"]  # classifiers trained with the unfamiliar-input flag
@@ -259,8 +265,67 @@ def noise_points(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]
     return [points[snr] for snr in sorted(points, reverse=True)]
 
 
-def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], metrics_dir: Path, live) -> dict[str, Any]:
-    """Write a detector's scores, details and plots from what its training stage saved; returns its scores."""
+def test_images_and_masks(name: str, features_dir: Path, files: Sequence[str]
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(images, masks, has_mask) of the given test files from an image features folder, in their order; None when
+    the folder has no defect masks (an archive without them)."""
+    path = Path(features_dir) / "features.npz"
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found: run the stage that writes {features_dir} (dvc repro)")
+    with np.load(path, allow_pickle=False) as features:
+        if "masks" not in features.files:
+            return None
+        by_file = {str(f): i for i, f in enumerate(features["files"])}
+        missing = [f for f in files if f not in by_file]
+        if missing:
+            raise EvaluationError(f"{name}: test images {missing[:3]} are not in {features_dir}: rerun its training "
+                                  "stage")
+        rows = [by_file[f] for f in files]
+        return features["images"][rows], features["masks"][rows].astype(bool), features["has_mask"][rows]
+
+
+def evaluate_anomaly_maps(name: str, model_dir: Path, record: dict[str, Any], predictions: pd.DataFrame,
+                          features_dir: Path, plots: Path) -> dict[str, Any] | None:
+    """An image detector's anomaly maps of its test images, at the images' side, against their defect masks: pixel
+    AUROC and AUPRO (vapm.evaluation.segmentation) over the normal images (empty masks) and the defect images that
+    have a mask, and a gallery of the maps over the images (colour from the GALLERY_VMIN_PERCENTILE of the normal
+    images' pixel scores up). None when the features have no masks. The saved model (native runtime) scores the
+    images again; its image scores must be the ones its training stage saved."""
+    from vapm.artefacts import artefact
+    from vapm.evaluation.segmentation import pixel_scores
+
+    files = predictions["file"].astype(str).tolist()
+    found = test_images_and_masks(name, features_dir, files)
+    if found is None:
+        return None
+    images, masks, has_mask = found
+    adapter = artefact(record["artefact"])
+    model = adapter.load(model_dir, "native")
+    image_scores, maps = model.score_with_maps(images)
+    saved = predictions["score"].to_numpy(np.float64)
+    if not np.allclose(image_scores, saved, rtol=1e-9, atol=0):
+        raise EvaluationError(f"{name}: the saved model scores its test images differently from its training stage "
+                              f"(largest difference {float(np.max(np.abs(image_scores - saved))):.3g}): retrain it")
+    normal = predictions["normal"].to_numpy(bool)
+    known = normal | has_mask  # a defect image without a mask has no pixel truth
+    found_scores = pixel_scores(maps[known], masks[known])
+    vmin = float(np.percentile(maps[normal], GALLERY_VMIN_PERCENTILE)) if normal.any() else None
+    classes = np.asarray(record["classes"], dtype=object)[predictions["y_true"].to_numpy()]
+    threshold = float(model.threshold.value)
+    save_anomaly_gallery_png(images, maps, masks, saved, ~normal, threshold,
+                             plots / "images" / "gallery" / f"{name}.png",
+                             title=f"{name}: test images, anomaly maps and defect outlines (mistakes first, in red); "
+                                   f"pixel AUROC {found_scores['pixel_auroc']:.3f}, AUPRO {found_scores['aupro']:.3f}",
+                             names=[str(c) for c in classes], vmin=vmin)
+    return {**found_scores, "images": int(known.sum()), "defect_images_without_mask": int((~known).sum()),
+            "gallery_vmin": vmin, "gallery_vmin_percentile": GALLERY_VMIN_PERCENTILE}
+
+
+def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], metrics_dir: Path, live,
+                      features_dir: Path | None = None) -> dict[str, Any]:
+    """Write a detector's scores, details and plots from what its training stage saved; returns its scores.
+    `features_dir`: an image detector's features folder, whose defect masks (if any) its anomaly maps are scored
+    against (evaluate_anomaly_maps)."""
     model_dir, metrics_dir = Path(model_dir), Path(metrics_dir)
     record = read_record(model_dir)
     evaluation = read_json(model_dir / "evaluation.json")
@@ -270,11 +335,20 @@ def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], me
     scores = {"auc": round(overall["auc"], SCORE_DECIMALS), "auc_lo": round(overall["auc_ci"][0], SCORE_DECIMALS),
               "auc_hi": round(overall["auc_ci"][1], SCORE_DECIMALS), "pauc": round(overall["pauc"], SCORE_DECIMALS),
               "far": round(false_alarm["rate"], SCORE_DECIMALS), "n": int(len(predictions))}
+    plots = Path(live.plots_dir)
+    pixels = None
+    if features_dir is not None and record.get("input", {}).get("kind") == "image":
+        pixels = evaluate_anomaly_maps(name, model_dir, record, predictions, Path(features_dir), plots)
+    if pixels is not None:
+        scores.update({"pixel_auroc": round(pixels["pixel_auroc"], SCORE_DECIMALS),
+                       "aupro": round(pixels["aupro"], SCORE_DECIMALS)})
     write_metrics_json(metrics_dir / "scores" / f"{name}.json", scores)
     write_metrics_json(metrics_dir / "details" / f"{name}.json", {
         "model": name, "task": record.get("task"), "input": record.get("input", {}).get("kind"),
-        "n_fit": record.get("details", {}).get("n_fit_clips"), "n_test": int(len(predictions)),
+        "n_fit": record.get("details", {}).get("n_fit_clips", record.get("details", {}).get("n_fit_images")),
+        "n_test": int(len(predictions)),
         "training": record.get("details", {}), "evaluation": evaluation,
+        **({"pixels": pixels} if pixels is not None else {}),
         "data_manifest_sha256": record.get("data_manifest_sha256")})
     outcome = np.where(predictions["abnormal"], "abnormal", "normal")
     actual = np.where(predictions["normal"], "normal", "abnormal")
@@ -284,20 +358,21 @@ def evaluate_detector(name: str, model_dir: Path, class_names: Sequence[str], me
     live.log_sklearn_plot("confusion_matrix", actual.tolist(), outcome.tolist(), name=f"confusion/{name}.json")
     live.log_sklearn_plot("roc", (~predictions["normal"]).astype(int).tolist(), predictions["score"].tolist(),
                           name=f"roc/{name}.json")
-    for metric, label in (("auc", "AUC"), ("false_alarm_rate", "false-alarm rate")):
-        short = "auc" if metric == "auc" else "far"
+    for metric, label in (("auc", "AUC"), ("false_alarm_rate", "false-alarm rate")) if noise else ():
+        short = "auc" if metric == "auc" else "far"  # a detector without a noise sweep (vision_anomaly) has none
         live.log_plot(f"noise_{short}/{name}", noise_points(noise, metric), x="snr_db",
                       y=sorted({row["noise"] for row in noise}), x_label="signal-to-noise ratio (dB)", y_label=label)
-    plots = Path(live.plots_dir)
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for row in roc:
         fpr, tpr = curves.setdefault(row["curve"], ([], []))
         fpr.append(row["fpr"])
         tpr.append(row["tpr"])
-    save_roc_png(curves, plots / "images" / "roc" / f"{name}.png", f"{name}: ROC on test clips (AUC "
+    items = "images" if record.get("modality") == "vision" else "clips"
+    save_roc_png(curves, plots / "images" / "roc" / f"{name}.png", f"{name}: ROC on test {items} (AUC "
                  f"{overall['auc']:.3f})", max_fpr=evaluation["clean"].get("max_fpr"))
-    save_noise_png(noise, plots / "images" / "noise" / f"{name}.png", f"{name}: added noise, threshold fixed "
-                   "on clean healthy clips", target_rate=evaluation["clean"].get("target_false_alarm_rate") or 0)
+    if noise:
+        save_noise_png(noise, plots / "images" / "noise" / f"{name}.png", f"{name}: added noise, threshold fixed "
+                       "on clean healthy clips", target_rate=evaluation["clean"].get("target_false_alarm_rate") or 0)
     names = ["normal", "abnormal"]
     save_confusion_png([names.index(a) for a in actual], [names.index(p) for p in outcome], names,
                        plots / "images" / "confusion" / f"{name}.png",

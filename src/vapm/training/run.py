@@ -31,7 +31,7 @@ from vapm.artefacts.familiarity import write_familiarity
 from vapm.artefacts.record import write_json, write_model_record
 from vapm.config import paths
 from vapm.config.model_registry import ModelEntry, get_entry
-from vapm.config.settings import OodSettings, Settings, load_settings
+from vapm.config.settings import AUTO, OodSettings, Settings, load_settings
 from vapm.core.hashing import file_sha256
 from vapm.models.components.data import TrainingError, load_features
 from vapm.models.components.job import Trained, TrainingJob
@@ -43,6 +43,7 @@ CALIBRATION_FILE = "calibration.json"
 LIVE_DIR = "live"
 SCORE_PREFIX = {"probability": "prob_", "decision": "decision_"}
 DETECTOR_CLASSES = ("normal", "abnormal")
+TENSORFLOW_ARTEFACTS = ("keras", "patchcore")  # trained with TensorFlow: its seed, determinism and threads
 
 
 def used_features(job: TrainingJob, trained: Trained):
@@ -166,11 +167,23 @@ def export_line(name: str, exported: dict[str, Any]) -> str | None:
             f"{check.get('what', 'probability difference')} {check['max_abs_difference']:.2g})")
 
 
-def data_fingerprint(entry: ModelEntry, features) -> Path:
+def data_source(entry: ModelEntry, settings: Settings) -> tuple[list[str] | None, Path]:
+    """(the class list params give for the model's input, None for `auto`; the ingest manifest it came from).
+
+    The anomaly_data stage's images (data/features/anomaly_image) have their own class list (`anomaly_data.classes`,
+    a normal class beside the defects) and manifest (data/interim/vision_anomaly); every other input is its
+    modality's (`vision.classes` / `audio.classes`, ingest's manifest)."""
+    if Path(entry.input) == paths.ANOMALY_IMAGE_FEATURES:
+        classes = settings.anomaly_data.classes
+        return (None if classes == AUTO else list(classes)), paths.VISION_ANOMALY_INTERIM / "manifest.parquet"
+    return settings.classes(entry.modality), paths.manifest(entry.modality)
+
+
+def data_fingerprint(entry: ModelEntry, features, settings: Settings) -> Path:
     """The file whose hash tags the MLflow run: the ingest manifest, or an external features table."""
     if features.record.get("kind") == "external":
         return Path(features.record["source"])
-    return paths.manifest(entry.modality)
+    return data_source(entry, settings)[1]
 
 
 def data_sha256(job: TrainingJob, trained: Trained) -> str | None:
@@ -217,7 +230,7 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
         run_params["details"] = {k: v for k, v in trained.details.items() if not isinstance(v, (dict, list))}
     y_true, y_pred, outcome_names = test_outcome(job, trained)
     with tracking.tracked_run(settings.mlflow.experiment, f"train@{entry.name}", entry.name, run_params,
-                              [data_fingerprint(entry, features)]):
+                              [data_fingerprint(entry, features, settings)]):
         if trained.history is not None:
             tracking.log_history(trained.history)
         tracking.log_metrics({**{f"{name}_seconds": value for name, value in trained.seconds.items()},
@@ -246,8 +259,8 @@ def log_run(entry: ModelEntry, job: TrainingJob, trained: Trained, settings: Set
 
 
 def prepare_job(entry: ModelEntry, settings: Settings, live_dir: Path | None) -> TrainingJob:
-    features = load_features(entry.input, settings.classes(entry.modality))
-    manifest = paths.manifest(entry.modality)
+    classes, manifest = data_source(entry, settings)
+    features = load_features(entry.input, classes)
     return TrainingJob(name=entry.name, params=settings.model(entry.name),
                        train=settings.train_for(entry.name) if entry.uses_shared_train() else None,
                        features=features, class_names=list(features.classes),
@@ -312,7 +325,8 @@ def run_training(name: str) -> Trained:
     entry = get_entry(name)
     preflight()  # a tracking server that does not answer fails the stage now, not after training
     trainer = entry.load_trainer()
-    set_global_seed(settings.seed, tensorflow=entry.artefact == "keras", threads=settings.compute.threads)
+    set_global_seed(settings.seed, tensorflow=entry.artefact in TENSORFLOW_ARTEFACTS,
+                    threads=settings.compute.threads)
     with tempfile.TemporaryDirectory(prefix=f"vapm-{name}-") as scratch:
         job = prepare_job(entry, settings, Path(scratch) / LIVE_DIR if entry.artefact == "keras" else None)
         started = time.perf_counter()

@@ -24,10 +24,12 @@ Modules:
   `frame_statistics` (per-band mean/std/percentiles), `frame_windows` (consecutive-frame windows).
 - `detectors`: the `Detector` base, `MahalanobisDetector`, `KnnDetector` (fit/score/save/load), `normal_rows`,
   `AnomalyModelError`; `autoencoder`: `AutoencoderDetector`; `methods`: `make_detector`, `load_detector`.
-- `threshold`: `Threshold`, `quantile_threshold` (weibull rule), `choose_method`, `holdout_indices`,
+- `vapm.models.components.anomaly_threshold` (shared with vision_anomaly): `Threshold`, `quantile_threshold`
+  (weibull rule), `choose_method`, `holdout_indices`,
   `fold_indices`, `out_of_fold_scores`, `min_normal_scores`, `alarms`.
 - `noise`: `white_noise`, `pink_noise`, `mix_at_snr`, `add_noise`, `snr_db`.
-- `metrics`: `roc_curve_points`, `roc_auc`, `partial_auc`, `mcclish_standardised`, `bootstrap_intervals`,
+- `vapm.models.components.anomaly_metrics` (shared with vision_anomaly): `roc_curve_points`, `roc_auc`,
+  `partial_auc`, `mcclish_standardised`, `bootstrap_intervals`,
   `anomaly_metrics`, `roc_rows`.
 - `settings`: `AnomalySettings`, `AutoencoderSettings`, `EvaluationSettings`, `anomaly_settings`.
 - `model`: `AnomalyModel`, `fit_anomaly_model`, `normal_train_rows`.
@@ -44,7 +46,7 @@ from vapm.models.acoustic_anomaly.detectors import (
 from vapm.models.acoustic_anomaly.evaluation import AnomalyEvaluation, evaluate_anomaly_model
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, frame_statistics, frame_windows, log_mel_images
 from vapm.models.acoustic_anomaly.methods import load_detector, make_detector
-from vapm.models.acoustic_anomaly.metrics import anomaly_metrics, partial_auc, roc_auc, roc_curve_points, roc_rows
+from vapm.models.components.anomaly_metrics import anomaly_metrics, partial_auc, roc_auc, roc_curve_points, roc_rows
 from vapm.models.acoustic_anomaly.model import AnomalyModel, fit_anomaly_model, normal_train_rows
 from vapm.models.acoustic_anomaly.noise import add_noise, mix_at_snr, pink_noise, snr_db, white_noise
 from vapm.models.acoustic_anomaly.settings import (
@@ -53,7 +55,7 @@ from vapm.models.acoustic_anomaly.settings import (
                                                     EvaluationSettings,
                                                     anomaly_settings,
 )
-from vapm.models.acoustic_anomaly.threshold import Threshold, quantile_threshold
+from vapm.models.components.anomaly_threshold import Threshold, quantile_threshold
 from vapm.models.acoustic_anomaly.trainer import Params, train  # the registry's interface (models.yaml)
 
 __all__ = [

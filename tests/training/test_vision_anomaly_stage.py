@@ -1,0 +1,96 @@
+"""train@vision_anomaly through the real pipeline: `dvc repro` of the sample data, the anomaly_data stage (a normal
+class beside the defects, with masks) and the train stage in a copy of the repository; then the saved folder loaded
+as the line loads it, and the evaluate stage's detector outputs with its anomaly maps scored against the masks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vapm.core.hashing import file_sha256
+
+from tests.helpers import TINY_PIPELINE, copy_repo, git_commit, run, update_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("vapm") / "repo")
+    update_params(repo, {**TINY_PIPELINE, "vision_anomaly.normal_class": "Normal"})
+    git_commit(repo, "tiny params for tests")
+    proc = run(["dvc", "repro", "train@vision_anomaly"], repo, timeout=1200)
+    assert "Running stage 'train@vision_anomaly'" in proc.stdout
+    return repo
+
+
+def test_the_stage_saves_a_detector_that_loads_and_scores_as_trained(trained: Path):
+    from vapm.artefacts import ArtefactError, artefact
+
+    folder = trained / "models" / "vision_anomaly"
+    record = json.loads((folder / "record.json").read_text())
+    assert (record["task"], record["artefact"], record["score_kind"]) == ("detector", "patchcore", "anomaly")
+    assert record["details"]["normal_class"] == "Normal" and record["input"]["kind"] == "image"
+    with np.load(trained / "data" / "features" / "anomaly_image" / "features.npz") as features:
+        images, labels, splits = features["images"], features["labels"], features["splits"]
+        assert record["classes"] == features["classes"].tolist()  # the anomaly data's own list, not vision.classes
+    manifest = trained / "data" / "interim" / "vision_anomaly" / "manifest.parquet"
+    assert record["data_manifest_sha256"] == file_sha256(manifest)
+    normal_label = record["classes"].index("Normal")
+    normal_train = set(np.flatnonzero((splits == "train") & (labels == normal_label)).tolist())
+    patchcore = json.loads((folder / "patchcore.json").read_text())
+    assert set(patchcore["fit_rows"]) <= normal_train  # the bank saw normal train images only
+    assert patchcore["bank_shape"][0] <= patchcore["settings"]["max_bank_size"]
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    test = np.flatnonzero(splits == "test")
+    assert len(predictions) == len(test) and predictions["normal"].tolist() == (labels[test] == normal_label).tolist()
+    with pytest.raises(ArtefactError, match="runtime native"):
+        artefact("patchcore").load(folder)
+    model = artefact("patchcore").load(folder, "native")
+    scores = artefact("patchcore").scores(model, images[test])
+    assert scores.tobytes() == predictions["score"].to_numpy(np.float64).tobytes()  # bit-identical after loading
+    assert np.array_equal(model.is_abnormal(scores), predictions["abnormal"].to_numpy())
+    evaluation = json.loads((folder / "evaluation.json").read_text())["clean"]
+    assert 0.0 <= evaluation["overall"]["auc"] <= 1.0
+    assert set(evaluation["per_fault"]) == set(record["classes"]) - {"Normal"}
+
+
+def test_a_forced_rerun_writes_the_same_bytes(trained: Path):
+    folder = trained / "models" / "vision_anomaly"
+    before = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    run(["dvc", "repro", "-f", "-s", "train@vision_anomaly"], trained, timeout=1200)
+    after = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    assert after.keys() == before.keys() and Path("extractor.keras") in after and Path("bank.npy") in after
+    assert [name for name in after if after[name] != before[name]] == []  # no dates, no host facts, same bank
+
+
+def test_the_evaluate_stage_writes_the_detector_scores(trained: Path, tmp_path: Path):
+    from vapm.evaluation.evaluate import evaluate_detector, open_live
+
+    folder = trained / "models" / "vision_anomaly"
+    classes = json.loads((folder / "record.json").read_text())["classes"]
+    features = trained / "data" / "features" / "anomaly_image"
+    scores = evaluate_detector("vision_anomaly", folder, classes, tmp_path, open_live(tmp_path), features)
+    assert scores["n"] == len(pd.read_parquet(folder / "predictions.parquet"))
+    assert scores["auc_lo"] <= scores["auc"] <= scores["auc_hi"] and 0 <= scores["far"] <= 1
+    assert (tmp_path / "plots" / "images" / "roc" / "vision_anomaly.png").is_file()
+    # the anomaly maps of the test images against their masks: the same numbers as segmentation's on maps made here
+    from vapm.artefacts import artefact
+    from vapm.evaluation.segmentation import pixel_scores
+
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    with np.load(features / "features.npz") as arrays:
+        rows = [arrays["files"].tolist().index(f) for f in predictions["file"]]
+        images, masks = arrays["images"][rows], arrays["masks"][rows]
+    _, maps = artefact("patchcore").load(folder, "native").score_with_maps(images)
+    assert maps.shape == images.shape
+    expected = pixel_scores(maps, masks)
+    assert (scores["pixel_auroc"], scores["aupro"]) == (round(expected["pixel_auroc"], 4), round(expected["aupro"], 4))
+    details = json.loads((tmp_path / "details" / "vision_anomaly.json").read_text())["pixels"]
+    assert details["images"] == len(predictions) and details["defect_images_without_mask"] == 0
+    assert details["regions"] >= 1 and details["defect_pixels"] > 0
+    assert (tmp_path / "plots" / "images" / "gallery" / "vision_anomaly.png").stat().st_size > 10000
+    assert not (tmp_path / "plots" / "images" / "noise" / "vision_anomaly.png").exists()  # no noise sweep
