@@ -16,7 +16,7 @@ export UV_COMPILE_BYTECODE := 1
 
 BASE ?= main
 
-.PHONY: setup repro test test-slow bench bench-queue report ui dag remote mlflow-server cluster cluster-stop clean-env help
+.PHONY: setup repro test test-slow bench bench-queue bench-anomaly report ui dag remote mlflow-server cluster cluster-stop clean-env help
 
 help:
 	@echo "make repro   set up .venv (locked) and run the pipeline: dvc repro"
@@ -28,6 +28,7 @@ help:
 	@echo "make mlflow-server   MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (docs/team.md)"
 	@echo "make bench-queue     throughput of 4 queued experiments, dvc queue start -j 1 against -j 2"
 	@echo "make cluster [WORKERS=2]   a Dask scheduler + workers on 127.0.0.1 for compute.scheduler (make cluster-stop)"
+	@echo "make bench-anomaly   PatchCore (vision_anomaly) on the real NEU archive: one class vs rest, latency, fit time"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -85,6 +86,10 @@ cluster: setup
 
 cluster-stop: setup
 	$(VENV)/bin/python -m vapm cluster stop
+# docs/benchmarks/vision-anomaly-neu.md; NEU_ARCHIVE defaults to ../shared/data/NEU-data-TrainTest.zip
+NEU_ARCHIVE ?= ../shared/data/NEU-data-TrainTest.zip
+bench-anomaly: setup
+	$(VENV)/bin/python -m vapm.bench.anomaly_neu $(NEU_ARCHIVE) $(ANOMALY_BENCH_ARGS)
 
 dag: setup
 	$(VENV)/bin/dvc dag
