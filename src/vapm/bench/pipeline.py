@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                          ("ingest.acoustic_archive", args.acoustic_archive)):
         if archive is not None:
             changes[key] = "data/raw/" + archive.name
+    if args.vision_archive is not None:
+        # The sample anomaly archive's defect-free class is not one of the archive's: unset, the detector takes the
+        # class with the most train images as normal (a preset or --set may name one).
+        changes.setdefault("vision_anomaly.normal_class", None)
 
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
