@@ -21,6 +21,7 @@ MODEL_FILE = "patchcore.json"  # vapm.models.vision_anomaly.model.MODEL_FILE, na
 class PatchCoreArtefact:
     kind = "patchcore"
     filename = MODEL_FILE
+    light_runtime = False  # no ONNX export yet: only runtime native loads it
 
     def save(self, model: Any, folder: Path) -> Path:
         path = model.save(Path(folder))
