@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from vapm.bench.pipeline import copy_worktree, git_commit, set_params
+from vapm.core.processes import pid_alive
 
 REPO_ROOT = Path.cwd()
 # Small enough for minutes on 2 cores: the same scale as the test suite's tiny pipeline.
@@ -134,24 +135,12 @@ def stop_workers(repo: Path, env: dict[str, str] | None = None, timeout: float =
             pid = int(json.loads(info.read_text()).get("pid"))
         except (OSError, ValueError, TypeError):
             continue
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie we cannot reap is not running: look at its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def bench_env() -> dict[str, str]:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from vapm.core.errors import VapmError, one_line
+from vapm.core.processes import pid_alive
 
 STATE = Path(".vapm/cluster.json")
 START_SECONDS = 60
@@ -63,17 +64,6 @@ def worker_command(address: str, host: str = "127.0.0.1") -> list[str]:
             "--no-dashboard", "--name", f"vapm-{host}-{os.getpid()}-{time.monotonic_ns()}"]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def read_state(state: Path = STATE) -> dict | None:
@@ -90,7 +80,7 @@ def start(workers: int, state: Path = STATE, host: str = "127.0.0.1") -> dict:
     if workers < 1:
         raise ClusterError(f"--workers must be at least 1, got {workers}")
     previous = read_state(state)
-    if previous is not None and any(alive(pid) for pid in previous["pids"].values()):
+    if previous is not None and any(pid_alive(pid) for pid in previous["pids"].values()):
         raise ClusterError(f"a cluster is running at {previous['address']} ({state}): vapm cluster stop first")
     state.parent.mkdir(parents=True, exist_ok=True)
     logs = state.parent / "cluster-logs"
@@ -128,7 +118,7 @@ def _wait_for_address(scheduler_file: Path, pid: int, log: Path) -> str:
             return json.loads(scheduler_file.read_text())["address"]
         except (OSError, ValueError, KeyError):
             pass
-        if not alive(pid):
+        if not pid_alive(pid):
             raise ClusterError(f"the Dask scheduler exited at start; its log: {log}")
         time.sleep(0.2)
     raise ClusterError(f"the Dask scheduler gave no address within {START_SECONDS} s; its log: {log}")
@@ -140,7 +130,7 @@ def _wait_for_workers(address: str, workers: int, pids: dict[str, int], logs: Pa
     deadline = time.monotonic() + START_SECONDS
     with Client(address, timeout=START_SECONDS, set_as_default=False) as client:
         while len(client.scheduler_info()["workers"]) < workers:
-            dead = [name for name, pid in pids.items() if not alive(pid)]
+            dead = [name for name, pid in pids.items() if not pid_alive(pid)]
             if dead:
                 raise ClusterError(f"{', '.join(dead)} exited at start; see the logs in {logs}")
             if time.monotonic() > deadline:
@@ -161,9 +151,9 @@ def stop_pids(pids: dict[str, int], grace: float = 10.0) -> list[str]:
             pass
     deadline = time.monotonic() + grace
     for name in order:
-        while alive(pids[name]) and time.monotonic() < deadline:
+        while pid_alive(pids[name]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if alive(pids[name]):
+        if pid_alive(pids[name]):
             try:
                 os.kill(pids[name], signal.SIGKILL)
             except ProcessLookupError:
@@ -211,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             if document is None:
                 print(f"no cluster: {args.state} does not exist")
                 return 1
-            states = ", ".join(f"{name} {pid} {'alive' if alive(pid) else 'gone'}"
+            states = ", ".join(f"{name} {pid} {'alive' if pid_alive(pid) else 'gone'}"
                                for name, pid in document["pids"].items())
             print(f"{document['address']}: {states}")
         else:
