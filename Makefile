@@ -46,10 +46,10 @@ repro: setup
 
 # The fast suite (unit and component tests on tiny inputs); CI also runs the slow end-to-end tests.
 test: setup
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest -m "not slow" --durations=25
 
 test-slow: setup
-	$(VENV)/bin/python -m pytest -m slow
+	$(VENV)/bin/python -m pytest -m slow --durations=0
 
 bench: setup
 	$(VENV)/bin/python -m vapm.bench $(BENCH_ARGS)

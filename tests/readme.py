@@ -76,12 +76,17 @@ def link_environment(repo: Path) -> None:
         if (REPO_ROOT / name).exists() and not (repo / name).exists():
             (repo / name).symlink_to(REPO_ROOT / name)
     # `make` re-syncs .venv when its inputs are newer than .venv/.synced; the copy's are (they were just written),
-    # and a sync from the copy would point the shared environment's editable install at the copy's src/.
+    # and a sync from the copy would point the shared environment's editable install at the copy's src/. So the
+    # copy's unchanged inputs get the original's times, never later than .synced (an edited, not yet synced
+    # Makefile in this checkout must not make a test re-sync the shared environment from its copy).
+    synced = REPO_ROOT / ".venv" / ".synced"
+    synced_ns = synced.stat().st_mtime_ns if synced.exists() else None
     for name in SETUP_INPUTS:
         original, copied = REPO_ROOT / name, repo / name
         if copied.exists() and copied.read_bytes() == original.read_bytes():
             stat = original.stat()
-            os.utime(copied, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            modified = stat.st_mtime_ns if synced_ns is None else min(stat.st_mtime_ns, synced_ns)
+            os.utime(copied, ns=(stat.st_atime_ns, modified))
 
 
 def wait_for_http(url: str, process, seconds: float = 600) -> None:

@@ -58,9 +58,9 @@ def dask_cluster(dask_repo, tmp_path_factory):
         yield document
     finally:
         run([sys.executable, "-m", "vapm", "cluster", "stop", "--state", str(state)], repo, timeout=120)
-        from vapm.cli.cluster import alive
+        from vapm.core.processes import pid_alive
 
-        assert not any(alive(pid) for pid in document["pids"].values())
+        assert not any(pid_alive(pid) for pid in document["pids"].values())
 
 
 def task_prefixes(address: str) -> set[str]:
