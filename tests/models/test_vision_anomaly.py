@@ -88,6 +88,19 @@ def test_nearest_in_bank_is_the_exact_float64_nearest():
     assert nearest_in_bank(bank[2:3], tied)[1].tolist() == [2]
 
 
+def test_nearest_in_bank_gives_the_same_bits_in_chunks_and_with_a_prepared_bank(monkeypatch):
+    from vapm.models.vision_anomaly import scoring
+
+    rng = np.random.default_rng(5)
+    bank = rng.normal(size=(300, 24)).astype(np.float32)
+    queries = np.concatenate([bank[::3] + 1e-4, rng.normal(size=(77, 24)).astype(np.float32)])
+    whole = nearest_in_bank(queries, bank)
+    monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", 300 * 16)  # 16 rows a chunk, the last one shorter
+    for bank_given in (bank, scoring.Bank(bank)):
+        chunked = nearest_in_bank(queries, bank_given)
+        assert np.array_equal(chunked[0], whole[0]) and np.array_equal(chunked[1], whole[1])
+
+
 def test_image_score_is_the_largest_patch_score_reweighted_below_it():
     rng = np.random.default_rng(2)
     bank = rng.normal(size=(50, 4))

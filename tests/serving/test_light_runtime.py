@@ -212,3 +212,13 @@ def test_loading_and_scoring_imports_no_heavy_library(folders):
         else:
             assert answer == expected
     assert probe["added"] == [] and probe["heavy"] == []
+
+
+def test_predict_heatmap_is_refused_for_a_model_without_anomaly_maps(folders, tmp_path):
+    command = [sys.executable, "-m", "vapm", "predict", str(folders["svm"]), str(folders["clip"]), "--heatmap",
+               str(tmp_path / "maps")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
+    assert done.returncode == 2 and "gives no anomaly map: --heatmap is for a visual anomaly detector" in done.stderr
+    assert not (tmp_path / "maps").exists() and done.stdout == ""
+    assert not load_model(folders["svm"]).gives_maps

@@ -94,3 +94,38 @@ def test_the_evaluate_stage_writes_the_detector_scores(trained: Path, tmp_path: 
     assert details["regions"] >= 1 and details["defect_pixels"] > 0
     assert (tmp_path / "plots" / "images" / "gallery" / "vision_anomaly.png").stat().st_size > 10000
     assert not (tmp_path / "plots" / "images" / "noise" / "vision_anomaly.png").exists()  # no noise sweep
+
+
+def test_vapm_predict_says_normal_or_abnormal_and_writes_the_heatmap(trained: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    folder = trained / "models" / "vision_anomaly"
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    with np.load(trained / "data" / "features" / "anomaly_image" / "features.npz") as arrays:
+        files = arrays["files"].tolist()
+        picked = [predictions[predictions["abnormal"] == flag]["file"].iloc[0] for flag in (False, True)]
+        images = [arrays["images"][files.index(name)] for name in picked]
+    parts = []
+    for i, image in enumerate(images):
+        parts.append(tmp_path / f"part_{i}.png")
+        Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8)).save(parts[-1])
+    parts.append(tmp_path / "notes.txt")
+    parts[-1].write_text("not an image")
+    command = [sys.executable, "-m", "vapm", "predict", str(folder), *map(str, parts), "--heatmap",
+               str(tmp_path / "maps"), "--json"]  # no --runtime: the detector's own (native), not refused
+    done = subprocess.run(command, cwd=trained, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr  # the text file fails alone; the images are answered
+    answers = {Path(answer["file"]).name: answer for answer in json.loads(done.stdout)}
+    assert "not .txt" in answers["notes.txt"]["error"]
+    threshold = json.loads((folder / "patchcore.json").read_text())["threshold"]["value"]
+    for name in ("part_0.png", "part_1.png"):
+        answer = answers[name]
+        assert answer["status"] == ("abnormal" if answer["score"] > threshold else "normal")
+        assert answer["threshold"] == round(threshold, 6) and "anomaly_map" not in answer
+        with Image.open(answer["heatmap"]) as png:
+            assert png.format == "PNG" and png.size[0] > 300
+    assert Path(answers["part_0.png"]["heatmap"]) == tmp_path / "maps" / "part_0.png"
+

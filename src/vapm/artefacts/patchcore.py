@@ -55,3 +55,9 @@ class PatchCoreArtefact:
     def scores(self, model: Any, x: Any) -> np.ndarray:
         """Anomaly scores of grey images (higher = more abnormal)."""
         return np.asarray(model.score_images(np.asarray(x)), dtype=np.float64)
+
+    def scores_and_maps(self, model: Any, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly scores (N,) and anomaly maps (N, S, S) at the images' side: where in each image the score comes
+        from."""
+        scores, maps = model.score_with_maps(np.asarray(x))
+        return np.asarray(scores, dtype=np.float64), np.asarray(maps, dtype=np.float64)

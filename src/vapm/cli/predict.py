@@ -2,6 +2,7 @@
 
     vapm predict models/vision_scratch strip_0412.jpg [more files ...]
     vapm predict models/acoustic_cnn recording.wav --json
+    vapm predict models/vision_anomaly part.jpg --heatmap heatmaps/
 
 Each file goes through exactly the steps the training data went through (ingest's decoding and
 validation, then featurize's resizing or feature extraction), with the settings saved in the model's
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vapm.core.errors import VapmError, one_line
 
 
@@ -23,7 +26,8 @@ def describe(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{result['error']}"
     if "status" in result:
-        return f"{result['file']}: {result['status']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
+        line = f"{result['file']}: {result['status']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
+        return line + (f"; heatmap {result['heatmap']}" if "heatmap" in result else "")
     if "probability" in result:
         answer = f"{result['class']} ({result['probability']:.1%})"
     elif "decision_scores" in result:
@@ -47,14 +51,39 @@ def read_files(paths: list[str]) -> tuple[list[tuple[str, bytes]], list[dict[str
     return files, errors
 
 
-RUNTIME_CHOICES = {"onnx": "onnx", "keras": "native", "native": "native"}
+RUNTIME_CHOICES = {"onnx": "onnx", "keras": "native", "native": "native", None: None}
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", choices=list(RUNTIME_CHOICES), default="onnx", type=str.lower,
-                        help="onnx (default): the files training exported and checked, through ONNX Runtime for "
-                             "networks and NumPy for the SVM and detectors, without TensorFlow or scikit-learn; "
-                             "keras (or native): the model as trained, with Keras or scikit-learn")
+    parser.add_argument("--runtime", choices=[name for name in RUNTIME_CHOICES if name], default=None,
+                        type=str.lower,
+                        help="onnx (the default where the model has it): the files training exported and checked, "
+                             "through ONNX Runtime for networks and NumPy for the SVM and detectors, without "
+                             "TensorFlow or scikit-learn; keras (or native): the model as trained, with Keras or "
+                             "scikit-learn (the default for a model without a light runtime: vision_anomaly)")
+
+
+def write_heatmaps(model: Any, files: list[tuple[str, bytes]], results: list[dict[str, Any]], folder: Path) -> None:
+    """Each answer's anomaly map over its image, with score and threshold, as folder/<file name>.png (the answer's
+    "heatmap" then names it). The colour starts at the threshold: a normal part shows (almost) no heat."""
+    from vapm.evaluation.figures import save_anomaly_overlay_png
+
+    data = dict(files)
+    used: set[str] = set()
+    for result in results:
+        heatmap = result.pop("anomaly_map", None)
+        if heatmap is None:
+            continue
+        stem, n = Path(result["file"]).stem, 1
+        while (name := stem if n == 1 else f"{stem}-{n}") in used:  # two files of one name from two folders
+            n += 1
+        used.add(name)
+        threshold = result["threshold"]
+        title = f"{Path(result['file']).name}: {result['status']} (score {result['score']:.4g}, threshold {threshold:.4g})"
+        path = save_anomaly_overlay_png(model.prepare(result["file"], data[result["file"]]), heatmap, None,
+                                        folder / f"{name}.png", title, vmin=threshold,
+                                        vmax=max(float(np.max(heatmap)), 1.5 * threshold))
+        result["heatmap"] = str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", help="a trained model folder, e.g. models/vision_scratch or models/acoustic_svm")
     parser.add_argument("files", nargs="+", help="images (.jpg/.png/.bmp) or recordings (.wav/.flac/.dat)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of one line per file")
+    parser.add_argument("--heatmap", metavar="DIR", type=Path, default=None,
+                        help="a visual anomaly detector (vision_anomaly) only: write each image with its anomaly map "
+                             "overlaid to DIR/<file name>.png")
     add_runtime_option(parser)
     args = parser.parse_args(argv)
     from vapm.serving.loading import load_model
@@ -71,8 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     except VapmError as err:
         print(f"predict: {one_line(str(err))}", file=sys.stderr)
         return 1
+    if args.heatmap is not None and not model.gives_maps:
+        print(f"predict: {args.model_dir} is {model.name}, which gives no anomaly map: --heatmap is for a visual "
+              "anomaly detector such as models/vision_anomaly", file=sys.stderr)
+        return 2
     files, unreadable = read_files(args.files)
-    results = model.predict_files(files) + unreadable
+    results = model.predict_files(files, maps=args.heatmap is not None) + unreadable
+    if args.heatmap is not None:
+        write_heatmaps(model, files, results, args.heatmap)
     order = {path: i for i, path in enumerate(args.files)}
     results.sort(key=lambda result: order[result["file"]])
     if args.json:

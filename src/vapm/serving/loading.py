@@ -75,14 +75,29 @@ class LoadedModel:
     def scores(self, x: np.ndarray) -> np.ndarray:
         return self._artefact.scores(self.model, x)
 
-    def answer_decoded(self, names: list[str], decoded: list[np.ndarray]) -> list[dict[str, Any]]:
-        """The answers for decoded items (what `decode` gives): input checks, then the model in one batch."""
+    @property
+    def gives_maps(self) -> bool:
+        """Whether the model locates what it finds: an anomaly map per image (vision_anomaly)."""
+        return hasattr(self._artefact, "scores_and_maps")
+
+    def answer_decoded(self, names: list[str], decoded: list[np.ndarray], maps: bool = False
+                       ) -> list[dict[str, Any]]:
+        """The answers for decoded items (what `decode` gives): input checks, then the model in one batch. With
+        `maps` (a model that `gives_maps`), each answer also holds its "anomaly_map", float64 at the image's side."""
         if not decoded:
             return []
+        inputs = np.stack([self.input.from_decoded(item) for item in decoded])
+        if maps:
+            if not self.gives_maps:
+                raise InferenceError(f"{self.name} gives no anomaly map (only a visual anomaly detector does)")
+            scores, heatmaps = self._artefact.scores_and_maps(self.model, inputs)
+            answers = [self.result(name, np.asarray([score])) for name, score in zip(names, scores)]
+            for answer, heatmap in zip(answers, heatmaps):
+                answer["anomaly_map"] = heatmap
+            return answers
         reasons = [self.input.input_reasons(item) for item in decoded]
         layers = tuple(self.record.get("unfamiliar", {}).get("layers", ["penultimate"])[1:])
-        scores, features = self._artefact.scores_and_features(
-            self.model, np.stack([self.input.from_decoded(item) for item in decoded]), layers)
+        scores, features = self._artefact.scores_and_features(self.model, inputs, layers)
         scores = np.asarray(scores).reshape(len(decoded), -1)
         distances = None
         if self.familiarity is not None and features is not None:
@@ -127,8 +142,9 @@ class LoadedModel:
         result["unfamiliar_reasons"] = reasons
         return result
 
-    def predict_files(self, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
-        """One result per file, in order; a file that fails gets {"file", "error"} and the others go on."""
+    def predict_files(self, files: list[tuple[str, bytes]], maps: bool = False) -> list[dict[str, Any]]:
+        """One result per file, in order; a file that fails gets {"file", "error"} and the others go on (`maps`: as
+        `answer_decoded`)."""
         results: list[dict[str, Any] | None] = [None] * len(files)
         decoded, where = [], []
         for i, (name, data) in enumerate(files):
@@ -137,21 +153,24 @@ class LoadedModel:
                 where.append(i)
             except InferenceError as err:
                 results[i] = {"file": name, "model": self.name, "error": str(err)}
-        for i, answer in zip(where, self.answer_decoded([files[i][0] for i in where], decoded)):
+        for i, answer in zip(where, self.answer_decoded([files[i][0] for i in where], decoded, maps)):
             results[i] = answer
         return results  # type: ignore[return-value]
 
 
-def load_model(folder: str | Path, version: str | None = None, runtime: str = "onnx") -> LoadedModel:
+def load_model(folder: str | Path, version: str | None = None, runtime: str | None = "onnx") -> LoadedModel:
     """A trained model folder (models/<name>/, or the copy inside an MLflow model), ready to score files.
 
     runtime "onnx" (the default) answers with the light files training exported and checked (model.onnx through
-    ONNX Runtime; plain NumPy for the SVM and the statistical detectors); "native" with the training libraries.
-    Another runtime is an ArtefactError naming the known ones (vapm.artefacts.RUNTIMES).
+    ONNX Runtime; plain NumPy for the SVM and the statistical detectors); "native" with the training libraries;
+    None: "onnx" where the model's artefact has a light runtime, else "native" (a PatchCore detector). Another
+    runtime is an ArtefactError naming the known ones (vapm.artefacts.RUNTIMES).
     """
     folder = Path(folder)
     record = read_model_record(folder)
     adapter = artefact(record["artefact"])
+    if runtime is None:
+        runtime = "onnx" if getattr(adapter, "light_runtime", True) else "native"
     return LoadedModel(folder=folder, record=record, input=record_from_dict(record["input"], str(folder)),
                        model=adapter.load(folder, runtime), version=version, familiarity=read_familiarity(folder),
                        _artefact=adapter)

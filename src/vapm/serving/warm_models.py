@@ -33,7 +33,7 @@ def model_suffixes(model: Any) -> tuple[str, ...]:
     return raw_suffixes(model.input)
 
 
-def load_models(model_dirs: list[str], runtime: str = "onnx") -> list[Any]:
+def load_models(model_dirs: list[str], runtime: str | None = "onnx") -> list[Any]:
     """Each model loaded once (runtime: see vapm.serving.loading.load_model), and warmed up on a synthetic file."""
     from vapm.serving.loading import load_model
 

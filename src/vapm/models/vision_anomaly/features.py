@@ -98,9 +98,14 @@ def patch_extractor(base: Any, layer_names: Sequence[str], image_size: int, inpu
 
 
 def extract_patches(extractor: Any, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """(N, h, w, D) float32 patch features of grey images (N, S, S), in batches."""
+    """(N, h, w, D) float32 patch features of grey images (N, S, S), in batches.
+
+    Through Keras's compiled predict step (`predict_on_batch`: one traced graph, reused), not an eager call: a
+    224 px image takes some 20 ms instead of 120 ms on 2 cores. Fitting and predicting both come here, so the bank
+    and the images scored against it are computed by the same graph.
+    """
     images = np.asarray(images)
-    out = [np.asarray(extractor(images[start:start + batch_size].astype(np.float32), training=False))
+    out = [np.asarray(extractor.predict_on_batch(images[start:start + batch_size].astype(np.float32)))
            for start in range(0, len(images), batch_size)]
     if not out:
         h, w, d = (int(s) for s in extractor.output.shape[1:])

@@ -24,7 +24,7 @@ from vapm.models.components.anomaly_threshold import (
 )
 from vapm.models.vision_anomaly.coreset import select_bank
 from vapm.models.vision_anomaly.features import extract_patches, patch_extractor
-from vapm.models.vision_anomaly.scoring import anomaly_map, image_scores, nearest_in_bank
+from vapm.models.vision_anomaly.scoring import Bank, anomaly_map, image_scores, nearest_in_bank
 from vapm.models.vision_anomaly.settings import Params
 
 MODEL_FILE = "patchcore.json"
@@ -85,13 +85,22 @@ class PatchCoreModel:
     def patches(self, images: np.ndarray) -> np.ndarray:
         return extract_patches(self.extractor, np.asarray(images), self.batch_size)
 
+    def prepared_bank(self) -> Bank:
+        """The bank with its float64 copy and norms, computed once per bank, not once per image."""
+        cached = self.__dict__.get("_prepared")
+        if cached is None or cached[0] is not self.bank:
+            cached = (self.bank, Bank(self.bank))
+            self.__dict__["_prepared"] = cached
+        return cached[1]
+
     def score_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(image scores (N,), patch scores (N, h, w)) of patch features (N, h, w, D)."""
         n, h, w, d = patches.shape
         flat = patches.reshape(n * h * w, d)
-        distances, locations = nearest_in_bank(flat, self.bank)
+        bank = self.prepared_bank()
+        distances, locations = nearest_in_bank(flat, bank)
         scores = image_scores(distances.reshape(n, h * w), locations.reshape(n, h * w), patches.reshape(n, h * w, d),
-                              self.bank, self.n_neighbors)
+                              bank, self.n_neighbors)
         return scores, distances.reshape(n, h, w)
 
     def score_images(self, images: np.ndarray) -> np.ndarray:

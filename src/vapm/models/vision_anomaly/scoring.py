@@ -1,7 +1,7 @@
 """Scoring against the memory bank: each patch's distance to its nearest bank patch, the image score, the map.
 
 Nearest distances are exact float64 values, found fast. A float32 matrix product ranks the bank for a chunk of
-patches (|q|^2 - 2 q.b + |b|^2); its rounding error is below E = 2 (D + 4) u (|q| + max|b|)^2 (u = 2^-24; the
+patches (|b|^2 - 2 q.b: |q - b|^2 less the row's constant |q|^2); its rounding error is below E = 2 (D + 4) u (|q| + max|b|)^2 (u = 2^-24; the
 standard bound on a length-D dot product, doubled), so every bank patch whose float32 value lies within 2E of the
 row's float32 minimum is a candidate, the true nearest always among them. The candidates' distances are then
 computed exactly in float64 and the smallest taken (ties: the lowest bank index). The answer is thus the exact
@@ -24,26 +24,55 @@ UNIT_ROUNDOFF_32 = 2.0 ** -24
 CHUNK_ELEMENTS = 1 << 22  # float32 distance entries per chunk (16 MiB)
 
 
-def nearest_in_bank(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class Bank:
+    """A memory bank prepared once for many searches: its float32 rows, their float64 copy and squared norms."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if self.rows.ndim != 2 or len(self.rows) == 0:
+            raise ValueError(f"need a non-empty (M, D) bank, got {self.rows.shape}")
+        self.rows64 = self.rows.astype(np.float64)
+        self.squared64 = np.einsum("ij,ij->i", self.rows64, self.rows64)
+        self.squared = self.squared64.astype(np.float32)
+        self.norm_max = float(np.sqrt(self.squared64.max()))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def as_bank(bank: "np.ndarray | Bank") -> Bank:
+    return bank if isinstance(bank, Bank) else Bank(bank)
+
+
+def nearest_in_bank(queries: np.ndarray, bank: "np.ndarray | Bank") -> tuple[np.ndarray, np.ndarray]:
     """(distance float64 (N,), bank index int64 (N,)) of each query's nearest bank row (Euclidean, exact)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    b = np.ascontiguousarray(bank, dtype=np.float32)
-    if q.ndim != 2 or b.ndim != 2 or q.shape[1] != b.shape[1] or len(b) == 0:
+    prepared = as_bank(bank)
+    b, b64, b_squared, b_norm_max = prepared.rows, prepared.rows64, prepared.squared, prepared.norm_max
+    if q.ndim != 2 or q.shape[1] != b.shape[1]:
         raise ValueError(f"need (N, D) queries and a non-empty (M, D) bank, got {q.shape} and {b.shape}")
-    b64 = b.astype(np.float64)
-    b_squared64 = np.einsum("ij,ij->i", b64, b64)
-    b_squared = b_squared64.astype(np.float32)
-    b_norm_max = float(np.sqrt(b_squared64.max()))
     bound_factor = 4.0 * (q.shape[1] + 4) * UNIT_ROUNDOFF_32
     distances, locations = np.empty(len(q)), np.empty(len(q), dtype=np.int64)
     step = max(1, CHUNK_ELEMENTS // len(b))
+    ranking = np.empty((min(step, len(q)), len(b)), dtype=np.float32)
     for start in range(0, len(q), step):
         chunk = q[start:start + step]
         chunk64 = chunk.astype(np.float64)
         q_squared64 = np.einsum("ij,ij->i", chunk64, chunk64)
-        approx = q_squared64.astype(np.float32)[:, None] - 2.0 * (chunk @ b.T) + b_squared[None, :]
+        # |b|^2 - 2 q.b ranks the bank as |q - b|^2 does (|q|^2 is the row's constant); scaling q by -2 is exact,
+        # and both terms are computed in place in one buffer: the product is the only pass over q and b.
+        approx = ranking[:len(chunk)]
+        np.matmul(chunk * np.float32(-2.0), b.T, out=approx)
+        approx += b_squared
         margin = bound_factor * (np.sqrt(q_squared64) + b_norm_max) ** 2
-        rows, cols = np.nonzero(approx <= (approx.min(axis=1).astype(np.float64) + margin)[:, None])
+        lowest = approx.argmin(axis=1)
+        within = approx <= (approx[np.arange(len(chunk)), lowest].astype(np.float64) + margin)[:, None]
+        # Almost every row has one candidate, its float32 minimum: only rows with more are searched for the others.
+        crowded = np.flatnonzero(np.count_nonzero(within, axis=1) > 1)
+        rows, cols = np.arange(len(chunk)), lowest
+        if len(crowded):
+            extra_rows, extra_cols = np.nonzero(within[crowded])
+            rows, cols = np.r_[rows, crowded[extra_rows]], np.r_[cols, extra_cols]
         exact = np.sum((chunk64[rows] - b64[cols]) ** 2, axis=1)
         order = np.lexsort((cols, exact, rows))  # by row, then exact distance, then bank index
         rows, cols, exact = rows[order], cols[order], exact[order]
@@ -58,7 +87,7 @@ def exact_distances(point: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum((np.asarray(rows, np.float64) - np.asarray(point, np.float64)) ** 2, axis=1))
 
 
-def image_scores(patch_scores: np.ndarray, locations: np.ndarray, patches: np.ndarray, bank: np.ndarray,
+def image_scores(patch_scores: np.ndarray, locations: np.ndarray, patches: np.ndarray, bank: "np.ndarray | Bank",
                  n_neighbors: int) -> np.ndarray:
     """float64 (N,) image scores from per-image patch scores (N, P), their bank indices (N, P) and the patch
     features (N, P, D): the largest patch score, reweighted when n_neighbors > 1 (module docstring)."""
@@ -66,6 +95,7 @@ def image_scores(patch_scores: np.ndarray, locations: np.ndarray, patches: np.nd
     worst = np.argmax(patch_scores, axis=1)  # ties: the first patch
     rows = np.arange(len(patch_scores))
     score = patch_scores[rows, worst]
+    bank = as_bank(bank).rows64
     k = min(int(n_neighbors), len(bank))
     if k <= 1:
         return score
