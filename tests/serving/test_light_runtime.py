@@ -222,3 +222,25 @@ def test_predict_heatmap_is_refused_for_a_model_without_anomaly_maps(folders, tm
     assert done.returncode == 2 and "gives no anomaly map: --heatmap is for a visual anomaly detector" in done.stderr
     assert not (tmp_path / "maps").exists() and done.stdout == ""
     assert not load_model(folders["svm"]).gives_maps
+
+
+def test_the_served_svm_answers_lightly_and_refuses_an_anomaly_map_request(folders, tmp_path):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from vapm.serving.pyfunc import encode_files, log_raw_file_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():
+            info = log_raw_file_model(folders["svm"])
+        served = mlflow.pyfunc.load_model(info.model_uri)
+        request = pd.DataFrame(encode_files([folders["clip"]])["dataframe_records"])
+        (answer,) = served.predict(request)
+        with pytest.raises(MlflowException, match="gives no anomaly map"):
+            served.predict(request, params={"anomaly_map": True})
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
+    finally:
+        mlflow.set_tracking_uri(None)
+    (expected,) = load_model(folders["svm"]).predict_files([(folders["clip"].name, folders["clip"].read_bytes())])
+    assert answer == expected and "tensorflow" not in requirements  # the light runtime: no TensorFlow to install

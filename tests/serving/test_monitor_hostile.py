@@ -600,3 +600,25 @@ def test_the_watch_stops_cleanly_on_sigterm_and_on_ctrl_c_even_when_started_with
             os.kill(process.pid, signal.SIGTERM if how == "sigterm" else signal.SIGINT)
             code = process.wait(timeout=60)
     assert code == 0 and (tmp_path / "stdout").read_text().splitlines()[-1] == "stopped"
+
+
+def test_the_heatmap_folder_is_made_or_refused_and_written_through_its_open_descriptor(tmp_path):
+    from vapm.serving.monitor import MonitorError, open_heatmap_folder
+
+    made = tmp_path / "alerts" / "heatmaps"
+    fd = open_heatmap_folder(made)
+    try:
+        assert made.is_dir()
+        # a link planted under the folder's name after it was opened changes nothing: pictures go where it was
+        made.rename(tmp_path / "moved")
+        (tmp_path / "target").mkdir()
+        made.symlink_to(tmp_path / "target")
+        os.close(os.open("picture.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        assert (tmp_path / "moved" / "picture.png").is_file() and not (tmp_path / "target" / "picture.png").exists()
+    finally:
+        os.close(fd)
+    with pytest.raises(MonitorError, match="is a symbolic link: refusing to write there"):
+        open_heatmap_folder(made)
+    (tmp_path / "a file").write_text("x")
+    with pytest.raises(MonitorError, match="is a regular file: refusing"):
+        open_heatmap_folder(tmp_path / "a file")

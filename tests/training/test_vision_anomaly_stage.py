@@ -4,6 +4,7 @@ as the line loads it, and the evaluate stage's detector outputs with its anomaly
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,79 @@ def test_vapm_predict_says_normal_or_abnormal_and_writes_the_heatmap(trained: Pa
             assert png.format == "PNG" and png.size[0] > 300
     assert Path(answers["part_0.png"]["heatmap"]) == tmp_path / "maps" / "part_0.png"
 
+
+
+def test_the_logged_mlflow_model_answers_with_the_anomaly_map_on_request(trained: Path, tmp_path: Path):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from PIL import Image
+
+    from vapm.serving.pyfunc import encode_files, log_raw_file_model
+
+    folder = trained / "models" / "vision_anomaly"
+    with np.load(trained / "data" / "features" / "anomaly_image" / "features.npz") as arrays:
+        image = arrays["images"][np.flatnonzero(arrays["splits"] == "test")[-1]]
+    part = tmp_path / "part.png"
+    Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8)).save(part)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():
+            info = log_raw_file_model(folder)
+        served = mlflow.pyfunc.load_model(info.model_uri)
+        request = pd.DataFrame(encode_files([part])["dataframe_records"])
+        (plain,) = served.predict(request)
+        (mapped,) = served.predict(request, params={"anomaly_map": True})
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert plain["status"] in ("normal", "abnormal") and "anomaly_map" not in plain
+    assert re.search(r"^tensorflow(-cpu)?==", requirements, re.M)  # it answers with Keras: its environment needs TF
+    heatmap = np.asarray(mapped["anomaly_map"])
+    assert heatmap.shape == image.shape and {k: v for k, v in mapped.items() if k != "anomaly_map"} == plain
+    # the served map is the detector's own, rounded to 4 decimals
+    from vapm.serving.loading import load_model
+
+    (local,) = load_model(folder, runtime="native").predict_files([(part.name, part.read_bytes())], maps=True)
+    np.testing.assert_array_equal(heatmap, np.round(local["anomaly_map"], 4))
+    with pytest.raises(MlflowException, match="not base64"):
+        served.predict(request.assign(data="not base64!"), params={"anomaly_map": True})
+
+
+def test_the_monitor_alerts_on_an_abnormal_image_and_writes_its_heatmap_beside_the_alert(trained: Path,
+                                                                                           tmp_path: Path):
+    import io
+
+    import jsonschema
+    from PIL import Image
+
+    from vapm.serving.monitor import Monitor, MonitorError
+    from vapm.serving.warm_models import load_models
+
+    folder = trained / "models" / "vision_anomaly"
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    with np.load(trained / "data" / "features" / "anomaly_image" / "features.npz") as arrays:
+        files = arrays["files"].tolist()
+        picked = {flag: predictions[predictions["abnormal"] == flag]["file"].iloc[0] for flag in (False, True)}
+        images = {flag: arrays["images"][files.index(name)] for flag, name in picked.items()}
+    incoming = tmp_path / "incoming"
+    (incoming / "line 2").mkdir(parents=True)
+    for flag, name in (("False", "good.png"), ("True", "line 2/bad$part.png")):
+        Image.fromarray(np.clip(np.round(images[flag == "True"]), 0, 255).astype(np.uint8)).save(incoming / name)
+    models = load_models([str(folder)], runtime=None)
+    monitor = Monitor(incoming, models, out=io.StringIO())
+    lines = {line["file"]: line for line in monitor.score(monitor.pending())}
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json").read_text())
+    for line in lines.values():
+        jsonschema.validate(line, schema)
+    (bad,) = lines["line 2/bad$part.png"]["results"]
+    (good,) = lines["good.png"]["results"]
+    assert bad["alert"] and bad["status"] == "abnormal" and not good["alert"] and "heatmap" not in good
+    heatmap = Path(bad["heatmap"])
+    assert heatmap.parent == incoming / "heatmaps" and heatmap.name.startswith("bad_part-")
+    with Image.open(heatmap) as png:
+        assert png.format == "PNG"
+    assert f"heatmap {heatmap}" in monitor.out.getvalue()
+    assert monitor.pending() == []  # its own pictures are never scored
+    (tmp_path / "planted").symlink_to(incoming / "line 2")
+    with pytest.raises(MonitorError, match="symbolic link"):
+        Monitor(incoming, models, out=io.StringIO(), heatmap_dir=tmp_path / "planted")

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from vapm.cli.predict import RUNTIME_CHOICES, add_runtime_option
 from vapm.core.errors import VapmError, one_line
-from vapm.serving.monitor import ALERT_LOG, DEFAULT_MAX_FILE_BYTES, MAX_FILE_MB, STATE_FILE, Monitor, MonitorError
+from vapm.serving.monitor import (
+    ALERT_LOG,
+    DEFAULT_MAX_FILE_BYTES,
+    HEATMAP_FOLDER,
+    MAX_FILE_MB,
+    STATE_FILE,
+    Monitor,
+    MonitorError,
+)
 from vapm.serving.warm_models import load_models
 from vapm.serving.untrusted_files import shown
 
@@ -38,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a class that is no alert (repeat; default: classes never alert, detectors do)")
     parser.add_argument("--alerts", type=Path, help=f"the JSON-lines alert log (default FOLDER/{ALERT_LOG})")
     parser.add_argument("--state", type=Path, help=f"what was scored, for restarts (default FOLDER/{STATE_FILE})")
+    parser.add_argument("--heatmaps", type=Path, metavar="DIR",
+                        help=f"where a visual anomaly detector's abnormal images are drawn with their anomaly maps "
+                             f"(default: {HEATMAP_FOLDER}/ beside the alert log)")
     parser.add_argument("--settle", type=float, default=0.25, help="seconds a file must stay unchanged (0.25)")
     parser.add_argument("--max-file-mb", type=file_limit, default=DEFAULT_MAX_FILE_BYTES, metavar="MB",
                         help=f"larger files are skipped from their size, never read "
@@ -51,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.folder.is_dir():
             raise MonitorError(f"{shown(str(args.folder))} is not a folder: create it, or give the folder files "
                                f"arrive in")
-        monitor = Monitor(args.folder, load_models(args.model, RUNTIME_CHOICES[args.runtime]), set(args.normal), args.alerts, args.state,
-                          args.settle, max_file_bytes=args.max_file_mb)
+        monitor = Monitor(args.folder, load_models(args.model, RUNTIME_CHOICES[args.runtime]), set(args.normal),
+                          args.alerts, args.state, args.settle, max_file_bytes=args.max_file_mb,
+                          heatmap_dir=args.heatmaps)
         names = ", ".join(f"{shown(m.name)} (version {shown(m.version or 'local')})" for m in monitor.models)
         print(f"watching {shown(str(monitor.folder))} with {names}; alert log {shown(str(monitor.alert_log))}",
               flush=True)

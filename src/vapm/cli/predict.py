@@ -66,7 +66,7 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
 def write_heatmaps(model: Any, files: list[tuple[str, bytes]], results: list[dict[str, Any]], folder: Path) -> None:
     """Each answer's anomaly map over its image, with score and threshold, as folder/<file name>.png (the answer's
     "heatmap" then names it). The colour starts at the threshold: a normal part shows (almost) no heat."""
-    from vapm.evaluation.figures import save_anomaly_overlay_png
+    from vapm.models.vision_anomaly.overlay import save_anomaly_overlay_png
 
     data = dict(files)
     used: set[str] = set()
@@ -79,7 +79,7 @@ def write_heatmaps(model: Any, files: list[tuple[str, bytes]], results: list[dic
             n += 1
         used.add(name)
         threshold = result["threshold"]
-        title = f"{Path(result['file']).name}: {result['status']} (score {result['score']:.4g}, threshold {threshold:.4g})"
+        title = f"{Path(result['file']).name}\n{result['status']} (score {result['score']:.4g}, threshold {threshold:.4g})"
         path = save_anomaly_overlay_png(model.prepare(result["file"], data[result["file"]]), heatmap, None,
                                         folder / f"{name}.png", title, vmin=threshold,
                                         vmax=max(float(np.max(heatmap)), 1.5 * threshold))

@@ -25,6 +25,8 @@ def summarise(result: dict[str, Any], normal_classes: set[str]) -> dict[str, Any
     if "status" in result:  # a detector
         summary.update(status=result["status"], score=result["score"], threshold=result["threshold"],
                        alert=result["status"] == "abnormal")
+        if result.get("heatmap"):
+            summary["heatmap"] = result["heatmap"]
     else:
         summary.update(**{"class": result["class"], "probability": result.get("probability")},
                        alert=bool(normal_classes) and result["class"] not in normal_classes)
@@ -36,7 +38,8 @@ def summarise(result: dict[str, Any], normal_classes: set[str]) -> dict[str, Any
 
 def describe(summary: dict[str, Any]) -> str:
     if "status" in summary:
-        return f"{summary['model']} says {summary['status']} (score {summary['score']:.3g} > {summary['threshold']:.3g})"
+        said = f"{summary['model']} says {summary['status']} (score {summary['score']:.3g} > {summary['threshold']:.3g})"
+        return said + (f", heatmap {summary['heatmap']}" if summary.get("heatmap") else "")
     probability = f" ({summary['probability']:.1%})" if summary.get("probability") is not None else ""
     if summary.get("unfamiliar"):
         return (f"{summary['model']}: unfamiliar input ({'; '.join(summary['unfamiliar_reasons'])}), it would say "

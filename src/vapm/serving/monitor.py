@@ -8,7 +8,9 @@ inotify cannot watch, such as network drives) a file counts as written when its 
 stayed unchanged for --settle seconds: set it above the longest pause of the slowest writer. Every file gets one JSON line in the alert log
 (schema: docs/alert.schema.json): time, file, its size and sha256, each model's answer with its version,
 and whether it is an alert (a detector says abnormal, or a classifier names a class not listed as
---normal). Alerts are also printed. A file that cannot be scored is logged with its reason and skipped;
+--normal). Alerts are also printed. When a visual anomaly detector (vision_anomaly) says abnormal, the image with
+its anomaly map over it is written beside the alert log (--heatmaps, default a `heatmaps` folder there; the file
+is named by the image's name and its sha256) and the alert line names it. A file that cannot be scored is logged with its reason and skipped;
 the monitor goes on. A state file remembers what was scored, so a restart scores nothing twice.
 
 Whoever can write to the folder is not trusted (docs/reliability.md, "vapm monitor"):
@@ -22,10 +24,14 @@ Whoever can write to the folder is not trusted (docs/reliability.md, "vapm monit
   bounded decoders as ingest (pixel and sample limits checked from headers);
 - a state file that is not what the monitor writes (any content, any kind of file) costs a warning and
   rescoring, never a crash; the state is rewritten atomically (a temporary file, then os.replace), and the
-  alert log and the state are never written through a symbolic link.
+  alert log and the state are never written through a symbolic link;
+- the heatmap folder is opened once, refusing a link, and each picture is created inside it through that open
+  folder without following links; its name keeps only letters, digits, '.', '_' and '-' of the image's name; the
+  folder is never scored, also when it lies inside the watched one.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +48,10 @@ from vapm.data.ingest.limits import DEFAULT_MAX_MEMBER_BYTES
 from vapm.serving.alerts import MonitorError, check_alert_log, describe, open_alert_log, summarise
 from vapm.serving.monitor_state import read_state, write_state
 from vapm.serving.untrusted_files import (
+    CLOEXEC,
+    NOFOLLOW,
+    NONBLOCK,
+    kind_of,
     not_through_link,
     read_within,
     refusal,
@@ -51,6 +61,7 @@ from vapm.serving.untrusted_files import (
 from vapm.serving.warm_models import model_suffixes
 
 ALERT_LOG = "alerts.jsonl"
+HEATMAP_FOLDER = "heatmaps"  # beside the alert log
 STATE_FILE = ".vapm-monitor-state.json"
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 SCHEMA_VERSION = 1
@@ -72,9 +83,11 @@ class Monitor:
     settle: float = 0.25
     out: Any = sys.stdout
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger files are refused from their stat, never read
+    heatmap_dir: Path | None = None          # overlays of abnormal images (default: HEATMAP_FOLDER beside the log)
     done: dict[str, list[int]] = field(default_factory=dict)  # relative path -> [size, mtime_ns] scored
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _state_warned: bool = False
+    _heatmap_fd: int | None = None
 
     def __post_init__(self) -> None:
         self.folder = self.folder.resolve()
@@ -85,6 +98,11 @@ class Monitor:
             raise MonitorError(f"the file size limit must be a whole number of bytes, at least 1, "
                                f"got {self.max_file_bytes!r}")
         check_alert_log(self.alert_log)
+        if any(getattr(model, "gives_maps", False) for model in self.models):
+            self.heatmap_dir = not_through_link(self.heatmap_dir or self.alert_log.parent / HEATMAP_FOLDER)
+            self._heatmap_fd = open_heatmap_folder(self.heatmap_dir)
+        else:
+            self.heatmap_dir, self._heatmap_fd = None, None
         self.load_state()
 
     # ----------------------------------------------------------------- its own files
@@ -118,6 +136,8 @@ class Monitor:
         (what it is, a regular file or not, is looked at when it is scored)."""
         if Path(os.path.abspath(path)) in (self.alert_log, self.state_file) or path.name.startswith("."):
             return False
+        if self.heatmap_dir is not None and self.heatmap_dir in Path(os.path.abspath(path)).parents:
+            return False  # our own pictures
         if path.suffix.lower() in IGNORED_SUFFIXES:
             return False
         return any(path.suffix.lower() in model_suffixes(model) for model in self.models)
@@ -209,9 +229,15 @@ class Monitor:
         answers: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _, _ in files}
         for model in self.models:
             batch = [(name, data) for name, path, _, data in files if path.suffix.lower() in model_suffixes(model)]
-            if batch:
-                for (name, _), answer in zip(batch, model.predict_files(batch)):
-                    answers[name].append(answer)
+            if not batch:
+                continue
+            maps = self._heatmap_fd is not None and getattr(model, "gives_maps", False)
+            for (name, data), answer in zip(batch, model.predict_files(batch, maps=True) if maps
+                                            else model.predict_files(batch)):
+                heatmap = answer.pop("anomaly_map", None)
+                if heatmap is not None and answer.get("status") == "abnormal":
+                    answer["heatmap"] = self.write_heatmap(model, name, data, answer, heatmap)
+                answers[name].append(answer)
         lines = []
         for name, path, signature, data in files:
             results = answers[name]
@@ -219,6 +245,34 @@ class Monitor:
             lines.append(self.line(name, signature, signature[0], hashlib.sha256(data).hexdigest(),
                                    [r for r in results if "error" not in r], "; ".join(errors) or None))
         return lines
+
+    def write_heatmap(self, model: Any, name: str, data: bytes, answer: dict[str, Any], heatmap: Any) -> str | None:
+        """The abnormal image with its anomaly map over it, as a PNG in the heatmap folder; its path, or None (and
+        one warning line) when it cannot be written: the alert itself is never lost for a picture."""
+        import io
+
+        from vapm.models.vision_anomaly.overlay import save_anomaly_overlay_png
+
+        stem = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in Path(name).stem)[:80]
+        picture = f"{stem or 'image'}-{hashlib.sha256(data).hexdigest()[:16]}.png"
+        threshold = float(answer["threshold"])
+        png = io.BytesIO()
+        save_anomaly_overlay_png(model.prepare(name, data), heatmap, None, png,
+                                 f"{shown(Path(name).name)[:60]}\n{answer['model']}: abnormal "
+                                 f"(score {answer['score']:.4g}, threshold {threshold:.4g})",
+                                 vmin=threshold, vmax=max(float(heatmap.max()), 1.5 * threshold))
+        try:
+            fd = os.open(picture, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW | NONBLOCK | CLOEXEC, 0o644,
+                         dir_fd=self._heatmap_fd)
+            with os.fdopen(fd, "wb") as out:
+                if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+                out.write(png.getvalue())
+        except OSError as err:
+            self.warn(f"cannot write the heatmap {shown(picture)} in {shown(str(self.heatmap_dir))} "
+                      f"({err.strerror or err}); the alert is logged without it")
+            return None
+        return str(self.heatmap_dir / picture)
 
     def line(self, name: str, signature: list[int] | None, size: int | None, digest: str | None,
              results: list[dict[str, Any]], error: str | None) -> dict[str, Any]:
@@ -303,6 +357,25 @@ class Monitor:
             return True
         time.sleep(min(self.settle - age, self.settle))  # a modification time in the future waits no longer
         return self.signature(path) == before
+
+
+def open_heatmap_folder(folder: Path) -> int:
+    """The heatmap folder (made when absent), opened as a folder without following a link: pictures are created
+    through this descriptor, so a link planted later under its name changes nothing."""
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        try:
+            folder.mkdir(parents=True)
+        except OSError as err:
+            raise MonitorError(f"cannot make the heatmap folder {shown(str(folder))}: {err.strerror}") from None
+        info = os.lstat(folder)
+    except OSError as err:
+        raise MonitorError(f"cannot use the heatmap folder {shown(str(folder))}: {err.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise MonitorError(f"the heatmap folder {shown(str(folder))} is {kind_of(info.st_mode)}: refusing to write "
+                           "there; remove it, or give --heatmaps a folder")
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | CLOEXEC)
 
 
 def start_observer(folder: Path, note, poll: bool):

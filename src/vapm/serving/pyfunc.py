@@ -8,8 +8,13 @@ decoding and feature steps (vapm.serving.loading) before the network, and regist
          -d '{"dataframe_records": [{"file": "clip.wav", "data": "<base64 of the file>"}]}'
 
 Answer: {"predictions": [{"file", "model", "version", "class", "probability", "probabilities"}]} (a linear
-SVM gives "decision_scores" instead, labelled as such). A file the model cannot take gets HTTP 400 with one
-line naming it; the server goes on serving.
+SVM gives "decision_scores" instead, labelled as such; a detector "status", "score" and "threshold"). A file the
+model cannot take gets HTTP 400 with one line naming it; the server goes on serving.
+
+A visual anomaly detector (vision_anomaly) also returns each image's anomaly map, on request: add
+`"params": {"anomaly_map": true}` to the body, and each answer carries "anomaly_map", the map at the image's side as
+rows of scores (4 decimals). It answers with Keras (it has no ONNX export yet), so its logged model also requires
+TensorFlow.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vapm.core.errors import VapmError
 
 MODEL_FOLDER_ARTIFACT = "model_folder"
@@ -29,6 +36,9 @@ REQUEST_COLUMNS = ("file", "data")
 # scikit-learn and skops load an SVM folder saved before its NumPy export existed.
 REQUIREMENTS = ("numpy", "pandas", "pydantic", "pillow", "soundfile", "soxr", "PyWavelets", "onnxruntime",
                 "scikit-learn", "skops", "mlflow")
+NATIVE_REQUIREMENTS = ("scipy", "tensorflow", "tensorflow-cpu", "keras")  # without a light runtime: Keras (the installed TF)
+MAP_PARAM = "anomaly_map"
+MAP_DECIMALS = 4
 
 
 class ServingError(VapmError, ValueError):
@@ -82,27 +92,35 @@ def _python_model_class():
             from vapm.serving.loading import load_model
 
             folder = Path(context.artifacts[MODEL_FOLDER_ARTIFACT])
-            self.model = load_model(folder, version=model_version(folder.parent.parent))
+            # runtime None: the light one where the model has it, else native (a PatchCore detector)
+            self.model = load_model(folder, version=model_version(folder.parent.parent), runtime=None)
 
         def predict(self, context, model_input, params=None):
             from mlflow.exceptions import MlflowException
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+            maps = bool((params or {}).get(MAP_PARAM, False))
             try:
-                results = self.model.predict_files(decode_request(model_input))
+                if maps and not self.model.gives_maps:
+                    raise ServingError(f"{self.model.name} gives no anomaly map: {MAP_PARAM} is for a visual "
+                                       "anomaly detector")
+                results = self.model.predict_files(decode_request(model_input), maps=maps)
             except ServingError as err:
                 raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
             errors = [result["error"] for result in results if "error" in result]
             if errors:
                 raise MlflowException("; ".join(errors), error_code=INVALID_PARAMETER_VALUE)
+            for result in results:
+                if MAP_PARAM in result:
+                    result[MAP_PARAM] = np.round(result[MAP_PARAM], MAP_DECIMALS).tolist()
             return results
 
     return RawFileModel
 
 
-def requirements() -> list[str]:
+def requirements(native: bool = False) -> list[str]:
     pinned = []
-    for name in REQUIREMENTS:
+    for name in REQUIREMENTS + (NATIVE_REQUIREMENTS if native else ()):
         try:
             pinned.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -141,6 +159,10 @@ def log_raw_file_model(model_dir: Path):
     import pandas as pd
     from mlflow.models import infer_signature
 
+    from vapm.artefacts import artefact
+    from vapm.artefacts.record import read_model_record
+
+    native = not getattr(artefact(read_model_record(Path(model_dir))["artefact"]), "light_runtime", True)
     example = pd.DataFrame({"file": ["example.wav"], "data": ["UklGRg=="]})
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="vapm-served-code-") as scratch:
         # MLflow suggests type hints and an input example; the signature says what a request holds, and an
@@ -148,5 +170,5 @@ def log_raw_file_model(model_dir: Path):
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
         return mlflow.pyfunc.log_model(
             name="model", python_model=_python_model_class()(), artifacts={MODEL_FOLDER_ARTIFACT: str(model_dir)},
-            code_paths=[str(copy_served_code(Path(scratch)))], pip_requirements=requirements(),
-            signature=infer_signature(example))
+            code_paths=[str(copy_served_code(Path(scratch)))], pip_requirements=requirements(native),
+            signature=infer_signature(example, params={MAP_PARAM: False}))

@@ -16,7 +16,7 @@ def warm_up(model: Any) -> None:
         from PIL import Image
 
         Image.fromarray(np.full((64, 64), 128, dtype=np.uint8)).save(buffer, format="PNG")
-        model.predict_files([("warm-up.png", buffer.getvalue())])
+        model.predict_files([("warm-up.png", buffer.getvalue())], maps=getattr(model, "gives_maps", False))
         return
     import soundfile
 

@@ -19,6 +19,7 @@ Modules (each small, each tested on tiny inputs):
 - `model`: `PatchCoreModel` (score, save, load) and `fit_patchcore`; the threshold is
   `vapm.models.components.anomaly_threshold`'s, shared with acoustic_anomaly.
 - `settings`: `Params`, the `vision_anomaly:` params section.
+- `overlay`: an anomaly map drawn over its image (PNG), for the gallery, `vapm predict --heatmap` and the monitor.
 """
 from vapm.models.vision_anomaly.model import PatchCoreModel, fit_patchcore
 from vapm.models.vision_anomaly.trainer import Params, train
