@@ -4,7 +4,6 @@ as the line loads it, and the evaluate stage's detector outputs with its anomaly
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +47,29 @@ def test_the_stage_saves_a_detector_that_loads_and_scores_as_trained(trained: Pa
     predictions = pd.read_parquet(folder / "predictions.parquet")
     test = np.flatnonzero(splits == "test")
     assert len(predictions) == len(test) and predictions["normal"].tolist() == (labels[test] == normal_label).tolist()
-    with pytest.raises(ArtefactError, match="runtime native"):
-        artefact("patchcore").load(folder)
     model = artefact("patchcore").load(folder, "native")
     scores = artefact("patchcore").scores(model, images[test])
     assert scores.tobytes() == predictions["score"].to_numpy(np.float64).tobytes()  # bit-identical after loading
     assert np.array_equal(model.is_abnormal(scores), predictions["abnormal"].to_numpy())
+    # the light runtime: the extractor's ONNX export, checked at training, answers as Keras within its tolerance
+    from vapm.artefacts.patchcore import SCORE_TOLERANCE
+
+    assert record["runtimes"] == {"onnx": "extractor.onnx"}
+    light = artefact("patchcore").load(folder)
+    assert type(light.extractor).__name__ == "OnnxModel"
+    light_scores = artefact("patchcore").scores(light, images[test])
+    assert np.max(np.abs(light_scores - scores) / scores) <= SCORE_TOLERANCE
+    assert np.array_equal(light.is_abnormal(light_scores), predictions["abnormal"].to_numpy())
+    # without TensorFlow or Keras in the process
+    probe = ("import sys, numpy as np\nfrom vapm.serving.loading import load_model\n"
+             f"m = load_model({str(folder)!r})\nx = np.load({str(trained / 'probe.npy')!r})\n"
+             "print(m.scores(x).tolist())\n"
+             "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted({'tensorflow', 'keras'} & set(sys.modules))")
+    np.save(trained / "probe.npy", images[test][:3])
+    shown = run(["python", "-c", probe], trained).stdout
+    assert json.loads(shown.strip().splitlines()[-1]) == light_scores[:3].tolist()
+    with pytest.raises(ArtefactError, match="unknown runtime"):
+        artefact("patchcore").load(folder, "gpu")
     evaluation = json.loads((folder / "evaluation.json").read_text())["clean"]
     assert 0.0 <= evaluation["overall"]["auc"] <= 1.0
     assert set(evaluation["per_fault"]) == set(record["classes"]) - {"Normal"}
@@ -156,13 +172,13 @@ def test_the_logged_mlflow_model_answers_with_the_anomaly_map_on_request(trained
     finally:
         mlflow.set_tracking_uri(None)
     assert plain["status"] in ("normal", "abnormal") and "anomaly_map" not in plain
-    assert re.search(r"^tensorflow(-cpu)?==", requirements, re.M)  # it answers with Keras: its environment needs TF
+    assert "scipy==" in requirements and "tensorflow" not in requirements  # ONNX Runtime and NumPy answer
     heatmap = np.asarray(mapped["anomaly_map"])
     assert heatmap.shape == image.shape and {k: v for k, v in mapped.items() if k != "anomaly_map"} == plain
     # the served map is the detector's own, rounded to 4 decimals
     from vapm.serving.loading import load_model
 
-    (local,) = load_model(folder, runtime="native").predict_files([(part.name, part.read_bytes())], maps=True)
+    (local,) = load_model(folder).predict_files([(part.name, part.read_bytes())], maps=True)  # as served: ONNX
     np.testing.assert_array_equal(heatmap, np.round(local["anomaly_map"], 4))
     with pytest.raises(MlflowException, match="not base64"):
         served.predict(request.assign(data="not base64!"), params={"anomaly_map": True})

@@ -66,6 +66,10 @@ class OnnxModel:
     def scores(self, x: Any) -> np.ndarray:
         return self.outputs(x)[0]
 
+    def predict_on_batch(self, x: Any) -> np.ndarray:
+        """As Keras's `predict_on_batch`: the first output for one batch (PatchCore's patch extractor)."""
+        return self.scores(x)
+
     def scores_and_features(self, x: Any) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """The scores and the feature groups (every further output), None for an export without them."""
         outputs = self.outputs(x)

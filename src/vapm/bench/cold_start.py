@@ -104,7 +104,7 @@ def run_benchmark(model_dirs: list[Path], files: dict[str, Path], runs: int, cwd
         modality = "vision" if record["input"]["kind"] == "image" else "audio"
         if modality not in files:
             continue
-        # An artefact without a light runtime yet (PatchCore) is timed with the one it has.
+        # An artefact without a light runtime is timed with the one it has.
         runtimes = [r for r in RUNTIMES if r != "onnx" or getattr(artefact(record["artefact"]), "light_runtime", True)]
         samples: dict[str, list[tuple[float, float]]] = {runtime: [] for runtime in runtimes}
         answers: dict[str, str] = {}

@@ -60,7 +60,7 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
                         help="onnx (the default where the model has it): the files training exported and checked, "
                              "through ONNX Runtime for networks and NumPy for the SVM and detectors, without "
                              "TensorFlow or scikit-learn; keras (or native): the model as trained, with Keras or "
-                             "scikit-learn (the default for a model without a light runtime: vision_anomaly)")
+                             "scikit-learn (the default for a model folder saved without a light runtime)")
 
 
 def write_heatmaps(model: Any, files: list[tuple[str, bytes]], results: list[dict[str, Any]], folder: Path) -> None:

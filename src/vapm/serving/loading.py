@@ -163,7 +163,7 @@ def load_model(folder: str | Path, version: str | None = None, runtime: str | No
 
     runtime "onnx" (the default) answers with the light files training exported and checked (model.onnx through
     ONNX Runtime; plain NumPy for the SVM and the statistical detectors); "native" with the training libraries;
-    None: "onnx" where the model's artefact has a light runtime, else "native" (a PatchCore detector). Another
+    None: "onnx" where the model's artefact has a light runtime, else "native". Another
     runtime is an ArtefactError naming the known ones (vapm.artefacts.RUNTIMES).
     """
     folder = Path(folder)

@@ -13,8 +13,7 @@ model cannot take gets HTTP 400 with one line naming it; the server goes on serv
 
 A visual anomaly detector (vision_anomaly) also returns each image's anomaly map, on request: add
 `"params": {"anomaly_map": true}` to the body, and each answer carries "anomaly_map", the map at the image's side as
-rows of scores (4 decimals). It answers with Keras (it has no ONNX export yet), so its logged model also requires
-TensorFlow.
+rows of scores (4 decimals).
 """
 from __future__ import annotations
 
@@ -32,11 +31,11 @@ from vapm.core.errors import VapmError
 MODEL_FOLDER_ARTIFACT = "model_folder"
 REQUEST_COLUMNS = ("file", "data")
 # What the served model needs besides Python (pinned to this environment; `--env-manager local` uses it as is).
-# It answers through ONNX Runtime (networks) and NumPy (the SVM, the statistical detectors): no TensorFlow or Keras.
+# It answers through ONNX Runtime (networks, PatchCore's extractor) and NumPy (the SVM, the statistical detectors, the
+# memory bank): no TensorFlow or Keras.
 # scikit-learn and skops load an SVM folder saved before its NumPy export existed.
 REQUIREMENTS = ("numpy", "pandas", "pydantic", "pillow", "soundfile", "soxr", "PyWavelets", "onnxruntime",
-                "scikit-learn", "skops", "mlflow")
-NATIVE_REQUIREMENTS = ("scipy", "tensorflow", "tensorflow-cpu", "keras")  # without a light runtime: Keras (the installed TF)
+                "scipy", "scikit-learn", "skops", "mlflow")  # scipy: a visual anomaly detector's maps
 MAP_PARAM = "anomaly_map"
 MAP_DECIMALS = 4
 
@@ -92,7 +91,7 @@ def _python_model_class():
             from vapm.serving.loading import load_model
 
             folder = Path(context.artifacts[MODEL_FOLDER_ARTIFACT])
-            # runtime None: the light one where the model has it, else native (a PatchCore detector)
+            # runtime None: the light one where the model has it (all of vapm's now), else native
             self.model = load_model(folder, version=model_version(folder.parent.parent), runtime=None)
 
         def predict(self, context, model_input, params=None):
@@ -118,9 +117,9 @@ def _python_model_class():
     return RawFileModel
 
 
-def requirements(native: bool = False) -> list[str]:
+def requirements() -> list[str]:
     pinned = []
-    for name in REQUIREMENTS + (NATIVE_REQUIREMENTS if native else ()):
+    for name in REQUIREMENTS:
         try:
             pinned.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -159,10 +158,6 @@ def log_raw_file_model(model_dir: Path):
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from vapm.artefacts import artefact
-    from vapm.artefacts.record import read_model_record
-
-    native = not getattr(artefact(read_model_record(Path(model_dir))["artefact"]), "light_runtime", True)
     example = pd.DataFrame({"file": ["example.wav"], "data": ["UklGRg=="]})
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="vapm-served-code-") as scratch:
         # MLflow suggests type hints and an input example; the signature says what a request holds, and an
@@ -170,5 +165,5 @@ def log_raw_file_model(model_dir: Path):
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
         return mlflow.pyfunc.log_model(
             name="model", python_model=_python_model_class()(), artifacts={MODEL_FOLDER_ARTIFACT: str(model_dir)},
-            code_paths=[str(copy_served_code(Path(scratch)))], pip_requirements=requirements(native),
+            code_paths=[str(copy_served_code(Path(scratch)))], pip_requirements=requirements(),
             signature=infer_signature(example, params={MAP_PARAM: False}))

@@ -102,12 +102,14 @@ def extract_patches(extractor: Any, images: np.ndarray, batch_size: int = 16) ->
 
     Through Keras's compiled predict step (`predict_on_batch`: one traced graph, reused), not an eager call: a
     224 px image takes some 20 ms instead of 120 ms on 2 cores. Fitting and predicting both come here, so the bank
-    and the images scored against it are computed by the same graph.
+    and the images scored against it are computed by the same graph. An ONNX Runtime session of the exported
+    extractor (vapm.artefacts.onnx.OnnxModel) is called the same way.
     """
     images = np.asarray(images)
     out = [np.asarray(extractor.predict_on_batch(images[start:start + batch_size].astype(np.float32)))
            for start in range(0, len(images), batch_size)]
     if not out:
-        h, w, d = (int(s) for s in extractor.output.shape[1:])
+        shape = extractor.output.shape if hasattr(extractor, "output") else extractor.session.get_outputs()[0].shape
+        h, w, d = (int(s) for s in shape[1:])
         return np.zeros((0, h, w, d), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)

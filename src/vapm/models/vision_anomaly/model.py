@@ -136,9 +136,9 @@ class PatchCoreModel:
         return directory / MODEL_FILE
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PatchCoreModel":
-        import keras
-
+    def load(cls, directory: str | Path, extractor: Any = None) -> "PatchCoreModel":
+        """The saved detector; with `extractor` (e.g. an ONNX Runtime session of extractor.onnx) instead of the
+        folder's extractor.keras, and then without importing Keras."""
         directory = Path(directory)
         path = directory / MODEL_FILE
         if not path.is_file():
@@ -147,7 +147,10 @@ class PatchCoreModel:
         bank = np.load(directory / BANK_FILE, allow_pickle=False)
         if list(bank.shape) != values["bank_shape"] or bank.dtype != np.float32:
             raise PatchCoreError(f"{directory / BANK_FILE} is not the bank {path} describes: retrain the model")
-        extractor = keras.saving.load_model(directory / EXTRACTOR_FILE, compile=False)
+        if extractor is None:
+            import keras
+
+            extractor = keras.saving.load_model(directory / EXTRACTOR_FILE, compile=False)
         info = {key: values[key] for key in ("settings", "weights", "n_patches", "grid") if key in values}
         return cls(extractor=extractor, bank=bank, threshold=Threshold.from_dict(values["threshold"]),
                    normal_class=values["normal_class"], n_neighbors=int(values["n_neighbors"]),
