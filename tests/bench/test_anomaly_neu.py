@@ -49,3 +49,22 @@ def test_one_vs_rest_rows_summary_and_table():
     table = markdown_table({"one_vs_rest": rows})
     assert table.count("\n| vertical |") == 1 and "| horizontal |" in table
     assert f"**{summary['mean_auroc']:.3f}**" in table and "pAUC at FPR <= 0.1" in table
+
+
+def test_latency_is_measured_in_fresh_processes_for_both_runtimes():
+    from vapm.bench.anomaly_neu import detector_params, markdown_table, measure_latency
+    from vapm.models.vision_anomaly import fit_patchcore
+
+    rng = np.random.default_rng(3)
+    images = np.stack([stripes(rng, vertical=True) for _ in range(8)])
+    params = detector_params(32, threshold_method="holdout", validation_fraction=0.25, feature_dim=16,
+                             max_bank_size=50)
+    model = fit_patchcore(images, np.zeros(8, int), np.array(["train"] * 8), ["ok"], settings=params.model_copy(
+        update={"normal_class": "ok"}), seed=1)
+    measured = measure_latency(model, images[:3], calls=2, warmup=1, threads=1, seed=1)
+    assert set(measured) == {"onnx", "keras"} and measured["onnx"]["runtime"] == "onnx"
+    for latency in measured.values():
+        assert latency["total"]["n"] == 2 and latency["total"]["median_ms"] > 0 and latency["image_shape"] == [32, 32]
+    result = {"latency": {**measured["onnx"]}, "latency_keras": {**measured["keras"]}}
+    table = markdown_table(result)
+    assert "runtime onnx (the default)" in table and "runtime keras (--runtime native)" in table

@@ -119,12 +119,17 @@ def markdown_table(result: dict[str, Any]) -> str:
         s = summarize(rows)
         lines.append(f"| **mean of {s['classes']}** | | | **{s['mean_auroc']:.3f}** | **{s['mean_pauc']:.3f}** | | | | "
                      f"{s['mean_fit_s']:.0f} |")
-    latency = result.get("latency")
-    if latency:
+    for key in ("latency", "latency_keras"):
+        latency = result.get(key)
+        if not latency:
+            continue
         side = latency["image_shape"][0]
-        lines += ["", f"| one {side} px image after load, {latency['threads']} threads, {latency['calls']} calls "
-                      "| median (ms) | p90 (ms) |", "|---|---:|---:|"]
-        names = {"total": "**predict (score and anomaly map)**", "extract": "feature extraction (compiled predict step)",
+        runtime = latency.get("runtime", "keras")
+        runtime = {"onnx": "runtime onnx (the default): ONNX Runtime + NumPy",
+                   "native": "runtime keras (--runtime native)"}.get(runtime, runtime)
+        lines += ["", f"| one {side} px image after load, {runtime}, {latency['threads']} threads, {latency['calls']} "
+                      "calls | median (ms) | p90 (ms) |", "|---|---:|---:|"]
+        names = {"total": "**predict (score and anomaly map)**", "extract": "feature extraction",
                  "search": "nearest-bank search and image score", "map": "anomaly map at the image's side"}
         for part, name in names.items():
             if part in latency:
@@ -133,7 +138,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     if memory:
         lines += ["", f"Memory: bank {memory['bank_mb']:.1f} MB, extractor weights {memory['extractor_weights_mb']:.1f} MB "
                       f"({memory['extractor_params']} parameters; extractor.keras {memory['extractor_file_mb']:.1f} MB); "
-                      f"peak RSS of a process that loads the model and predicts: {memory['predict_process_peak_rss_mb']:.0f} MB; "
+                      f"peak RSS of a process that loads the model and predicts: {memory['predict_process_peak_rss_mb']:.0f} MB "
+                      f"(runtime onnx; keras: {memory.get('predict_process_peak_rss_mb_keras', float('nan')):.0f} MB); "
                       f"peak RSS of the whole benchmark: {memory['benchmark_peak_rss_mb']:.0f} MB."]
     fit = result.get("fit_1000")
     if fit:
@@ -207,16 +213,17 @@ def weights_digest(extractor: Any) -> str:
 
 # ---- latency, in a fresh process --------------------------------------------------------------------------------
 
-def latency_main(model_dir: Path, images_file: Path, calls: int, warmup: int, threads: int, seed: int) -> dict:
+def latency_main(model_dir: Path, images_file: Path, calls: int, warmup: int, threads: int, seed: int,
+                 runtime: str = "onnx") -> dict:
     from vapm.config.seeding import set_global_seed
 
     set_global_seed(seed, threads=threads)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
-    from vapm.models.vision_anomaly import PatchCoreModel
+    from vapm.artefacts import artefact
     from vapm.models.vision_anomaly.scoring import anomaly_map
 
-    model = PatchCoreModel.load(model_dir)
+    model = artefact("patchcore").load(model_dir, runtime)  # as vapm predict loads it
     load_s = time.perf_counter() - started
     images = np.load(images_file)
     extract, search, mapping, total = [], [], [], []
@@ -239,7 +246,7 @@ def latency_main(model_dir: Path, images_file: Path, calls: int, warmup: int, th
     for i in range(min(calls, 20)):  # the public call, as a user makes it
         model.score_images(images[i % len(images)][None])
     score_images_s = (time.perf_counter() - t0) / min(calls, 20)
-    return {"calls": calls, "warmup": warmup, "threads": threads, "load_s": round(load_s, 2),
+    return {"runtime": runtime, "calls": calls, "warmup": warmup, "threads": threads, "load_s": round(load_s, 2),
             "total": percentiles(total), "extract": percentiles(extract), "search": percentiles(search),
             "map": percentiles(mapping),
             "score_images_mean_ms": round(score_images_s * 1000, 2),
@@ -248,17 +255,25 @@ def latency_main(model_dir: Path, images_file: Path, calls: int, warmup: int, th
 
 
 def measure_latency(model: Any, images: np.ndarray, calls: int, warmup: int, threads: int, seed: int) -> dict:
+    """Per runtime (onnx, the line's default, and keras), the latency of a fresh process that loads the saved model
+    (with its checked ONNX export, as training writes it) and predicts one image at a time."""
+    from vapm.artefacts.patchcore import PatchCoreArtefact
+
+    results = {}
     with tempfile.TemporaryDirectory(prefix="vapm-anomaly-bench-") as folder:
-        model.save(Path(folder) / "model")
+        PatchCoreArtefact().save(model, Path(folder) / "model")
+        PatchCoreArtefact().export(model, Path(folder) / "model", images)
         np.save(Path(folder) / "images.npy", images.astype(np.float32))
         file_mb = (Path(folder) / "model" / "extractor.keras").stat().st_size / 2**20
-        command = [sys.executable, "-m", "vapm.bench.anomaly_neu", "--latency-only", str(Path(folder) / "model"),
-                   "--latency-images", str(Path(folder) / "images.npy"), "--latency-calls", str(calls),
-                   "--warmup", str(warmup), "--threads", str(threads), "--seed", str(seed)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["extractor_file_mb"] = round(file_mb, 2)
-    return result
+        for runtime in ("onnx", "keras"):
+            command = [sys.executable, "-m", "vapm.bench.anomaly_neu", "--latency-only", str(Path(folder) / "model"),
+                       "--latency-images", str(Path(folder) / "images.npy"), "--latency-calls", str(calls),
+                       "--warmup", str(warmup), "--threads", str(threads), "--seed", str(seed),
+                       "--latency-runtime", "native" if runtime == "keras" else runtime]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            results[runtime] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[runtime]["extractor_file_mb"] = round(file_mb, 2)
+    return results
 
 
 # ---- main -------------------------------------------------------------------------------------------------------
@@ -277,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--latency-only", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--latency-images", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-runtime", default="onnx", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.latency_only is not None:
         print(json.dumps(latency_main(args.latency_only, args.latency_images, args.latency_calls, args.warmup,
-                                      args.threads, args.seed)))
+                                      args.threads, args.seed, args.latency_runtime)))
         return 0
 
     from vapm.config.seeding import set_global_seed
@@ -332,23 +348,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{normal} normal: AUROC {row['auroc']:.4f}, pAUC {row['pauc']:.4f}, bank {row['bank_size']}, "
               f"fit {row['fit_s']:.0f} s; load {row['load_average_after']}", flush=True)
         if index == 0:
-            latency = measure_latency(model, images[test_rows], args.latency_calls, args.warmup, threads, seed)
+            measured = measure_latency(model, images[test_rows], args.latency_calls, args.warmup, threads, seed)
             weights_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.extractor.weights)
-            result["latency"] = {key: latency[key] for key in ("calls", "warmup", "threads", "load_s", "total",
-                                                                "extract", "search", "map",
-                                                                "score_images_mean_ms",
-                                                                "bank_shape", "image_shape")}
+            keys = ("runtime", "calls", "warmup", "threads", "load_s", "total", "extract", "search", "map",
+                    "score_images_mean_ms", "bank_shape", "image_shape", "peak_rss_mb")
+            result["latency"] = {key: measured["onnx"][key] for key in keys}
+            result["latency_keras"] = {key: measured["keras"][key] for key in keys}
             result["latency"]["normal_class"] = normal
             result["latency"]["load_average_after"] = load_average()
+            latency = measured["onnx"]
             result["memory"] = {"bank_mb": round(model.bank.nbytes / 2**20, 2),
                                 "extractor_params": int(sum(int(np.prod(w.shape)) for w in model.extractor.weights)),
                                 "extractor_weights_mb": round(weights_bytes / 2**20, 2),
                                 "extractor_file_mb": latency["extractor_file_mb"],
-                                "predict_process_peak_rss_mb": latency["peak_rss_mb"]}
-            t = latency["total"]
-            print(f"latency (one {args.size} px image after load, {threads} threads): median {t['median_ms']:.1f} ms, "
-                  f"p90 {t['p90_ms']:.1f} ms (extract {latency['extract']['median_ms']:.1f}, search "
-                  f"{latency['search']['median_ms']:.1f}); load {load_average()}", flush=True)
+                                "predict_process_peak_rss_mb": latency["peak_rss_mb"],
+                                "predict_process_peak_rss_mb_keras": measured["keras"]["peak_rss_mb"]}
+            for runtime, latency in measured.items():
+                t = latency["total"]
+                print(f"latency, runtime {runtime} (one {args.size} px image after load, {threads} threads): median "
+                      f"{t['median_ms']:.1f} ms, p90 {t['p90_ms']:.1f} ms (extract {latency['extract']['median_ms']:.1f},"
+                      f" search {latency['search']['median_ms']:.1f}, map {latency['map']['median_ms']:.1f}); "
+                      f"load {load_average()}", flush=True)
         del model
         write()
 
