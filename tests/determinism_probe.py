@@ -4,7 +4,8 @@
 
 prints one JSON object: a sha256 per array (synthetic clips and images, MFCC + log-mel images, wavelet
 energies, resized images, SVM coefficients and decision values, trained weights and test probabilities
-of the three neural models and the scratch recipe) and the compute report. tests/config/test_determinism.py runs it in subprocesses
+of the three neural models and the scratch recipe, the PatchCore detector's patch features, bank, scores and
+anomaly maps) and the compute report. tests/config/test_determinism.py runs it in subprocesses
 under different environments and core affinities and compares the digests.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 import numpy as np
 
-PIECES = ("synth", "features", "svm", "train")
+PIECES = ("synth", "features", "svm", "train", "anomaly")
 AUDIO_CLASSES = ["Bearing", "Flywheel", "Healthy", "LIV", "LOV", "NRV", "Piston", "Riderbelt"]
 VISION_CLASSES = ["Crazing", "Inclusion", "Patches", "Pitted", "Rolled", "Scratches"]
 RATE = 50000 / 3
@@ -128,6 +129,23 @@ def probe_train(out: dict) -> None:
     record("vision_transfer_efficientnet", vision_transfer.train_transfer(
         job(images, labels, splits, vision_transfer.Params(base="efficientnet_lite0", **transfer), 6, epochs=1),
         efficientnet))
+
+
+def probe_anomaly(out: dict) -> None:
+    """vision_anomaly (PatchCore) on the offline ImageNet EfficientNet-Lite0 at 64 px: what its numbers hang on."""
+    from vapm.config.seeding import set_global_seed
+    from vapm.models.vision_anomaly import Params, fit_patchcore
+
+    set_global_seed(0)
+    images = np.stack([np.asarray(image, dtype=np.float32) for image in synthetic_images(12)])[:, ::3, ::3][:, :64, :64]
+    labels, splits = np.array([0] * 8 + [1] * 4), np.array(["train"] * 6 + ["test"] * 6)
+    params = Params(normal_class="ok", input_size=64, max_bank_size=100, threshold_method="holdout",
+                    validation_fraction=0.34)
+    model = fit_patchcore(images, labels, splits, ["ok", "defect"], settings=params, seed=0)
+    scores, maps = model.score_with_maps(images[6:])
+    out["patchcore_patches"] = digest(model.patches(images[:6]))
+    out["patchcore_bank"] = digest(model.bank)
+    out["patchcore_scores"] = digest(scores, maps)
 
 
 def main(pieces: list[str]) -> dict:

@@ -166,19 +166,21 @@ def test_features_are_the_same_bits_under_every_numpy_simd_level_blas_kernel_and
 
 @needs_avx2_fma
 def test_training_is_the_same_bits_on_one_or_two_cores_whatever_the_user_set_for_onednn():
-    pinned = probe(["train"])
+    pinned = probe(["train", "anomaly"])
     assert pinned["compute"]["pinned"], pinned["compute"]["problems"]
     assert pinned["compute"]["tensorflow_threads"] == [2, 2]
+    assert {"vision_scratch_weights", "patchcore_bank", "patchcore_scores"} <= set(pinned)
     # A 1-core machine (still 2 threads), and a user who asked for other oneDNN kernels: pins win.
-    other = probe(["train"], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "TF_ENABLE_ONEDNN_OPTS": "0"}, cpus="0")
+    other = probe(["train", "anomaly"], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "TF_ENABLE_ONEDNN_OPTS": "0"},
+                  cpus="0")
     assert differing(pinned, other) == []
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_AVX512, reason="shows what AVX-512 kernels change: needs an AVX-512 CPU")
 def test_without_the_pins_avx512_kernels_change_the_training_and_the_log10():
-    pinned = probe(["features", "train"])
-    native = probe(["features", "train"], NATIVE)
+    pinned = probe(["features", "train", "anomaly"])
+    native = probe(["features", "train", "anomaly"], NATIVE)
     assert not native["compute"]["pinned"]
     changed = differing(pinned, native)
     assert {"vision_scratch_weights", "acoustic_cnn_weights"} <= set(changed)
