@@ -76,8 +76,10 @@ class OnnxModel:
         return outputs[0], (outputs[1:] or None)
 
 
-def open_session(path: Path, threads: int = 0) -> OnnxModel:
-    """An ONNX Runtime session on the CPU; threads 0 lets ONNX Runtime use one per physical core."""
+def open_session(path: Path, threads: int = 0, spin: bool = True) -> OnnxModel:
+    """An ONNX Runtime session on the CPU; threads 0 lets ONNX Runtime use one per physical core. spin False: its
+    threads sleep as soon as a run ends instead of spinning for the next one, for a caller whose own work (NumPy,
+    BLAS) follows each run on the same cores."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -88,6 +90,8 @@ def open_session(path: Path, threads: int = 0) -> OnnxModel:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are about graph fusions, not the user
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
