@@ -406,11 +406,13 @@ def test_toy_model_added_by_one_entry_one_section_and_its_trainer(pipeline: Path
     assert "acoustic_logreg" in (repo / "reports" / "report.md").read_text()
     # The benchmark (make bench) runs every stage of a copy of this workspace and reports every registered model.
     run(["python", "-m", "vapm.bench", "--source", str(repo), "--workdir", str(tmp_path / "bench"),
-         "--out", str(tmp_path / "bench-results")], repo, timeout=3600)
+         "--out", str(tmp_path / "bench-results"), "--cold-start-runs", "1"], repo, timeout=3600)
     benchmarked = json.loads((tmp_path / "bench-results.json").read_text())
     assert "train@acoustic_logreg" in benchmarked["stages"]
     assert benchmarked["metrics"]["acoustic_logreg"] == scores  # deterministic: the same numbers as dvc repro
     assert benchmarked["monitor"]["clips"]["files_per_second"] > 0
+    cold = {(row["model"], row["runtime"]): row for row in benchmarked["cold_start"]["rows"]}
+    assert ("acoustic_logreg", "onnx") in cold and all(len(row["wall_runs_s"]) == 1 for row in cold.values())
     assert touched_before <= set(run(["git", "ls-files"], repo).stdout.split())
 
 

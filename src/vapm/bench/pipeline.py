@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra param overrides after the preset, e.g. --set train.epochs=3")
     parser.add_argument("--crossval", action="store_true",
                         help="also run the k-fold evaluation `vapm crossval` (the models in crossval.models)")
+    parser.add_argument("--cold-start-runs", type=int, default=5, metavar="N",
+                        help="cold predict runs per model and runtime (5; their median is reported)")
     parser.add_argument("--skip-pipeline", action="store_true",
                         help="do not time every stage: only build the features the roofline and comparison need")
     parser.add_argument("--roofline", action="store_true",
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         if not args.skip_pipeline:
-            run_pipeline(repo, env, log, result, sample_data, args.crossval, args.out)
+            run_pipeline(repo, env, log, result, sample_data, args.crossval, args.out, args.cold_start_runs)
         elif args.roofline or args.compare_book or args.before_after:
             print("[bench] building the features (dvc repro featurize) ...", flush=True)
             timed_run(["dvc", "repro", "featurize"], repo, env, log)
@@ -200,7 +202,7 @@ def machine_facts() -> dict[str, Any]:
 
 
 def run_pipeline(repo: Path, env: dict[str, str], log, result: dict[str, Any], sample_data: bool, crossval: bool,
-                 out: Path) -> None:
+                 out: Path, cold_start_runs: int = 5) -> None:
     stages = [s for s in pipeline_stages(repo, env) if sample_data or s != "sample_data"]
     for stage in stages:
         print(f"[bench] {stage} ...", flush=True)
@@ -220,6 +222,8 @@ def run_pipeline(repo: Path, env: dict[str, str], log, result: dict[str, Any], s
         command = [sys.executable, "-m", f"vapm.bench.{module}", "--out", str(part_out)]
         for archive in archives:
             command += ["--archive", archive]
+        if module == "cold_start":
+            command += ["--runs", str(cold_start_runs)]
         timed_run(command, repo, env, log)
         result[key] = json.loads(part_out.with_suffix(".json").read_text())
         write_results(result, out)
