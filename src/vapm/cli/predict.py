@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vapm.core.errors import VapmError, one_line
 
 
@@ -63,26 +61,21 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
                              "scikit-learn (the default for a model folder saved without a light runtime)")
 
 
-def write_heatmaps(model: Any, files: list[tuple[str, bytes]], results: list[dict[str, Any]], folder: Path) -> None:
+def write_heatmaps(results: list[dict[str, Any]], folder: Path) -> None:
     """Each answer's anomaly map over its image, with score and threshold, as folder/<file name>.png (the answer's
-    "heatmap" then names it). The colour starts at the threshold: a normal part shows (almost) no heat."""
-    from vapm.models.vision_anomaly.overlay import save_anomaly_overlay_png
+    "heatmap" then names it)."""
+    from vapm.models.vision_anomaly.overlay import save_answer_overlay_png
 
-    data = dict(files)
     used: set[str] = set()
     for result in results:
-        heatmap = result.pop("anomaly_map", None)
+        heatmap, image = result.pop("anomaly_map", None), result.pop("anomaly_image", None)
         if heatmap is None:
             continue
         stem, n = Path(result["file"]).stem, 1
         while (name := stem if n == 1 else f"{stem}-{n}") in used:  # two files of one name from two folders
             n += 1
         used.add(name)
-        threshold = result["threshold"]
-        title = f"{Path(result['file']).name}\n{result['status']} (score {result['score']:.4g}, threshold {threshold:.4g})"
-        path = save_anomaly_overlay_png(model.prepare(result["file"], data[result["file"]]), heatmap, None,
-                                        folder / f"{name}.png", title, vmin=threshold,
-                                        vmax=max(float(np.max(heatmap)), 1.5 * threshold))
+        path = save_answer_overlay_png(image, heatmap, result, Path(result["file"]).name, folder / f"{name}.png")
         result["heatmap"] = str(path)
 
 
@@ -110,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     files, unreadable = read_files(args.files)
     results = model.predict_files(files, maps=args.heatmap is not None) + unreadable
     if args.heatmap is not None:
-        write_heatmaps(model, files, results, args.heatmap)
+        write_heatmaps(results, args.heatmap)
     order = {path: i for i, path in enumerate(args.files)}
     results.sort(key=lambda result: order[result["file"]])
     if args.json:

@@ -83,7 +83,8 @@ class LoadedModel:
     def answer_decoded(self, names: list[str], decoded: list[np.ndarray], maps: bool = False
                        ) -> list[dict[str, Any]]:
         """The answers for decoded items (what `decode` gives): input checks, then the model in one batch. With
-        `maps` (a model that `gives_maps`), each answer also holds its "anomaly_map", float64 at the image's side."""
+        `maps` (a model that `gives_maps`), each answer also holds its "anomaly_map", float64 at the image's side, and
+        the "anomaly_image" it belongs to (the model's input): callers pop both before printing the answer."""
         if not decoded:
             return []
         inputs = np.stack([self.input.from_decoded(item) for item in decoded])
@@ -92,8 +93,8 @@ class LoadedModel:
                 raise InferenceError(f"{self.name} gives no anomaly map (only a visual anomaly detector does)")
             scores, heatmaps = self._artefact.scores_and_maps(self.model, inputs)
             answers = [self.result(name, np.asarray([score])) for name, score in zip(names, scores)]
-            for answer, heatmap in zip(answers, heatmaps):
-                answer["anomaly_map"] = heatmap
+            for answer, heatmap, image in zip(answers, heatmaps, inputs):
+                answer["anomaly_map"], answer["anomaly_image"] = heatmap, image
             return answers
         reasons = [self.input.input_reasons(item) for item in decoded]
         layers = tuple(self.record.get("unfamiliar", {}).get("layers", ["penultimate"])[1:])

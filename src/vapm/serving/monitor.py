@@ -234,9 +234,9 @@ class Monitor:
             maps = self._heatmap_fd is not None and getattr(model, "gives_maps", False)
             for (name, data), answer in zip(batch, model.predict_files(batch, maps=True) if maps
                                             else model.predict_files(batch)):
-                heatmap = answer.pop("anomaly_map", None)
+                heatmap, image = answer.pop("anomaly_map", None), answer.pop("anomaly_image", None)
                 if heatmap is not None and answer.get("status") == "abnormal":
-                    answer["heatmap"] = self.write_heatmap(model, name, data, answer, heatmap)
+                    answer["heatmap"] = self.write_heatmap(name, data, answer, image, heatmap)
                 answers[name].append(answer)
         lines = []
         for name, path, signature, data in files:
@@ -246,21 +246,17 @@ class Monitor:
                                    [r for r in results if "error" not in r], "; ".join(errors) or None))
         return lines
 
-    def write_heatmap(self, model: Any, name: str, data: bytes, answer: dict[str, Any], heatmap: Any) -> str | None:
+    def write_heatmap(self, name: str, data: bytes, answer: dict[str, Any], image: Any, heatmap: Any) -> str | None:
         """The abnormal image with its anomaly map over it, as a PNG in the heatmap folder; its path, or None (and
         one warning line) when it cannot be written: the alert itself is never lost for a picture."""
         import io
 
-        from vapm.models.vision_anomaly.overlay import save_anomaly_overlay_png
+        from vapm.models.vision_anomaly.overlay import save_answer_overlay_png
 
         stem = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in Path(name).stem)[:80]
         picture = f"{stem or 'image'}-{hashlib.sha256(data).hexdigest()[:16]}.png"
-        threshold = float(answer["threshold"])
         png = io.BytesIO()
-        save_anomaly_overlay_png(model.prepare(name, data), heatmap, None, png,
-                                 f"{shown(Path(name).name)[:60]}\n{answer['model']}: abnormal "
-                                 f"(score {answer['score']:.4g}, threshold {threshold:.4g})",
-                                 vmin=threshold, vmax=max(float(heatmap.max()), 1.5 * threshold))
+        save_answer_overlay_png(image, heatmap, answer, f"{shown(Path(name).name)[:60]} ({answer['model']})", png)
         try:
             fd = os.open(picture, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW | NONBLOCK | CLOEXEC, 0o644,
                          dir_fd=self._heatmap_fd)

@@ -110,6 +110,7 @@ def _python_model_class():
             if errors:
                 raise MlflowException("; ".join(errors), error_code=INVALID_PARAMETER_VALUE)
             for result in results:
+                result.pop("anomaly_image", None)  # the client sent the image
                 if MAP_PARAM in result:
                     result[MAP_PARAM] = np.round(result[MAP_PARAM], MAP_DECIMALS).tolist()
             return results

@@ -75,3 +75,17 @@ def save_anomaly_overlay_png(image: Any, anomaly_map: Any, mask: Any, path: str 
         path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})
     return path
+
+
+def save_answer_overlay_png(image: Any, anomaly_map: Any, answer: dict[str, Any], title: str,
+                            path: str | Path | BinaryIO) -> Path | BinaryIO:
+    """A detector's answer drawn: the colour starts at its threshold (a normal part shows little or no heat) and
+    reaches full strength at the map's largest score or 1.5 times the threshold, whichever is higher; `title` on
+    one line, the verdict with score and threshold on the next."""
+    import numpy as np
+
+    threshold = float(answer["threshold"])
+    return save_anomaly_overlay_png(image, anomaly_map, None, path,
+                                    f"{title}\n{answer['status']} (score {answer['score']:.4g}, threshold "
+                                    f"{threshold:.4g})", vmin=threshold,
+                                    vmax=max(float(np.max(anomaly_map)), 1.5 * threshold))
