@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.serving.test_serving import AUDIO_CLASSES, RATE, VISION_CLASSES, build_acoustic_model, build_vision_model
 from vapm.serving.loading import load_model
-from vapm.serving.monitor import ALERT_LOG, Monitor
+from vapm.serving.monitor import ALERT_LOG, STOP_CHECK_FILES, Monitor
 from vapm.data.synth.acoustic import render_clip
 from vapm.data.synth.vision import render_defect
 
@@ -70,6 +70,33 @@ def start(monitor: Monitor, poll: bool = False) -> tuple[threading.Thread, threa
     thread = threading.Thread(target=monitor.run, kwargs={"stop": stop, "poll": poll}, daemon=True)
     thread.start()
     return thread, stop
+
+
+def test_a_stop_during_a_burst_ends_the_watch_after_one_group_and_the_rest_waits_for_the_next_start(models,
+                                                                                                      tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for index in range(STOP_CHECK_FILES + 5):
+        (incoming / f"strip{index:02d}.jpg").write_bytes(jpeg_bytes(index))
+    loaded = [load_model(models / "vision_scratch")]
+    stop = threading.Event()
+    watching = []
+
+    class StoppedAfterOneGroup(Monitor):  # the stop arrives while the first group of the burst is scored
+        def score(self, paths):
+            lines = super().score(paths)
+            stop.set()
+            return lines
+
+    monitor = StoppedAfterOneGroup(incoming, loaded, normal_classes=set(VISION_CLASSES), settle=0.0,
+                                   out=io.StringIO())
+    monitor.run(stop=stop, watching=lambda: watching.append(True))
+    assert watching == [True]  # announced once, when the folder was watched
+    assert len(read_log(incoming)) == STOP_CHECK_FILES
+    assert len(monitor.pending()) == 5
+    restarted = Monitor(incoming, loaded, normal_classes=set(VISION_CLASSES), settle=0.0, out=io.StringIO())
+    restarted.score(restarted.pending())
+    assert sorted(line["file"] for line in read_log(incoming)) == sorted(p.name for p in incoming.glob("*.jpg"))
 
 
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])

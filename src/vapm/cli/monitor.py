@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from vapm.cli.predict import RUNTIME_CHOICES, add_runtime_option
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="score what is there now, then stop")
     add_runtime_option(parser)
     args = parser.parse_args(argv)
-    stop_on_signals()
+    stopper = stop_on_signals()
     try:
         if not args.folder.is_dir():
             raise MonitorError(f"{shown(str(args.folder))} is not a folder: create it, or give the folder files "
@@ -66,29 +67,49 @@ def main(argv: list[str] | None = None) -> int:
                           args.alerts, args.state, args.settle, max_file_bytes=args.max_file_mb,
                           heatmap_dir=args.heatmaps)
         names = ", ".join(f"{shown(m.name)} (version {shown(m.version or 'local')})" for m in monitor.models)
-        print(f"watching {shown(str(monitor.folder))} with {names}; alert log {shown(str(monitor.alert_log))}",
-              flush=True)
+
+        def announce(arm: bool = True) -> None:
+            print(f"watching {shown(str(monitor.folder))} with {names}; alert log {shown(str(monitor.alert_log))}",
+                  flush=True)
+            stopper.watching = arm
+
         if args.once:
+            announce(arm=False)
             monitor.score(monitor.pending())
             return 0
-        monitor.run(poll=args.poll)
+        monitor.run(poll=args.poll, stop=stopper.event, watching=announce)
     except VapmError as err:
         print(f"monitor: {shown(one_line(str(err)))}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("stopped", flush=True)
+        pass
+    print("stopped", flush=True)
     return 0
 
 
+class Stopper:
+    """What Ctrl-C and SIGTERM do. While the watch runs they set `event`, which the watch loop looks at between
+    files: an exception raised at an arbitrary instruction can land inside `exec` (dataclasses and lazy imports
+    run it), where CPython marks it unhandled and exits killed by SIGINT even after it was caught. Before the
+    watch (loading models) and with --once they interrupt at once."""
 
-def stop_on_signals() -> None:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.watching = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.watching:
+            raise KeyboardInterrupt
+        self.event.set()
+
+
+def stop_on_signals() -> Stopper:
     """Ctrl-C and SIGTERM (a service manager's stop) end the watch cleanly, also when the monitor was started from
     a non-interactive shell in the background, which starts it with SIGINT ignored."""
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
+    stopper = Stopper()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+        signal.signal(signum, stopper)
+    return stopper
 
 
 if __name__ == "__main__":

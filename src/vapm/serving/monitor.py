@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vapm.data.ingest.limits import DEFAULT_MAX_MEMBER_BYTES
 from vapm.serving.alerts import MonitorError, check_alert_log, describe, open_alert_log, summarise
@@ -298,8 +298,10 @@ class Monitor:
 
     # ----------------------------------------------------------------- watching
 
-    def run(self, poll: bool = False, stop: threading.Event | None = None, interval: float = 0.1) -> None:
-        """Score what is pending, then watch until `stop` is set (or forever); files settle before scoring."""
+    def run(self, poll: bool = False, stop: threading.Event | None = None, interval: float = 0.1,
+            watching: Callable[[], None] | None = None) -> None:
+        """Score what is pending, then watch until `stop` is set (or forever); files settle before scoring.
+        `watching` is called once the folder is watched: a file arriving from then on is scored."""
         stop = stop or threading.Event()
         touched: dict[Path, float] = {}
         lock = threading.Lock()
@@ -324,6 +326,8 @@ class Monitor:
             for path in self.pending():
                 touched.setdefault(path, 0.0)
         try:
+            if watching is not None:
+                watching()
             while not stop.is_set():
                 now = time.monotonic()
                 with lock:
@@ -336,8 +340,12 @@ class Monitor:
                         for path in set(ready) - set(settled):
                             if os.path.lexists(path):
                                 touched[path] = time.monotonic()  # still changing: look again later
-                    if settled:
-                        self.score(settled)
+                    # in groups, so that a stop asked for during a burst is heeded within one group; what is
+                    # left is still pending and is scored at the next start
+                    for start in range(0, len(settled), STOP_CHECK_FILES):
+                        if stop.is_set():
+                            break
+                        self.score(settled[start:start + STOP_CHECK_FILES])
                 stop.wait(interval)
         finally:
             observer.stop()
@@ -353,6 +361,9 @@ class Monitor:
             return True
         time.sleep(min(self.settle - age, self.settle))  # a modification time in the future waits no longer
         return self.signature(path) == before
+
+
+STOP_CHECK_FILES = 32  # files scored between two looks at the stop event
 
 
 def open_heatmap_folder(folder: Path) -> int:
