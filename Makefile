@@ -48,8 +48,11 @@ repro: setup
 test: setup
 	$(VENV)/bin/python -m pytest -m "not slow" --durations=25
 
+# The end-to-end tests spend half their time in one process (DVC, imports, a one-core stage): two worker processes
+# keep both cores busy. Each module's tests stay in one worker (tests/conftest.py), so its fixtures are built once.
+SLOW_WORKERS ?= 2
 test-slow: setup
-	$(VENV)/bin/python -m pytest -m slow --durations=0
+	$(VENV)/bin/python -m pytest -m slow -n $(SLOW_WORKERS) --dist loadgroup --durations=0
 
 bench: setup
 	$(VENV)/bin/python -m vapm.bench $(BENCH_ARGS)

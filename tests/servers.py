@@ -4,10 +4,13 @@
 - `http_status_server`: a tiny HTTP server that answers every request with one status (a broken
   MLflow server behind a proxy answers 503).
 - `closed_port`: a port that refuses connections (bound, never listening) for as long as it is held.
+- `fixed_port_held`: the README's servers listen on a fixed port (5000): tests running in parallel processes
+  (make test-slow) take turns on it.
 PostgreSQL and `mlflow server` come from `vapm.tracking.server`, the code behind `make mlflow-server`.
 """
 from __future__ import annotations
 
+import fcntl
 import getpass
 import http.server
 import os
@@ -144,3 +147,17 @@ def closed_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         yield sock.getsockname()[1]
+
+
+@contextmanager
+def fixed_port_held(port: int) -> Iterator[None]:
+    """Exclusive use of a fixed port among this machine's test processes (an advisory lock in the temp folder,
+    released when the holder ends, even killed): `make ui` and `make mlflow-server` both listen on 5000."""
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / f"vapm-tests-port-{port}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -359,17 +359,21 @@ def test_the_monitor_scores_a_file_dropped_into_the_folder(pipeline: Path, readm
 
 
 def test_make_ui_serves_the_runs(pipeline: Path):
-    ui = start_readme_command("make ui", pipeline)
-    try:
-        wait_for_http("http://127.0.0.1:5000/health", ui)
-        import urllib.request
+    import urllib.request
 
-        request = urllib.request.Request("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search",
-                                         data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            names = [e["name"] for e in json.load(response)["experiments"]]
-    finally:
-        stop(ui)
+    from tests.servers import fixed_port_held
+
+    with fixed_port_held(5000):
+        ui = start_readme_command("make ui", pipeline)
+        try:
+            wait_for_http("http://127.0.0.1:5000/health", ui)
+            request = urllib.request.Request("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search",
+                                             data=b'{"max_results": 10}',
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                names = [e["name"] for e in json.load(response)["experiments"]]
+        finally:
+            stop(ui)
     assert "vapm" in names
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import pipeline_env, run, update_params
-from tests.servers import closed_port, http_status_server
+from tests.servers import closed_port, fixed_port_held, http_status_server
 from tests.readme import readme_command, start_readme_command, stop, wait_for_http
 from tests.e2e.team_helpers import REPRO_TIMEOUT_S, clone_copy
 from vapm.tracking.server import start_mlflow
@@ -261,25 +261,26 @@ def test_make_mlflow_server_takes_the_readmes_stages(team_baseline):
     except ServerError as err:
         pytest.skip(str(err))
     # Outside pytest's 0700 temp root: as root the cluster runs as the postgres user, who must reach it.
-    folder = Path(tempfile.mkdtemp(prefix="vapm-make-mlflow-"))
-    folder.chmod(0o755)
-    try:
-        repo = clone_copy(team_baseline, folder / "repo")
-        repo.chmod(0o755)
-        server = start_readme_command("make mlflow-server", repo)
-        uri = "http://127.0.0.1:5000"
+    with fixed_port_held(5000):  # make ui listens there too
+        folder = Path(tempfile.mkdtemp(prefix="vapm-make-mlflow-"))
+        folder.chmod(0o755)
         try:
-            wait_for_http(f"{uri}/health", server)
-            update_params(repo, {"acoustic_svm.C_grid": [0.5]})
-            proc = readme_command("dvc repro", repo, env={"MLFLOW_TRACKING_URI": uri}, timeout=REPRO_TIMEOUT_S)
-            assert stages_run(proc.stdout) == {"train@acoustic_svm", "evaluate"}
-            (logged,) = runs_by_model(uri)["acoustic_svm"]
-            assert logged.info.status == "FINISHED" and logged.info.artifact_uri.startswith("mlflow-artifacts:/")
+            repo = clone_copy(team_baseline, folder / "repo")
+            repo.chmod(0o755)
+            server = start_readme_command("make mlflow-server", repo)
+            uri = "http://127.0.0.1:5000"
+            try:
+                wait_for_http(f"{uri}/health", server)
+                update_params(repo, {"acoustic_svm.C_grid": [0.5]})
+                proc = readme_command("dvc repro", repo, env={"MLFLOW_TRACKING_URI": uri}, timeout=REPRO_TIMEOUT_S)
+                assert stages_run(proc.stdout) == {"train@acoustic_svm", "evaluate"}
+                (logged,) = runs_by_model(uri)["acoustic_svm"]
+                assert logged.info.status == "FINISHED" and logged.info.artifact_uri.startswith("mlflow-artifacts:/")
+            finally:
+                output = stop(server)
+            assert "MLflow tracking server on http://127.0.0.1:5000" in output, output[-3000:]
+            # Both servers stopped with it: nothing listens any more, PostgreSQL's pid file is gone.
+            assert not (repo / ".mlflow-server" / "pgdata" / "postmaster.pid").exists()
         finally:
-            output = stop(server)
-        assert "MLflow tracking server on http://127.0.0.1:5000" in output, output[-3000:]
-        # Both servers stopped with it: nothing listens any more, PostgreSQL's pid file is gone.
-        assert not (repo / ".mlflow-server" / "pgdata" / "postmaster.pid").exists()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 

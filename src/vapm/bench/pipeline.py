@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra param overrides after the preset, e.g. --set train.epochs=3")
     parser.add_argument("--crossval", action="store_true",
                         help="also run the k-fold evaluation `vapm crossval` (the models in crossval.models)")
-    parser.add_argument("--cold-start-runs", type=int, default=5, metavar="N",
-                        help="cold predict runs per model and runtime (5; their median is reported)")
+    # 3, not vapm bench-predict's 5: here the cold starts are one part of a whole-pipeline run (7 models x 2
+    # runtimes, a Keras start 6-8 s); `vapm bench-predict` is the reference measurement of them
+    parser.add_argument("--cold-start-runs", type=int, default=3, metavar="N",
+                        help="cold predict runs per model and runtime (3; their median is reported)")
     parser.add_argument("--skip-pipeline", action="store_true",
                         help="do not time every stage: only build the features the roofline and comparison need")
     parser.add_argument("--roofline", action="store_true",
@@ -202,7 +204,7 @@ def machine_facts() -> dict[str, Any]:
 
 
 def run_pipeline(repo: Path, env: dict[str, str], log, result: dict[str, Any], sample_data: bool, crossval: bool,
-                 out: Path, cold_start_runs: int = 5) -> None:
+                 out: Path, cold_start_runs: int = 3) -> None:
     stages = [s for s in pipeline_stages(repo, env) if sample_data or s != "sample_data"]
     for stage in stages:
         print(f"[bench] {stage} ...", flush=True)
