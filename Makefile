@@ -16,7 +16,7 @@ export UV_COMPILE_BYTECODE := 1
 
 BASE ?= main
 
-.PHONY: setup repro test test-slow bench bench-queue bench-anomaly report ui dag remote mlflow-server cluster cluster-stop clean-env help
+.PHONY: setup repro test test-slow bench bench-queue bench-anomaly bench-scale report ui dag remote mlflow-server cluster cluster-stop clean-env help
 
 help:
 	@echo "make repro   set up .venv (locked) and run the pipeline: dvc repro"
@@ -28,6 +28,7 @@ help:
 	@echo "make mlflow-server   MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (docs/team.md)"
 	@echo "make bench-queue     throughput of 4 queued experiments, dvc queue start -j 1 against -j 2"
 	@echo "make cluster [WORKERS=2]   a Dask scheduler + workers on 127.0.0.1 for compute.scheduler (make cluster-stop)"
+	@echo "make bench-scale     time and peak memory of ingest, featurize and one epoch at N and 4N files; 1 vs 2 Dask workers"
 	@echo "make bench-anomaly   PatchCore (vision_anomaly) on the real NEU archive: one class vs rest, latency, fit time"
 
 $(UV):
@@ -49,10 +50,11 @@ test: setup
 	$(VENV)/bin/python -m pytest -m "not slow" --durations=25
 
 # The end-to-end tests spend half their time in one process (DVC, imports, a one-core stage): two worker processes
-# keep both cores busy. Each module's tests stay in one worker (tests/conftest.py), so its fixtures are built once.
+# keep both cores busy. Each file's tests stay in one worker (--dist loadfile), so its module fixtures are built
+# once; the team's baseline, which two files share, is built once for both (tests/e2e/conftest.py).
 SLOW_WORKERS ?= 2
 test-slow: setup
-	$(VENV)/bin/python -m pytest -m slow -n $(SLOW_WORKERS) --dist loadgroup --durations=0
+	$(VENV)/bin/python -m pytest -m slow -n $(SLOW_WORKERS) --dist loadfile --durations=0
 
 bench: setup
 	$(VENV)/bin/python -m vapm.bench $(BENCH_ARGS)
@@ -77,6 +79,11 @@ remote:
 MLFLOW_PORT ?= 5000
 mlflow-server: setup
 	$(VENV)/bin/python -m vapm.tracking.server --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
+
+# docs/benchmarks/scale.md: ingest, featurize and one epoch at N and 4N files, peak memory per stage, and
+# featurize on one and two Dask workers (about half an hour on 2 cores); SCALE_ARGS="--clips-per-class 40" etc.
+bench-scale: setup
+	$(VENV)/bin/python -m vapm.bench.scale --out docs/benchmarks/scale $(SCALE_ARGS)
 
 bench-queue: setup
 	$(VENV)/bin/python -m vapm.bench.queue $(QUEUE_BENCH_ARGS)

@@ -25,20 +25,8 @@ def compute_pinned_before_any_test() -> None:
     configure_compute(DEFAULT_THREADS)  # TensorFlow too when a collected test module imported it
 
 
-# Test modules that share a session-scoped fixture run in one worker process of `make test-slow` (pytest-xdist
-# --dist loadgroup): the team's reproduced baseline is built once for both.
-SHARED_SESSION_FIXTURE_GROUPS = {"tests/e2e/test_team_mlflow.py": "team", "tests/e2e/test_team_remote.py": "team"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each module's tests stay together in one worker when the suite runs in parallel (their module-scoped
-    fixtures, e.g. a reproduced pipeline, are built once); soak tests run only when asked for by marker (-m soak),
-    never in the default or fast suites."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(SHARED_SESSION_FIXTURE_GROUPS.get(module, module)))
+    """Soak tests run only when asked for by marker (-m soak), never in the default or fast suites."""
     if "soak" in (config.getoption("markexpr") or ""):
         return
     skip = pytest.mark.skip(reason="soak test: run with -m soak")
