@@ -150,14 +150,22 @@ def closed_port() -> Iterator[int]:
 
 
 @contextmanager
-def fixed_port_held(port: int) -> Iterator[None]:
-    """Exclusive use of a fixed port among this machine's test processes (an advisory lock in the temp folder,
-    released when the holder ends, even killed): `make ui` and `make mlflow-server` both listen on 5000."""
-    import tempfile
-
-    with open(Path(tempfile.gettempdir()) / f"vapm-tests-port-{port}.lock", "a") as lock:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` among this machine's processes, released when the holder ends, even
+    killed."""
+    with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def fixed_port_held(port: int) -> Iterator[None]:
+    """Exclusive use of a fixed port among this machine's test processes: `make ui` and `make mlflow-server` both
+    listen on 5000."""
+    import tempfile
+
+    with file_lock(Path(tempfile.gettempdir()) / f"vapm-tests-port-{port}.lock"):
+        yield

@@ -43,6 +43,18 @@ PINNED_ENV = {
 }
 
 
+def bench_environment(repo: Path, pin: bool) -> dict[str, str]:
+    """What the benchmarked commands run with: this Python's tools first, the copy's source, no progress bars, the
+    repository's own MLflow store, and the CPU-dispatch pins unless `pin` is False."""
+    env = dict(os.environ, VAPM_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=str(repo.resolve() / "src"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if pin:
+        env.update(PINNED_ENV)
+    return env
+
+
 def worktree_files(root: Path) -> list[str]:
     """Tracked and untracked-but-not-ignored files: what a clone plus local edits would hold."""
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -162,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         set_params(repo / "params.yaml", changes)
     git_commit(repo, "benchmark params")
 
-    env = dict(os.environ, VAPM_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(repo.resolve() / "src"))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if not args.no_pin:
-        env.update(PINNED_ENV)
+    env = bench_environment(repo, pin=not args.no_pin)
     result: dict[str, Any] = {"preset": str(preset) if preset else None, "overrides": changes,
                               "data": "sample" if sample_data else "archives", "machine": machine_facts(),
                               "pinned_env": {} if args.no_pin else PINNED_ENV, "stages": {}}

@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vapm.bench.pipeline import PINNED_ENV, REPO_ROOT, copy_worktree, git_commit, set_params
+from vapm.bench.pipeline import REPO_ROOT, bench_environment, copy_worktree, git_commit, set_params
 from vapm.bench.results import write_report
 from vapm.bench.timing import timed_run
+from vapm.core.hashing import files_sha256
 
 TIMED_STAGES = ("ingest", "featurize", "train@acoustic_cnn", "train@vision_scratch")
 MEMORY_TARGET = 1.10  # peak RSS at FACTOR x N over that at N
@@ -52,11 +53,9 @@ def size_params(clips_per_class: int, images_per_class: int, epochs: int) -> dic
 
 
 def environment(repo: Path) -> dict[str, str]:
-    env = dict(os.environ, VAPM_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(repo.resolve() / "src"), **PINNED_ENV)
-    for name in ("MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS"):
-        env.pop(name, None)
+    """The pipeline benchmark's pinned environment, and no cluster: featurize_on_cluster names one when wanted."""
+    env = bench_environment(repo, pin=True)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
     return env
 
 
@@ -85,13 +84,12 @@ def measure_size(source: Path, folder: Path, changes: dict[str, Any], log) -> tu
 
 
 def features_digest(repo: Path) -> str:
-    """SHA-256 over every file featurize wrote (names and bytes), to compare a cluster run with the local one."""
+    """SHA-256 over the names and bytes of every file featurize wrote, to compare a cluster run with the local one."""
     import hashlib
 
-    digest = hashlib.sha256()
-    for path in sorted(p for p in (repo / "data" / "features").rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    files = sorted(p for p in (repo / "data" / "features").rglob("*") if p.is_file())
+    names = "\0".join(str(p.relative_to(repo)) for p in files).encode()
+    return hashlib.sha256(names + files_sha256(files).encode()).hexdigest()
 
 
 def featurize_on_cluster(repo: Path, workers: int, log) -> dict[str, Any]:
