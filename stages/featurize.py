@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 
 from vapm.core.errors import run_stage
 
 
 def main() -> None:
     from vapm.config import paths
-    from vapm.config.compute import scheduler_address
+    from vapm.config.compute import Executor, scheduler_address
     from vapm.data.features.build import featurize_acoustic, featurize_vision
     from vapm.data.features.records import acoustic_image_record, image_record, wavelet_record
     from vapm.config.seeding import set_global_seed
@@ -23,14 +24,15 @@ def main() -> None:
     scheduler = scheduler_address(settings.compute.scheduler)  # None: local processes
     set_global_seed(settings.seed, tensorflow=False, threads=settings.compute.threads)
     images = image_record(settings)
-    started = time.perf_counter()
-    n_images = featurize_vision(paths.VISION_INTERIM, paths.IMAGE_FEATURES, images)
-    print(f"wrote {paths.IMAGE_FEATURES}: {n_images} images of {images.image_size}x{images.image_size} "
-          f"in {time.perf_counter() - started:.1f} s")
-
-    summary = featurize_acoustic(paths.ACOUSTIC_INTERIM, paths.ACOUSTIC_IMAGE_FEATURES, paths.WAVELET_FEATURES,
-                                 acoustic_image_record(settings), wavelet_record(settings),
-                                 n_jobs=settings.featurize.n_jobs, scheduler=scheduler)
+    # One connection to the cluster (and one check of its workers) for both passes.
+    with Executor(scheduler=scheduler, what="featurize") if scheduler else nullcontext() as cluster:
+        started = time.perf_counter()
+        n_images = featurize_vision(paths.VISION_INTERIM, paths.IMAGE_FEATURES, images, cluster=cluster)
+        print(f"wrote {paths.IMAGE_FEATURES}: {n_images} images of {images.image_size}x{images.image_size} "
+              f"in {time.perf_counter() - started:.1f} s")
+        summary = featurize_acoustic(paths.ACOUSTIC_INTERIM, paths.ACOUSTIC_IMAGE_FEATURES, paths.WAVELET_FEATURES,
+                                     acoustic_image_record(settings), wavelet_record(settings),
+                                     n_jobs=settings.featurize.n_jobs, cluster=cluster)
     print(f"wrote {paths.ACOUSTIC_IMAGE_FEATURES} and {paths.WAVELET_FEATURES}: {summary.n_clips} clips in "
           f"{summary.seconds:.1f} s in {summary.workers} process(es)"
           f"{f' on the Dask cluster {scheduler}' if scheduler else ''}; CPU per clip "

@@ -15,9 +15,10 @@ import pytest
 
 from vapm.config.compute import ComputeError, Executor, connect, scheduler_address, worker_fingerprint
 from vapm.config.settings import ComputeSettings, check_address
-from vapm.data.features.build import InterimDataError, featurize_acoustic
+from vapm.data.features.build import WRITE_ROWS, InterimDataError, featurize_acoustic, featurize_vision
+from vapm.data.features.records import ImageRecord
 from vapm.data.ingest.dataset import IngestSettings, ingest_vision
-from tests.data.test_features import noise_clips, small_records, write_acoustic_interim
+from tests.data.test_features import noise_clips, small_records, write_acoustic_interim, write_vision_interim
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,29 @@ def test_featurize_computes_the_same_bytes_on_the_cluster(compute_cluster, tmp_p
                                      *small_records(), n_jobs=1, chunk_clips=2, scheduler=scheduler)
         assert summary.workers == (2 if scheduler else 1)
     assert digests(tmp_path / "local") == digests(tmp_path / "cluster")
+
+
+def test_featurize_resizes_images_and_masks_to_the_same_bytes_on_the_cluster(compute_cluster, tmp_path):
+    rng = np.random.default_rng(3)
+    n = WRITE_ROWS + 9  # two tasks, the second short
+    images = [rng.integers(0, 256, (9 + i % 7, 12 + i % 5), dtype=np.uint8) for i in range(n)]
+    manifest = write_vision_interim(tmp_path / "vision", images)
+    # Ingest's masks: a 0/1 array per image that has one, at the image's offset in a masks.npy like pixels.npy.
+    has_mask = np.arange(n) % 3 == 0
+    masks = np.zeros(sum(image.size for image in images), dtype=np.uint8)
+    for i in np.flatnonzero(has_mask):
+        offset, size = int(manifest["offset"][i]), images[i].size
+        masks[offset:offset + size] = rng.integers(0, 2, size, dtype=np.uint8)
+    np.save(tmp_path / "vision" / "masks.npy", masks)
+    manifest["mask_file"] = np.where(has_mask, "mask.png", "")
+    manifest.iloc[::-1].to_parquet(tmp_path / "vision" / "manifest.parquet", index=False)
+    for name, scheduler in (("local", None), ("cluster", compute_cluster)):
+        assert featurize_vision(tmp_path / "vision", tmp_path / name, ImageRecord(image_size=8, resize="pad"),
+                                scheduler=scheduler) == n
+    assert digests(tmp_path / "local") == digests(tmp_path / "cluster")
+    with np.load(tmp_path / "cluster" / "features.npz") as saved:
+        assert saved["masks"].shape == (n, 8, 8) and list(saved["has_mask"]) == list(has_mask)
+        assert saved["masks"][has_mask].any() and not saved["masks"][~has_mask].any()
 
 
 def test_a_task_error_reaches_the_stage_as_itself(compute_cluster, tmp_path):
@@ -156,5 +180,22 @@ def test_a_worker_started_without_the_pins_is_refused_by_name(tmp_path):
                                                r"this stage: \$ONEDNN_MAX_CPU_ISA '' \(here 'AVX2'\)"):
             with Executor(scheduler=address):
                 pass
+        stop_pids({"worker": pids.pop("worker")})
+        # The same plain command, started as a batch job or a pod starts it, after `vapm cluster env`: accepted.
+        vapm_command = Path(sys.executable).with_name("vapm")
+        pids["worker"] = subprocess.Popen(
+            ["bash", "-c", f'eval "$({vapm_command} cluster env)" && exec {dask} worker {address} --nthreads 1 '
+                           "--no-nanny --host 127.0.0.1 --no-dashboard --name from-env"],
+            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
+        from distributed import Client
+
+        with Client(address, set_as_default=False) as client:
+            while {w["name"] for w in client.scheduler_info()["workers"].values()} != {"from-env"}:
+                assert time.monotonic() < deadline + 120, "the worker did not register"
+                time.sleep(0.2)
+        import math
+
+        with Executor(scheduler=address) as cluster:  # (a function the worker can import: not this test module)
+            assert list(cluster.map(math.factorial, [3, 4])) == [6, 24]
     finally:
         stop_pids(pids)

@@ -256,6 +256,22 @@ def test_acoustic_cnn_standardises_each_feature_row_and_survives_saving(tmp_path
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(37, 104, 98), (300, 5, 200), (3, 7, 1)])
+def test_row_statistics_read_in_chunks_from_disk_are_the_bits_of_numpys_whole_array_mean_and_var(tmp_path, shape):
+    from vapm.core.npy_rows import NpyRows
+
+    rng = np.random.default_rng(1)
+    images = (rng.normal(size=shape) * rng.uniform(1, 300, (1, shape[1], 1)) + 40).astype("float32")
+    np.savez(tmp_path / "features.npz", images=images)
+    rows = np.sort(rng.choice(shape[0], size=max(1, 2 * shape[0] // 3), replace=False))
+    values = images[rows].astype(np.float64)
+    expected = values.mean(axis=(0, 2)), values.var(axis=(0, 2))
+    for source in (images, NpyRows(tmp_path / "features.npz", "images")):
+        for chunk in (1, 5, 256):
+            got = acoustic_cnn.row_statistics(source, rows, chunk=chunk)
+            assert [g.tobytes() for g in got] == [e.tobytes() for e in expected]
+
+
 def test_acoustic_cnn_refuses_too_small_inputs_and_wrong_statistics():
     with pytest.raises(TrainingError, match="too small"):
         acoustic_cnn.build((8, 98), 8, ACOUSTIC, np.zeros(8), np.ones(8), seed=0)

@@ -16,6 +16,7 @@ import numpy as np
 from vapm.artefacts.errors import ArtefactError
 from vapm.artefacts.onnx import ONNX_FILE, OnnxModel, export_checked, open_session
 from vapm.artefacts.zipfiles import stable_keras_file
+from vapm.core.npy_rows import in_chunks
 
 
 class KerasArtefact:
@@ -63,7 +64,11 @@ class KerasArtefact:
         `feature_layers`), in one pass; features None: an export without them."""
         if isinstance(model, OnnxModel):
             return model.scores_and_features(x)
-        scores, *features = with_features(model, feature_layers).predict(np.asarray(x), batch_size=256, verbose=0)
+        extractor = with_features(model, feature_layers)
+        # Items on disk (vapm.core.npy_rows) are read 16 batches at a time: the same batches as one predict.
+        chunks = [extractor.predict(chunk, batch_size=256, verbose=0) for chunk in in_chunks(x, 256 * 16)] \
+            if len(x) else [extractor.predict(np.asarray(x), batch_size=256, verbose=0)]
+        scores, *features = (np.concatenate(outputs) for outputs in zip(*chunks))
         return np.asarray(scores, dtype=np.float32), [np.asarray(group, dtype=np.float32) for group in features]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vapm.artefacts.errors import ArtefactError
+from vapm.core.npy_rows import in_chunks
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -33,6 +34,7 @@ EXPORT_TOLERANCE = 5e-5
 FEATURE_TOLERANCE = 1e-4
 INPUT_NAME = "input"
 CHECK_BATCH = 256
+CHECK_CHUNK = 16 * CHECK_BATCH  # whole batches: checked in chunks, the same numbers as all at once
 
 
 @dataclass
@@ -186,12 +188,18 @@ def export_checked(model: Any, folder: Path, check_inputs: Any) -> ExportCheck:
     the first output (the scores) always, and every further one (a classifier's feature groups)."""
     path = Path(folder) / ONNX_FILE
     path.write_bytes(onnx_graph_of(model).SerializeToString(deterministic=True))
-    x = np.asarray(check_inputs, dtype=np.float32)
-    if not len(x):
+    if not len(check_inputs):
         return ExportCheck(0, 0.0, 0)
-    keras_outputs = model.predict(x, batch_size=CHECK_BATCH, verbose=0)
-    keras_outputs = keras_outputs if isinstance(keras_outputs, (list, tuple)) else [keras_outputs]
-    onnx_outputs = open_session(path).outputs(x)
+    session = open_session(path)
+    keras_chunks, onnx_chunks = [], []
+    # Inputs on disk (vapm.core.npy_rows) are read CHECK_CHUNK items at a time: the outputs are small.
+    for chunk in in_chunks(check_inputs, CHECK_CHUNK):
+        x = np.asarray(chunk, dtype=np.float32)
+        outputs = model.predict(x, batch_size=CHECK_BATCH, verbose=0)
+        keras_chunks.append(outputs if isinstance(outputs, (list, tuple)) else [outputs])
+        onnx_chunks.append(session.outputs(x))
+    keras_outputs = [np.concatenate(parts) for parts in zip(*keras_chunks)]
+    onnx_outputs = [np.concatenate(parts) for parts in zip(*onnx_chunks)]
     if len(onnx_outputs) != len(keras_outputs):
         raise ArtefactError(f"{path}: the export has {len(onnx_outputs)} outputs, the Keras model "
                             f"{len(keras_outputs)}: the export is broken")

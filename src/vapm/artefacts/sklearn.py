@@ -68,6 +68,7 @@ class SklearnArtefact:
                             ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """The scores and the features the unfamiliar-input flag scores (one group): the standardised inputs of a
         StandardScaler + classifier pipeline (None for another model)."""
+        x = x if hasattr(x, "columns") else np.asarray(x)  # rows read from disk (vapm.core.npy_rows): the table
         if isinstance(model, LinearScorer):
             return self.scores(model, x), [model.standardised(np.asarray(x, dtype=np.float64))]
         steps = getattr(model, "steps", None)

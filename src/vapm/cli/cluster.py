@@ -1,10 +1,12 @@
-"""`vapm cluster start|stop|status|worker`: a Dask cluster on this machine for `compute.scheduler` (docs/scaling.md).
+"""`vapm cluster start|stop|status|worker|env`: a Dask cluster for `compute.scheduler` (docs/scaling.md).
 
     vapm cluster start --workers 2     a scheduler and 2 one-thread workers on 127.0.0.1; prints the address
     vapm cluster status                the address and which of its processes are alive
     vapm cluster stop                  stops them, by the process ids in the state file
     vapm cluster worker ADDRESS        one worker (in the foreground) for a scheduler elsewhere: run it on another
                                        machine that sees the same files at the same paths
+    vapm cluster env                   the environment lines such a worker needs when something else starts it
+                                       (a SLURM job through dask-jobqueue, a Kubernetes pod): eval them first
 
 The state (address, process ids, log files) is in .vapm/cluster.json. Every process gets vapm's CPU-dispatch
 pins and PYTHONPATH in its environment, so the workers import this vapm and compute the bytes a stage computes
@@ -56,6 +58,20 @@ def worker_environment() -> dict[str, str]:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         environment.setdefault(name, "1")
     return environment
+
+
+def worker_exports() -> str:
+    """Shell lines that give a process started some other way (a batch job, a container) the environment of
+    `worker_environment`: vapm's pins, its source on PYTHONPATH, one BLAS thread. Run on the worker's own machine:
+    the pins depend on its CPU."""
+    import shlex
+
+    from vapm.config.cpu_dispatch import OPT_OUT_VARIABLE, dispatch_pins
+
+    environment = worker_environment()
+    names = [*sorted(dispatch_pins().environment), "PYTHONPATH", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+             "MKL_NUM_THREADS", *([OPT_OUT_VARIABLE] if OPT_OUT_VARIABLE in environment else [])]
+    return "\n".join(f"export {name}={shlex.quote(environment[name])}" for name in names)
 
 
 def worker_command(address: str, host: str = "127.0.0.1") -> list[str]:
@@ -180,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     worker_parser = commands.add_parser("worker", help="run one worker for a scheduler, in the foreground")
     worker_parser.add_argument("address", help="the scheduler, tcp://host:port")
     worker_parser.add_argument("--host", default="127.0.0.1", help="the address this worker listens on")
+    commands.add_parser("env", help="print the environment a worker started by other means needs "
+                                    "(eval \"$(vapm cluster env)\" in a batch job or container)")
     for sub in commands.choices.values():
         sub.add_argument("--state", type=Path, default=STATE, help=f"state file (default {STATE})")
     args = parser.parse_args(argv)
@@ -196,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             document = stop(args.state)
             print(f"stopped the Dask cluster at {document['address']}" if document else
                   f"no cluster: {args.state} does not exist")
+        elif args.command == "env":
+            print(worker_exports())
         elif args.command == "status":
             document = read_state(args.state)
             if document is None:

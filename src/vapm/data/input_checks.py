@@ -157,13 +157,22 @@ def fit_clip_limits(clips: np.ndarray, base: ClipLimits = ClipLimits(), rows: np
                       None not in asymmetry else None)
 
 
-def fit_image_limits(images: np.ndarray, base: ImageLimits = ImageLimits()) -> ImageLimits:
+def fit_image_limits(images: np.ndarray, base: ImageLimits = ImageLimits(), rows: np.ndarray | None = None,
+                     chunk: int = 256) -> ImageLimits:
     """The shipped limits, widened so that the training images (N, H, W) sit well inside them: the spread and
-    sharpness floors at most half the lowest seen, the black share at least 1.5 times the largest."""
-    images = _checked_items(images, 3, "training images (N, height, width)")
-    spread = images.reshape(len(images), -1).std(axis=1)
-    black = np.mean(images.reshape(len(images), -1) == 0, axis=1)
-    sharp = np.array([sharpness(image) for image in images])
+    sharpness floors at most half the lowest seen, the black share at least 1.5 times the largest. Only `rows`
+    count when given; `chunk` images are read at a time (`images` may be rows on disk, vapm.core.npy_rows)."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if np.ndim(images) != 3 or len(rows) == 0:
+        raise ValueError(f"need training images (N, height, width), got shape {np.shape(images)} and {len(rows)} "
+                         "rows")
+    spread, black, sharp = [], [], []
+    for start in range(0, len(rows), chunk):
+        part = _checked_items(images[rows[start:start + chunk]], 3, "training images (N, height, width)")
+        spread.append(part.reshape(len(part), -1).std(axis=1))
+        black.append(np.mean(part.reshape(len(part), -1) == 0, axis=1))
+        sharp += [sharpness(image) for image in part]
+    spread, black, sharp = np.concatenate(spread), np.concatenate(black), np.array(sharp)
     return ImageLimits(min_std=min(base.min_std, 0.5 * float(spread.min())),
                        black_share=max(base.black_share, 1.5 * float(black.max())),
                        min_sharpness=min(base.min_sharpness, 0.5 * float(sharp.min())))

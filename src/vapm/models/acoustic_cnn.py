@@ -10,7 +10,7 @@ channel before the dense layers: a 12 x 32 vector instead of 12 x 11 x 32) or `g
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -37,16 +37,34 @@ class Params(ModelParams):
     train: TrainOverrides = TrainOverrides()
 
 
-def row_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_statistics(images: Any, rows: np.ndarray | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of every feature row (MFCC coefficient or mel band) over items and frames.
 
     Per row, because MFCC 0 lives in the hundreds while the other rows are small: one global
-    mean/variance would leave the rows on very different scales.
+    mean/variance would leave the rows on very different scales. Only `rows` of `images` count when given (an
+    array, or features on disk read `chunk` items at a time); the sums run in NumPy's own order for
+    `values.mean(axis=(0, 2))` and `.var(...)` (each item's frames, then item after item), so the statistics are
+    the same bits as those of the whole array in memory (tests/models/test_models.py).
     """
-    if images.ndim != 3 or len(images) == 0:
-        raise TrainingError(f"expected a non-empty (N, rows, frames) array, got shape {images.shape}")
-    values = images.astype(np.float64)
-    return values.mean(axis=(0, 2)), values.var(axis=(0, 2))
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if np.ndim(images) != 3 or len(rows) == 0:
+        raise TrainingError(f"expected a non-empty (N, rows, frames) array, got shape {np.shape(images)} and "
+                            f"{len(rows)} items")
+
+    def row_sums(centre: np.ndarray | None) -> np.ndarray:
+        total = np.zeros(np.shape(images)[1])
+        for start in range(0, len(rows), chunk):
+            values = np.asarray(images[rows[start:start + chunk]]).astype(np.float64)
+            if centre is not None:
+                values -= centre[None, :, None]
+                values *= values
+            for item_sums in values.sum(axis=2):
+                total += item_sums
+        return total
+
+    count = len(rows) * np.shape(images)[2]
+    mean = row_sums(None) / count
+    return mean, row_sums(mean) / count
 
 
 def feature_side(side: int, kernel_size: int, strides: int, pool_size: int) -> int:
@@ -99,10 +117,13 @@ def build(input_shape: tuple[int, int], n_classes: int, params: Params, row_mean
 def train(job: TrainingJob) -> Trained:
     from vapm.models.components.keras_fit import fit_simple
 
-    images = job.features.x.astype(np.float32, copy=False)
-    if images.ndim != 3:
-        raise TrainingError(f"acoustic_cnn takes (N, rows, frames) feature images, got {images.shape}")
+    images = job.features.x  # in memory, or featurize's features.npz read a batch at a time
+    if isinstance(images, np.ndarray):
+        images = images.astype(np.float32, copy=False)
+    if images.ndim != 3 or images.dtype != np.float32:
+        raise TrainingError(f"acoustic_cnn takes (N, rows, frames) float32 feature images, got {images.dtype} "
+                            f"{images.shape}")
     split = split_indices(job.features.labels, job.features.splits, job.train.validation_fraction, job.seed)
-    mean, variance = row_statistics(images[split.fit])  # the fit part only: no peeking at val/test
+    mean, variance = row_statistics(images, split.fit)  # the fit part only: no peeking at val/test
     model = build(images.shape[1:], len(job.class_names), job.params, mean, variance, job.seed)
     return fit_simple(job, model, images, split)

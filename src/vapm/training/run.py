@@ -32,6 +32,7 @@ from vapm.artefacts.record import write_json, write_model_record
 from vapm.config import paths
 from vapm.config.model_registry import ModelEntry, get_entry
 from vapm.config.settings import AUTO, OodSettings, Settings, load_settings
+from vapm.core.npy_rows import Selection
 from vapm.core.hashing import file_sha256
 from vapm.models.components.data import TrainingError, load_features
 from vapm.models.components.job import Trained, TrainingJob
@@ -134,7 +135,7 @@ def save_outputs(folder: Path, entry: ModelEntry, job: TrainingJob, trained: Tra
         adapter = artefact(entry.artefact)
         test, features = trained.split.test, used_features(job, trained)
         adapter.save(trained.model, staging)
-        exported = adapter.export(trained.model, staging, features.x[test], feature_layers(entry, job))
+        exported = adapter.export(trained.model, staging, Selection(features.x, test), feature_layers(entry, job))
         write_predictions(staging / PREDICTIONS_FILE, features.files[test], features.labels[test], trained,
                           job.class_names, trust)
         if trust is not None and trust.familiarity is not None:

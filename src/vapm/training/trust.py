@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vapm.core.npy_rows import Selection
 from vapm.models.components.calibration import calibration_summary, fit_temperature
 from vapm.models.components.unfamiliar import MIN_ITEMS, Familiarity, fit_familiarity
 
@@ -54,7 +55,7 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
     trust = Trust()
     train_rows = np.concatenate([split.fit, split.val]).astype(np.int64)
     rows = np.concatenate([train_rows, split.test]).astype(np.int64)
-    scores, features = adapter.scores_and_features(model, x[rows], feature_layers)
+    scores, features = adapter.scores_and_features(model, Selection(x, rows), feature_layers)  # read in batches
     scores = np.asarray(scores, dtype=np.float64)
     n_train = len(train_rows)
     if score_kind == "probability":

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
+from vapm.config.compute import Executor
+from vapm.core.npy_rows import NpyRows, NpzWriter, RowStream
 from vapm.core.progress import progress
 from vapm.data.features.acoustic import (
     ClipRange,
@@ -25,6 +28,7 @@ from vapm.data.features.acoustic import (
 from vapm.data.features.errors import InterimDataError
 from vapm.data.input_checks import fit_clip_limits, fit_image_limits
 from vapm.data.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
+from vapm.data.features.vision import ImageRange, image_range_task
 
 VISION_COLUMNS = ("item", "file", "class", "label", "split", "height", "width", "offset")
 ACOUSTIC_COLUMNS = ("item", "file", "class", "label", "split")
@@ -39,6 +43,10 @@ CHUNK_CLIPS = 32
 # so two workers only pay off when the work left after the first chunk is longer than this. It decides how
 # many processes run, never a result.
 PARALLEL_WORTH_SECONDS = 10.0
+
+# Items resized or computed before they are written out together: the memory featurize holds whatever the
+# dataset's size. Results do not depend on it.
+WRITE_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,12 @@ def read_manifest(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return manifest
 
 
-def _open_npy(path: Path) -> np.ndarray:
+def _open_rows(path: Path) -> NpyRows:
+    """A .npy file of data/interim read a few rows at a time (memory does not grow with the dataset)."""
     if not path.is_file():
         raise InterimDataError(f"{path} not found: run the ingest stage first")
     try:
-        return np.load(path, mmap_mode="r")
+        return NpyRows(path)
     except ValueError as err:
         raise InterimDataError(f"{path} is not a readable .npy array: {err}") from err
 
@@ -88,27 +97,46 @@ def class_names(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"classes": np.asarray(pairs["class"].astype(str).tolist(), dtype=str)}
 
 
-def _resized_masks(interim_dir: Path, manifest: pd.DataFrame, n_pixels: int,
-                   record: ImageRecord) -> tuple[np.ndarray, np.ndarray] | None:
-    """(masks uint8 (N, S, S), has_mask bool (N,)) with each image's geometry, or None when ingest paired none."""
-    from vapm.data.features.vision import resize_mask
+def _write_resized(npz: NpzWriter, name: str, path: Path, geometry: np.ndarray, record: ImageRecord,
+                   cluster: Executor | None, masks: bool = False) -> None:
+    """Member `name` of the npz: the images of `path` at `geometry` resized, WRITE_ROWS per task, computed here or
+    on the Dask cluster, written in order as they come back."""
+    side = record.image_size
+    tasks = [ImageRange(path.absolute(), geometry[start:start + WRITE_ROWS], side, record.resize, masks)
+             for start in range(0, len(geometry), WRITE_ROWS)]
+    where = f"Dask cluster {cluster.scheduler}, {cluster.workers} worker thread(s)" if cluster else "here"
+    with npz.stream(name, np.uint8, (len(geometry), side, side)) as rows:
+        results = cluster.map(image_range_task, tasks) if cluster else map(image_range_task, tasks)
+        for block in progress(results, desc=f"resize {name} ({WRITE_ROWS}/task, {where})", total=len(tasks),
+                              unit="task"):
+            rows.write(block)
 
+
+def _write_resized_masks(npz: NpzWriter, interim_dir: Path, manifest: pd.DataFrame, n_pixels: int,
+                         record: ImageRecord, cluster: Executor | None) -> None:
+    """masks uint8 (N, S, S) with each image's geometry and has_mask bool (N,), when ingest paired masks."""
     path = interim_dir / MASKS_NPY
     if not path.is_file():
-        return None
-    masks = _open_npy(path)
+        return
+    masks = _open_rows(path)
     if masks.shape != (n_pixels,) or masks.dtype != np.uint8:
         raise InterimDataError(f"{path} must be 1-D uint8 like pixels.npy ({n_pixels} bytes), got {masks.dtype} "
                                f"{masks.shape}: rerun ingest")
     has_mask = manifest["mask_file"].astype(str).to_numpy() != "" if "mask_file" in manifest else \
         np.zeros(len(manifest), dtype=bool)
-    side = record.image_size
-    resized = np.zeros((len(manifest), side, side), dtype=np.uint8)
-    for i in np.flatnonzero(has_mask):
-        offset, height, width = (int(manifest[column].iloc[i]) for column in ("offset", "height", "width"))
-        mask = np.asarray(masks[offset:offset + height * width]).reshape(height, width)
-        resized[i] = resize_mask(mask, side, record.resize)
-    return resized, has_mask
+    geometry = manifest[["offset", "height", "width"]].to_numpy(dtype=np.int64) * has_mask[:, None]
+    _write_resized(npz, "masks", path, geometry, record, cluster, masks=True)
+    npz.add("has_mask", has_mask)
+
+
+@contextmanager
+def _cluster(scheduler: str | None, cluster: Executor | None) -> Iterator[Executor | None]:
+    """The Dask cluster the work goes to: one the caller connected, one at `scheduler`, or none (this process)."""
+    if cluster is not None or scheduler is None:
+        yield cluster
+        return
+    with Executor(scheduler=scheduler, what="featurize") as connected:
+        yield connected
 
 
 def _labels_splits_files(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -129,45 +157,41 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(target: Path) -> None:
-        with open(target, "wb") as fh:  # a file object stops numpy from appending ".npz" to the name
-            np.savez(fh, **arrays)
-    _replace_atomically(path, write)
-
-
 FEATURES_NPZ = "features.npz"
 FEATURES_PARQUET = "features.parquet"
 MASKS_NPY = "masks.npy"  # data/interim/vision, when ingest paired defect masks (vapm.data.ingest.masks)
 
 
-def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord) -> int:
-    """Resize every image of data/interim/vision as `record` says; write out_dir/features.npz; return the count."""
+def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord, scheduler: str | None = None,
+                     cluster: Executor | None = None) -> int:
+    """Resize every image of data/interim/vision as `record` says; write out_dir/features.npz; return the count.
+
+    WRITE_ROWS images per task: resized here, or by the workers of a Dask cluster (`cluster`, or the scheduler at
+    `scheduler`), and written in order as they come back, so memory does not grow with their number and the
+    bytes do not depend on where they were resized."""
     interim_dir = Path(interim_dir)
     manifest = read_manifest(interim_dir / "manifest.parquet", VISION_COLUMNS)
-    pixels = _open_npy(interim_dir / "pixels.npy")
+    pixels = _open_rows(interim_dir / "pixels.npy")
     if pixels.ndim != 1 or pixels.dtype != np.uint8:
         raise InterimDataError(f"{interim_dir / 'pixels.npy'} must be 1-D uint8, got {pixels.dtype} {pixels.shape}")
-    offsets, heights, widths = (manifest[c].to_numpy(dtype=np.int64) for c in ("offset", "height", "width"))
-    bad = (heights < 1) | (widths < 1) | (offsets < 0) | (offsets + heights * widths > pixels.size)
+    geometry = manifest[["offset", "height", "width"]].to_numpy(dtype=np.int64)
+    offsets, heights, widths = geometry.T
+    bad = (heights < 1) | (widths < 1) | (offsets < 0) | (offsets + heights * widths > len(pixels))
     if bad.any():
         first = int(np.argmax(bad))
         raise InterimDataError(
             f"{interim_dir / 'manifest.parquet'}: {int(bad.sum())} images lie outside pixels.npy "
-            f"({pixels.size} bytes), first {manifest['file'][first]} at offset {offsets[first]} "
+            f"({len(pixels)} bytes), first {manifest['file'][first]} at offset {offsets[first]} "
             f"with size {heights[first]}x{widths[first]}")
-    side = record.image_size
-    images = np.empty((len(manifest), side, side), dtype=np.uint8)
-    rows = progress(zip(offsets, heights, widths), desc="resize images", total=len(manifest), unit="image")
-    for i, (offset, height, width) in enumerate(rows):
-        images[i] = record.from_grey(np.asarray(pixels[offset:offset + height * width]).reshape(height, width))
-    arrays = {"images": images, **_labels_splits_files(manifest), **class_names(manifest)}
-    masks = _resized_masks(interim_dir, manifest, pixels.size, record)
-    if masks is not None:
-        arrays["masks"], arrays["has_mask"] = masks
-    _save_npz(Path(out_dir) / FEATURES_NPZ, arrays)
-    train = manifest["split"].astype(str).to_numpy() == "train"
-    write_record(out_dir, record.model_copy(update={"checks": fit_image_limits(images[train])}))
+    features = Path(out_dir) / FEATURES_NPZ
+    with _cluster(scheduler, cluster) as where, NpzWriter(features) as npz:
+        _write_resized(npz, "images", interim_dir / "pixels.npy", geometry, record, where)
+        for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
+            npz.add(name, array)
+        _write_resized_masks(npz, interim_dir, manifest, len(pixels), record, where)
+    train = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "train")
+    write_record(out_dir, record.model_copy(update={"checks": fit_image_limits(NpyRows(features, "images"),
+                                                                               rows=train)}))
     return len(manifest)
 
 
@@ -182,7 +206,7 @@ def workers_worth_starting(n_jobs: int, seconds_per_clip: float, clips_left: int
 def _check_clips(clips_path: Path, n_listed: int, image_record: AcousticImageRecord,
                  wavelet_record: WaveletRecord) -> int:
     """The clip length, after checking clips.npy against its manifest and the settings."""
-    clips = _open_npy(clips_path)
+    clips = _open_rows(clips_path)
     if clips.ndim != 2 or not np.issubdtype(clips.dtype, np.floating):
         raise InterimDataError(f"{clips_path} must be a 2-D float array (clips x samples), "
                                f"got {clips.dtype} {clips.shape}")
@@ -193,31 +217,26 @@ def _check_clips(clips_path: Path, n_listed: int, image_record: AcousticImageRec
 
 
 def _compute_on_cluster(clips_path: Path, files: list[str], bounds: list[tuple[int, int]],
-                        image_record: AcousticImageRecord, wavelet_record: WaveletRecord, scheduler: str,
+                        image_record: AcousticImageRecord, wavelet_record: WaveletRecord, cluster: Executor,
                         store: Callable[[int, int, tuple], None]) -> int:
     """Every chunk computed by the cluster's workers, stored here in order; the number of worker threads."""
-    from vapm.config.compute import Executor
-
     tasks = [ClipRange(Path(clips_path).absolute(), start, stop, files[start:stop], image_record, wavelet_record)
              for start, stop in bounds]
-    with Executor(scheduler=scheduler, what="featurize") as cluster:
-        workers = cluster.workers
-        chunks = progress(zip(bounds, cluster.map(clip_range_task, tasks)), total=len(bounds), unit="chunk",
-                          desc=f"acoustic features ({len(files[bounds[0][0]:bounds[0][1]])} clips/chunk, "
-                               f"Dask cluster {scheduler}, {workers} worker thread(s))")
-        for (start, stop), chunk in chunks:
-            store(start, stop, chunk)
-    return workers
+    chunks = progress(zip(bounds, cluster.map(clip_range_task, tasks)), total=len(bounds), unit="chunk",
+                      desc=f"acoustic features ({len(files[bounds[0][0]:bounds[0][1]])} clips/chunk, "
+                           f"Dask cluster {cluster.scheduler}, {cluster.workers} worker thread(s))")
+    for (start, stop), chunk in chunks:
+        store(start, stop, chunk)
+    return cluster.workers
 
 
 def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_record: AcousticImageRecord,
                       wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int,
-                      parallel_worth_seconds: float,
-                      scheduler: str | None = None) -> tuple[np.ndarray, np.ndarray, int, float, float]:
-    """(images, energies, processes used, image CPU seconds, wavelet CPU seconds) for every clip."""
+                      parallel_worth_seconds: float, images: RowStream,
+                      cluster: Executor | None = None) -> tuple[np.ndarray, int, float, float]:
+    """(energies, processes used, image CPU seconds, wavelet CPU seconds) for every clip; the feature images are
+    written to `images` as they come, in order."""
     n_clips = len(files)
-    frames = acoustic_frame_count(n_samples, image_record.hop_length)
-    images = np.empty((n_clips, image_record.n_mfcc + image_record.n_mels, frames), dtype=np.float32)
     energies = np.empty((n_clips, len(wavelet_record.feature_names)), dtype=np.float64)
     cpu_seconds = np.zeros(2)
 
@@ -226,16 +245,17 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
         if chunk_images.shape[1:] != images.shape[1:]:
             raise InterimDataError(f"clips {start}..{stop - 1} gave images of shape {chunk_images.shape[1:]}, "
                                    f"expected {images.shape[1:]} for {n_samples}-sample clips")
-        images[start:stop], energies[start:stop] = chunk_images, chunk_energies
+        images.write(chunk_images)
+        energies[start:stop] = chunk_energies
         cpu_seconds[:] += chunk_seconds
 
     def task(start: int, stop: int):
         return delayed(clip_range_features)(clips_path, start, stop, files[start:stop], image_record, wavelet_record)
 
     bounds = [(start, min(start + chunk_clips, n_clips)) for start in range(0, n_clips, chunk_clips)]
-    if scheduler is not None:  # a cluster's workers are running already: all the work goes there
-        workers = _compute_on_cluster(clips_path, files, bounds, image_record, wavelet_record, scheduler, store)
-        return images, energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+    if cluster is not None:  # a cluster's workers are running already: all the work goes there
+        workers = _compute_on_cluster(clips_path, files, bounds, image_record, wavelet_record, cluster, store)
+        return energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
     # The first chunk runs here and tells what a clip costs, which decides whether workers pay off.
     (first_start, first_stop), rest = bounds[0], bounds[1:]
     store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop],
@@ -247,19 +267,20 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
                       total=len(rest), unit="chunk")
     for (start, stop), chunk in chunks:
         store(start, stop, chunk)
-    return images, energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+    return energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
 
 
 def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, image_record: AcousticImageRecord,
                        wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int = CHUNK_CLIPS,
                        parallel_worth_seconds: float = PARALLEL_WORTH_SECONDS,
-                       scheduler: str | None = None) -> AcousticSummary:
+                       scheduler: str | None = None, cluster: Executor | None = None) -> AcousticSummary:
     """Compute the MFCC + log-mel images and the wavelet-packet energies of every clip in one pass.
 
-    Chunks of clips come back in order into preallocated arrays, from worker processes when there is
+    Chunks of clips come back in order and are written as they come (the feature images straight into
+    features.npz: memory does not grow with the number of clips), from worker processes when there is
     enough work (see PARALLEL_WORTH_SECONDS), or from a Dask cluster's workers when `scheduler` is its address
-    (vapm.config.compute); every clip is computed on its own, so the numbers do not depend on n_jobs, on whether
-    or where workers were used, or on chunk_clips.
+    (vapm.config.compute) or `cluster` is one the caller connected; every clip is computed on its own, so the
+    numbers do not depend on n_jobs, on whether or where workers were used, or on chunk_clips.
     """
     started = time.perf_counter()
     interim_dir = Path(interim_dir)
@@ -270,15 +291,18 @@ def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, i
         raise InterimDataError(f"{clips_path} holds clips of {n_samples} samples, but audio.sample_rate x "
                                f"audio.clip_seconds gives {image_record.audio.clip_samples}: rerun ingest")
     files = manifest["file"].astype(str).tolist()
-    images, energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
-        clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips, parallel_worth_seconds,
-        scheduler)
-
-    _save_npz(Path(images_dir) / FEATURES_NPZ, {"images": images, **_labels_splits_files(manifest),
-                                                **class_names(manifest)})
+    shape = (len(files), image_record.n_mfcc + image_record.n_mels, acoustic_frame_count(n_samples,
+                                                                                         image_record.hop_length))
+    with _cluster(scheduler, cluster) as where, NpzWriter(Path(images_dir) / FEATURES_NPZ) as npz:
+        with npz.stream("images", np.float32, shape) as images:
+            energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
+                clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips,
+                parallel_worth_seconds, images, where)
+        for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
+            npz.add(name, array)
     # The clip limits of the training split travel in both records: a saved model checks new clips against them.
     train_rows = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "train")
-    checks = {"checks": fit_clip_limits(np.load(clips_path, mmap_mode="r"), rows=train_rows)}
+    checks = {"checks": fit_clip_limits(_open_rows(clips_path), rows=train_rows)}
     image_record, wavelet_record = image_record.model_copy(update=checks), wavelet_record.model_copy(update=checks)
     write_record(images_dir, image_record)
     table = pd.DataFrame(energies, columns=wavelet_record.feature_names)

@@ -7,6 +7,8 @@ mask takes the same geometry (padded with zeros, resized by nearest neighbour so
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -62,3 +64,31 @@ def resize_images(images: Iterable[np.ndarray], size: int, mode: str = "squash")
     """uint8 (N, size, size) from grey images that may each have a different shape."""
     resized = [resize_image(image, size, mode) for image in images]
     return np.stack(resized) if resized else np.empty((0, size, size), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageRange:
+    """One task of featurize: some images (or their defect masks) of a pixels.npy (masks.npy), each at a row of
+    `geometry` (offset, height, width; height 0: no mask, a zero image), made square and resized. By the file's
+    absolute path: the process that runs it (this one, or a Dask worker on shared storage) reads them itself."""
+    path: Path
+    geometry: np.ndarray
+    size: int
+    mode: str
+    masks: bool = False
+
+
+def image_range_task(task: ImageRange) -> np.ndarray:
+    """uint8 (K, size, size): the task's images resized as the image record says (resize_image, resize_mask)."""
+    from vapm.core.npy_rows import NpyRows
+
+    source = NpyRows(task.path)
+    resize = resize_mask if task.masks else resize_image
+    out = np.zeros((len(task.geometry), task.size, task.size), dtype=np.uint8)
+    try:
+        for i, (offset, height, width) in enumerate(np.asarray(task.geometry, dtype=np.int64)):
+            if height:
+                out[i] = resize(source[offset:offset + height * width].reshape(height, width), task.size, task.mode)
+    finally:
+        source.close()
+    return out

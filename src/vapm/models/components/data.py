@@ -101,8 +101,8 @@ def load_features(folder: str | Path, classes: list[str] | None = None) -> Featu
             if missing:
                 raise TrainingError(f"{npz} lacks arrays {missing}: rerun featurize")
             found = tuple(data["classes"].astype(str).tolist()) if "classes" in data.files else ()
-            features = FeatureSet(data["images"], data["labels"].astype(np.int64), data["splits"].astype(str),
-                                  data["files"].astype(str), record, classes=found)
+            features = FeatureSet(_images_on_disk(npz, data), data["labels"].astype(np.int64),
+                                  data["splits"].astype(str), data["files"].astype(str), record, classes=found)
     elif table.is_file():
         frame = pd.read_parquet(table)
         missing = [column for column in TABLE_COLUMNS if column not in frame.columns]
@@ -120,6 +120,17 @@ def load_features(folder: str | Path, classes: list[str] | None = None) -> Featu
     features = _with_classes(features, classes, folder)
     check_feature_arrays(features.x, features.labels, features.splits, len(features.classes), str(folder))
     return features
+
+
+def _images_on_disk(npz: Path, data: Any) -> Any:
+    """The images of features.npz read a batch at a time when needed (featurize stores them uncompressed), so that
+    training holds only what it is working on; a compressed file (written by hand) is read whole."""
+    from vapm.core.npy_rows import NpyRows
+
+    try:
+        return NpyRows(npz, "images")
+    except ValueError:
+        return data["images"]
 
 
 def _with_classes(features: FeatureSet, classes: list[str] | None, folder: Path) -> FeatureSet:

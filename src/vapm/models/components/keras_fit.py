@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from vapm.core.npy_rows import Selection, in_chunks
 from vapm.models.components.data import DataSplit
 from vapm.models.components.job import Trained, TrainingJob
 
@@ -28,6 +29,8 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accura
 # alone takes 1.3 GB at 200 px (peak 2.8 GB against 1.5 GB at 64).
 PREDICT_BATCH_SIZE = 64
 VALIDATION_BATCH_SIZE = PREDICT_BATCH_SIZE
+# Items on disk are predicted this many batches at a time: bounded memory, the same batches as one predict.
+PREDICT_CHUNK_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -153,14 +156,38 @@ def smoothed_sparse_crossentropy(smoothing: float):
     return loss
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
-    """Batches of (x, y); with a seed, a fresh but reproducible full shuffle every epoch."""
+def make_dataset(x: Any, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    """Batches of (x, y); with a seed, a fresh but reproducible full shuffle every epoch.
+
+    `x` in memory (an ndarray) is sliced by tf.data; anything else with `read(positions)` (a
+    vapm.core.npy_rows.Selection: rows of features on disk) is read a batch at a time, so memory does not grow
+    with the number of items. Both give the same batches: the shuffle draws the same permutation whatever it
+    shuffles, here the positions 0..N-1 instead of the items themselves."""
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if isinstance(x, np.ndarray):
+        dataset = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} items but {len(y)} labels")
+    positions = tf.data.Dataset.range(len(x))
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        positions = positions.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
+
+    def read(batch):
+        return x.read(batch.numpy()), y[batch.numpy()]
+
+    def load(batch):
+        items, labels = tf.py_function(read, [batch], [x_dtype, y_dtype])
+        items.set_shape((None, *x.shape[1:]))
+        labels.set_shape((None, *y.shape[1:]))
+        return items, labels
+
+    return positions.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
 
 
 def history_frame(history: dict[str, list[float]], phase: str, first_epoch: int = 1) -> pd.DataFrame:
@@ -249,9 +276,17 @@ def class_weights(labels: np.ndarray, how: str) -> dict[int, float] | None:
     return {int(label): float(weight) for label, weight in zip(present, weights)}
 
 
-def predict_in_batches(model, x: np.ndarray) -> np.ndarray:
+def predict_in_batches(model, x: Any) -> np.ndarray:
+    """The model's outputs for `x`: an ndarray, or items on disk read PREDICT_CHUNK_BATCHES batches at a time
+    (the same batches, so the same numbers, as one predict over them all)."""
     start = (time.perf_counter(), time.process_time())
-    scores = np.asarray(model.predict(x, batch_size=fit_options().predict_batch_size, verbose=0), dtype=np.float32)
+    size = fit_options().predict_batch_size
+    if isinstance(x, np.ndarray):
+        scores = np.asarray(model.predict(x, batch_size=size, verbose=0), dtype=np.float32)
+    else:
+        scores = np.concatenate([np.asarray(model.predict(chunk, batch_size=size, verbose=0), dtype=np.float32)
+                                 for chunk in in_chunks(x, size * PREDICT_CHUNK_BATCHES)]) if len(x) else \
+            np.asarray(model.predict(np.asarray(x), batch_size=size, verbose=0), dtype=np.float32)
     for observer in _OBSERVERS:
         observer.predicted(model, len(x), time.perf_counter() - start[0], time.process_time() - start[1])
     return scores
@@ -268,18 +303,21 @@ def validation(x: np.ndarray, y: np.ndarray, split: DataSplit) -> tuple[np.ndarr
     return (x[split.val], y[split.val]) if len(split.val) else None
 
 
-def fit_simple(job: TrainingJob, model, x: np.ndarray, split: DataSplit, callbacks: Sequence[Any] = ()) -> Trained:
-    """Compile, fit on split.fit (watching split.val), predict split.test: the recipe of the plain CNNs."""
+def fit_simple(job: TrainingJob, model, x: Any, split: DataSplit, callbacks: Sequence[Any] = ()) -> Trained:
+    """Compile, fit on split.fit (watching split.val), predict split.test: the recipe of the plain CNNs.
+
+    `x` may be features on disk (vapm.core.npy_rows.NpyRows): every split is read a batch at a time."""
     labels = job.features.labels
     compile_classifier(model, learning_rate_schedule(job.train, len(split.fit)), job.train.label_smoothing)
     log = LiveLog(job.live_dir)
     start = time.perf_counter()
-    history = fit_classifier(model, (x[split.fit], labels[split.fit]), validation(x, labels, split),
+    val_data = (Selection(x, split.val), labels[split.val]) if len(split.val) else None
+    history = fit_classifier(model, (Selection(x, split.fit), labels[split.fit]), val_data,
                              epochs=job.train.epochs, batch_size=job.train.batch_size, seed=job.seed, phase="train",
                              callbacks=[log.callback(), *callbacks], **watchers(job.train))
     log.end()
     trained = time.perf_counter()
-    probabilities = predict_in_batches(model, x[split.test])
+    probabilities = predict_in_batches(model, Selection(x, split.test))
     return Trained(model=model, split=split, test_scores=probabilities, score_kind="probability", history=history,
                    details={"epochs_run": len(history)},
                    seconds={"training": trained - start, "predict_test": time.perf_counter() - trained})
