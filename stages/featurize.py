@@ -14,13 +14,14 @@ from vapm.core.errors import run_stage
 
 def main() -> None:
     from vapm.config import paths
-    from vapm.config.compute import Executor, scheduler_address
+    from vapm.config.compute import Executor, scheduler_address, tune_allocator
     from vapm.data.features.build import featurize_acoustic, featurize_vision
     from vapm.data.features.records import acoustic_image_record, image_record, wavelet_record
     from vapm.config.seeding import set_global_seed
     from vapm.config.settings import load_settings
 
     settings = load_settings(models=())
+    tune_allocator()  # this process and the worker processes it starts
     scheduler = scheduler_address(settings.compute.scheduler)  # None: local processes
     set_global_seed(settings.seed, tensorflow=False, threads=settings.compute.threads)
     images = image_record(settings)

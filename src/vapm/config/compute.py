@@ -45,6 +45,31 @@ class ComputeError(VapmError, RuntimeError):
     """The cluster could not be reached, has no workers, runs other code, or lost a task."""
 
 
+# glibc's allocator returns every freed block above 128 KiB to the system at once and maps the next one afresh, so
+# a process that makes and drops arrays of a few MB per item (featurize's spectrograms: a 1025 x 98 power array
+# per clip) spends most of its time in page faults: measured 10-12 ms of CPU per clip in a fresh worker process
+# against 4.2 ms with these two settings (the same bytes out). Setting either one also turns off glibc's own
+# adjustment of them, so both are set. A process keeps up to the trim threshold of freed memory for reuse.
+ALLOCATOR_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def tune_allocator(environ: dict[str, str] | None = None) -> bool:
+    """ALLOCATOR_TUNING for the worker processes this process starts (their environment; a value the user set
+    stays) and, through glibc's mallopt, for this process. False where the C library has no mallopt."""
+    environ = os.environ if environ is None else environ
+    for name, value in ALLOCATOR_TUNING.items():
+        environ.setdefault(name, value)
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(environ["MALLOC_MMAP_THRESHOLD_"]))) and \
+        bool(mallopt(_M_TRIM_THRESHOLD, int(environ["MALLOC_TRIM_THRESHOLD_"])))
+
+
 def scheduler_address(configured: str | None) -> str | None:
     """The scheduler to use: params.yaml's compute.scheduler, else $DASK_SCHEDULER_ADDRESS, else None (local)."""
     if configured:

@@ -133,28 +133,46 @@ def _checked_items(items: np.ndarray, ndim: int, what: str) -> np.ndarray:
     return array
 
 
+def clip_statistics(clips: np.ndarray, full_scale: float = ClipLimits().full_scale) -> np.ndarray:
+    """float64 (N, 4), per clip (N, samples): RMS, share of samples at full scale, absolute mean, onset asymmetry
+    (NaN where there is none): what `clip_limits` fits the limits on. Each clip's alone, so they can be computed
+    where the clip is (featurize's workers) and gathered."""
+    part = np.asarray(clips, dtype=np.float64)
+    if part.ndim != 2:
+        raise ValueError(f"need clips (N, samples), got shape {part.shape}")
+    asymmetry = [onset_asymmetry(clip) for clip in part]
+    return np.column_stack([np.sqrt(np.mean(part * part, axis=1)), np.mean(np.abs(part) >= full_scale, axis=1),
+                            np.abs(part.mean(axis=1)), np.array([np.nan if a is None else a for a in asymmetry])
+                            ]).reshape(len(part), 4)
+
+
+def clip_limits(statistics: np.ndarray, base: ClipLimits = ClipLimits()) -> ClipLimits:
+    """The shipped limits, widened so that the training clips whose `clip_statistics` are given sit well inside
+    them: the RMS floor at most a tenth of the quietest clip's, the clipping share and DC offset at least twice the
+    largest seen, the onset asymmetry floor half the lowest when every clip has a positive one."""
+    statistics = np.asarray(statistics, dtype=np.float64).reshape(-1, 4)
+    if not len(statistics):
+        raise ValueError("need the statistics of at least one training clip")
+    rms, clipped, offset, asymmetry = statistics.T
+    known = asymmetry[~np.isnan(asymmetry)]
+    lowest = float(known.min()) if len(known) else None
+    return ClipLimits(rms_floor=min(base.rms_floor, 0.1 * float(rms.min())),
+                      full_scale=base.full_scale,
+                      clipping_share=max(base.clipping_share, 2 * float(clipped.max())),
+                      dc_offset=max(base.dc_offset, 2 * float(offset.max())),
+                      min_onset_asymmetry=0.5 * lowest if lowest is not None and lowest > 0 and
+                      len(known) == len(asymmetry) else None)
+
+
 def fit_clip_limits(clips: np.ndarray, base: ClipLimits = ClipLimits(), rows: np.ndarray | None = None,
                     chunk: int = 256) -> ClipLimits:
-    """The shipped limits, widened so that the training clips (N, samples) sit well inside them: the RMS floor at
-    most a tenth of the quietest clip's, the clipping share and DC offset at least twice the largest seen. Only
-    `rows` count when given; `chunk` clips are read at a time, so a memory-mapped clips.npy is never copied whole."""
+    """`clip_limits` of the training clips (N, samples). Only `rows` count when given; `chunk` clips are read at a
+    time, so clips on disk (vapm.core.npy_rows) are never read whole."""
     rows = np.arange(len(clips)) if rows is None else np.asarray(rows, dtype=np.int64)
     if np.ndim(clips) != 2 or len(rows) == 0:
         raise ValueError(f"need training clips (N, samples), got shape {np.shape(clips)} and {len(rows)} rows")
-    rms, clipped, offset, asymmetry = [], [], [], []
-    for start in range(0, len(rows), chunk):
-        part = np.asarray(clips[rows[start:start + chunk]], dtype=np.float64)
-        rms.append(np.sqrt(np.mean(part * part, axis=1)))
-        clipped.append(np.mean(np.abs(part) >= base.full_scale, axis=1))
-        offset.append(np.abs(part.mean(axis=1)))
-        asymmetry += [onset_asymmetry(clip) for clip in part]
-    lowest = min((a for a in asymmetry if a is not None), default=None)
-    return ClipLimits(rms_floor=min(base.rms_floor, 0.1 * float(np.concatenate(rms).min())),
-                      full_scale=base.full_scale,
-                      clipping_share=max(base.clipping_share, 2 * float(np.concatenate(clipped).max())),
-                      dc_offset=max(base.dc_offset, 2 * float(np.concatenate(offset).max())),
-                      min_onset_asymmetry=0.5 * lowest if lowest is not None and lowest > 0 and
-                      None not in asymmetry else None)
+    return clip_limits(np.concatenate([clip_statistics(clips[rows[start:start + chunk]], base.full_scale)
+                                       for start in range(0, len(rows), chunk)]), base)
 
 
 def fit_image_limits(images: np.ndarray, base: ImageLimits = ImageLimits(), rows: np.ndarray | None = None,

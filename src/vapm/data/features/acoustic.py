@@ -14,6 +14,7 @@ import pywt
 from vapm.data.features.errors import InterimDataError
 from vapm.data.features.reproducible import SparseRows, log10_float32, sparse_row_product
 from vapm.data.features.spectral import centred_stft, dct_matrix, mel_filter_bank
+from vapm.data.input_checks import clip_statistics
 
 # Decibels use a fixed reference of 1.0 (amplitude 1 = 0 dB) rather than each clip's maximum:
 # the clips share one amplitude scale, so a louder machine state stays louder in the image (and in
@@ -132,8 +133,9 @@ def wavelet_packet_energies(clip: np.ndarray, wavelet: str, level: int, mode: st
 
 
 def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence[str], image_record: Any,
-                        wavelet_record: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Images and energies of clips[start:stop] of a clips.npy, plus the CPU seconds each kind took.
+                        wavelet_record: Any) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
+    """Images and energies of clips[start:stop] of a clips.npy, the CPU seconds each kind took, and the clips'
+    statistics for the input checks (vapm.data.input_checks.clip_statistics: fitted on the training clips).
 
     The worker task of the featurize stage: it opens its own memory map, so only paths cross processes,
     and lives here rather than in `build` so that worker processes do not import pandas. The records
@@ -154,7 +156,7 @@ def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence
         energies.append(wavelet_record.from_clip(clip))
         image_seconds += tock - tick
         wavelet_seconds += time.thread_time() - tock
-    return np.stack(images), np.stack(energies), image_seconds, wavelet_seconds
+    return np.stack(images), np.stack(energies), image_seconds, wavelet_seconds, clip_statistics(clips)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class ClipRange:
     wavelet_record: Any   # a WaveletRecord
 
 
-def clip_range_task(task: ClipRange) -> tuple[np.ndarray, np.ndarray, float, float]:
+def clip_range_task(task: ClipRange) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
     """clip_range_features of one ClipRange: what a cluster worker runs."""
     return clip_range_features(task.clips_path, task.start, task.stop, task.files, task.image_record,
                                task.wavelet_record)

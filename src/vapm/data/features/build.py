@@ -26,7 +26,7 @@ from vapm.data.features.acoustic import (
     clip_range_task,
 )
 from vapm.data.features.errors import InterimDataError
-from vapm.data.input_checks import fit_clip_limits, fit_image_limits
+from vapm.data.input_checks import clip_limits, fit_image_limits
 from vapm.data.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
 from vapm.data.features.vision import ImageRange, image_range_task
 
@@ -233,21 +233,22 @@ def _compute_on_cluster(clips_path: Path, files: list[str], bounds: list[tuple[i
 def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_record: AcousticImageRecord,
                       wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int,
                       parallel_worth_seconds: float, images: RowStream,
-                      cluster: Executor | None = None) -> tuple[np.ndarray, int, float, float]:
-    """(energies, processes used, image CPU seconds, wavelet CPU seconds) for every clip; the feature images are
-    written to `images` as they come, in order."""
+                      cluster: Executor | None = None) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """(energies, clip statistics, processes used, image CPU seconds, wavelet CPU seconds) for every clip; the
+    feature images are written to `images` as they come, in order."""
     n_clips = len(files)
     energies = np.empty((n_clips, len(wavelet_record.feature_names)), dtype=np.float64)
+    statistics = np.empty((n_clips, 4), dtype=np.float64)
     cpu_seconds = np.zeros(2)
 
-    def store(start: int, stop: int, chunk: tuple[np.ndarray, np.ndarray, float, float]) -> None:
-        chunk_images, chunk_energies, *chunk_seconds = chunk
+    def store(start: int, stop: int, chunk: tuple[np.ndarray, np.ndarray, float, float, np.ndarray]) -> None:
+        chunk_images, chunk_energies, image_seconds, wavelet_seconds, chunk_statistics = chunk
         if chunk_images.shape[1:] != images.shape[1:]:
             raise InterimDataError(f"clips {start}..{stop - 1} gave images of shape {chunk_images.shape[1:]}, "
                                    f"expected {images.shape[1:]} for {n_samples}-sample clips")
         images.write(chunk_images)
-        energies[start:stop] = chunk_energies
-        cpu_seconds[:] += chunk_seconds
+        energies[start:stop], statistics[start:stop] = chunk_energies, chunk_statistics
+        cpu_seconds[:] += (image_seconds, wavelet_seconds)
 
     def task(start: int, stop: int):
         return delayed(clip_range_features)(clips_path, start, stop, files[start:stop], image_record, wavelet_record)
@@ -255,7 +256,7 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
     bounds = [(start, min(start + chunk_clips, n_clips)) for start in range(0, n_clips, chunk_clips)]
     if cluster is not None:  # a cluster's workers are running already: all the work goes there
         workers = _compute_on_cluster(clips_path, files, bounds, image_record, wavelet_record, cluster, store)
-        return energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+        return energies, statistics, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
     # The first chunk runs here and tells what a clip costs, which decides whether workers pay off.
     (first_start, first_stop), rest = bounds[0], bounds[1:]
     store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop],
@@ -267,7 +268,7 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
                       total=len(rest), unit="chunk")
     for (start, stop), chunk in chunks:
         store(start, stop, chunk)
-    return energies, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+    return energies, statistics, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
 
 
 def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, image_record: AcousticImageRecord,
@@ -295,14 +296,14 @@ def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, i
                                                                                          image_record.hop_length))
     with _cluster(scheduler, cluster) as where, NpzWriter(Path(images_dir) / FEATURES_NPZ) as npz:
         with npz.stream("images", np.float32, shape) as images:
-            energies, workers, image_seconds, wavelet_seconds = _compute_acoustic(
+            energies, statistics, workers, image_seconds, wavelet_seconds = _compute_acoustic(
                 clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips,
                 parallel_worth_seconds, images, where)
         for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
             npz.add(name, array)
     # The clip limits of the training split travel in both records: a saved model checks new clips against them.
     train_rows = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "train")
-    checks = {"checks": fit_clip_limits(_open_rows(clips_path), rows=train_rows)}
+    checks = {"checks": clip_limits(statistics[train_rows])}  # what fit_clip_limits finds, computed with the clips
     image_record, wavelet_record = image_record.model_copy(update=checks), wavelet_record.model_copy(update=checks)
     write_record(images_dir, image_record)
     table = pd.DataFrame(energies, columns=wavelet_record.feature_names)
