@@ -7,6 +7,7 @@ processes, and kills one.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 from pathlib import Path
 
@@ -113,6 +114,19 @@ def test_a_workers_fingerprint_covers_code_libraries_and_pins(compute_cluster):
     with Client(compute_cluster, set_as_default=False) as client:
         fingerprints = client.run(worker_fingerprint)
     assert len(fingerprints) == 2 and all(there == here for there in fingerprints.values())
+
+
+def test_the_allocator_tuning_goes_to_worker_environments_and_keeps_a_value_the_user_set():
+    from vapm.cli.cluster import worker_environment, worker_exports
+    from vapm.config.compute import ALLOCATOR_TUNING, tune_allocator
+
+    environment = {"MALLOC_TRIM_THRESHOLD_": "1048576"}
+    assert tune_allocator(environment) is False  # another environment: this process is left alone
+    assert environment == {**ALLOCATOR_TUNING, "MALLOC_TRIM_THRESHOLD_": "1048576"}
+    assert all(worker_environment()[name] for name in ALLOCATOR_TUNING)
+    exports = worker_exports().splitlines()
+    assert {f"export {name}={os.environ.get(name, value)}" for name, value in ALLOCATOR_TUNING.items()} <= \
+        set(exports)
 
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "tls://scheduler.example.org:443", "tcp://[::1]:8786"])

@@ -56,10 +56,14 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 def tune_allocator(environ: dict[str, str] | None = None) -> bool:
     """ALLOCATOR_TUNING for the worker processes this process starts (their environment; a value the user set
-    stays) and, through glibc's mallopt, for this process. False where the C library has no mallopt."""
+    stays) and, through glibc's mallopt, for this process (only when `environ` is this process's own). False where
+    the C library has no mallopt."""
+    own = environ is None
     environ = os.environ if environ is None else environ
     for name, value in ALLOCATOR_TUNING.items():
         environ.setdefault(name, value)
+    if not own:
+        return False
     try:
         import ctypes
 
