@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from vapm.core.npy_rows import in_chunks
 from vapm.models.acoustic_anomaly.evaluation import evaluate_anomaly_model
 from vapm.models.acoustic_anomaly.features import SpectrogramSettings, log_mel_images
 from vapm.models.acoustic_anomaly.model import fit_anomaly_model
@@ -39,7 +40,8 @@ def train(job: TrainingJob) -> Trained:
     spectrogram = spectrogram_settings(params, float(features.record["audio"]["sample_rate"]))
     split = train_test_only(features.splits)
     started = time.perf_counter()
-    log_mel = log_mel_images(np.asarray(features.x), spectrogram)
+    # The clips (data/interim, on disk) a few hundred at a time: their log-mel images are an eighth of their size.
+    log_mel = np.concatenate([log_mel_images(chunk, spectrogram) for chunk in in_chunks(features.x, 256)])
     model = fit_anomaly_model(log_mel, features.labels, features.splits, job.class_names, settings=params,
                               spectrogram=spectrogram, seed=job.seed)
     fitted = time.perf_counter()

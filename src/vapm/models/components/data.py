@@ -92,7 +92,9 @@ def load_features(folder: str | Path, classes: list[str] | None = None) -> Featu
     npz, table, clips = folder / FEATURES_NPZ, folder / FEATURES_PARQUET, folder / CLIPS_NPY
     if clips.is_file():
         manifest = pd.read_parquet(folder / "manifest.parquet").sort_values("item", kind="stable")
-        features = FeatureSet(np.load(clips, mmap_mode="r"), manifest["label"].to_numpy(np.int64),
+        from vapm.core.npy_rows import NpyRows  # read a batch at a time: a year of clips is far larger than memory
+
+        features = FeatureSet(NpyRows(clips), manifest["label"].to_numpy(np.int64),
                               manifest["split"].astype(str).to_numpy(), manifest["file"].astype(str).to_numpy(),
                               record, classes=_classes_of(manifest))
     elif npz.is_file():
