@@ -29,8 +29,9 @@ HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accura
 # alone takes 1.3 GB at 200 px (peak 2.8 GB against 1.5 GB at 64).
 PREDICT_BATCH_SIZE = 64
 VALIDATION_BATCH_SIZE = PREDICT_BATCH_SIZE
-# Items on disk are predicted this many batches at a time: bounded memory, the same batches as one predict.
-PREDICT_CHUNK_BATCHES = 16
+# Items on disk are predicted this many batches at a time: bounded memory (Keras copies each chunk into a dataset),
+# the same batches as one predict.
+PREDICT_CHUNK_BATCHES = 4
 
 
 @dataclass(frozen=True)
