@@ -27,7 +27,7 @@ def compute_cluster():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
-                      scheduler_port=0, dashboard_address=":0") as cluster:
+                      scheduler_port=0, dashboard_address="127.0.0.1:0") as cluster:
         yield cluster.scheduler_address
 
 
@@ -181,14 +181,16 @@ def test_a_worker_started_without_the_pins_is_refused_by_name(tmp_path):
     pids = {}
     try:
         pids["scheduler"] = subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file",
              str(scheduler_file)], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
         deadline = time.monotonic() + 60
         while not scheduler_file.is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text())["address"]
         pids["worker"] = subprocess.Popen(
-            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
+            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+             "--dashboard-address", "127.0.0.1:0"],
             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
         with pytest.raises(ComputeError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ would compute other bytes than "
                                                r"this stage: \$ONEDNN_MAX_CPU_ISA '' \(here 'AVX2'\)"):
@@ -199,7 +201,7 @@ def test_a_worker_started_without_the_pins_is_refused_by_name(tmp_path):
         vapm_command = Path(sys.executable).with_name("vapm")
         pids["worker"] = subprocess.Popen(
             ["bash", "-c", f'eval "$({vapm_command} cluster env)" && exec {dask} worker {address} --nthreads 1 '
-                           "--no-nanny --host 127.0.0.1 --no-dashboard --name from-env"],
+                           "--no-nanny --host 127.0.0.1 --dashboard-address 127.0.0.1:0 --name from-env"],
             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
         from distributed import Client
 

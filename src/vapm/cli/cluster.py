@@ -1,4 +1,4 @@
-"""`vapm cluster start|stop|status|worker|env`: a Dask cluster for `compute.scheduler` (docs/scaling.md).
+"""`vapm cluster start|stop|status|worker|env|slurm`: a Dask cluster for `compute.scheduler` (docs/scaling.md).
 
     vapm cluster start --workers 2     a scheduler and 2 one-thread workers on 127.0.0.1; prints the address
     vapm cluster status                the address and which of its processes are alive
@@ -7,6 +7,7 @@
                                        machine that sees the same files at the same paths
     vapm cluster env                   the environment lines such a worker needs when something else starts it
                                        (a SLURM job through dask-jobqueue, a Kubernetes pod): eval them first
+    vapm cluster slurm --jobs N        a scheduler here and N one-worker SLURM jobs, until Ctrl-C (vapm.cli.slurm)
 
 The state (address, process ids, log files) is in .vapm/cluster.json. Every process gets vapm's CPU-dispatch
 pins and PYTHONPATH in its environment, so the workers import this vapm and compute the bytes a stage computes
@@ -81,7 +82,8 @@ def worker_exports() -> str:
 def worker_command(address: str, host: str = "127.0.0.1") -> list[str]:
     # No nanny: each worker is one process, so its process id is the one that computes (and that `stop` ends).
     return [*_dask(), "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--host", host,
-            "--no-dashboard", "--name", f"vapm-{host}-{os.getpid()}-{time.monotonic_ns()}"]
+            "--no-dashboard", "--dashboard-address", f"{host}:0",  # its HTTP server (health) runs regardless
+            "--name", f"vapm-{host}-{os.getpid()}-{time.monotonic_ns()}"]
 
 
 
@@ -118,6 +120,7 @@ def start(workers: int, state: Path = STATE, host: str = "127.0.0.1") -> dict:
 
     try:
         spawn("scheduler", [*_dask(), "scheduler", "--host", host, "--port", "0", "--no-dashboard",
+                            "--dashboard-address", f"{host}:0",
                             "--scheduler-file", str(scheduler_file)])
         address = _wait_for_address(scheduler_file, pids["scheduler"], logs / "scheduler.log")
         for number in range(1, workers + 1):
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "(eval \"$(vapm cluster env)\" in a batch job or container)")
     for sub in commands.choices.values():
         sub.add_argument("--state", type=Path, default=STATE, help=f"state file (default {STATE})")
+    from vapm.cli import slurm
+
+    slurm.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
@@ -220,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"no cluster: {args.state} does not exist")
         elif args.command == "env":
             print(worker_exports())
+        elif args.command == "slurm":
+            return slurm.run(args.jobs, args.queue, args.memory, args.walltime, args.host, args.worker_host,
+                             args.log_directory, args.job_directive)
         elif args.command == "status":
             document = read_state(args.state)
             if document is None:
