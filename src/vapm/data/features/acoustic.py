@@ -137,11 +137,16 @@ def clip_range_features(clips_path: Path, start: int, stop: int, files: Sequence
     """Images and energies of clips[start:stop] of a clips.npy, the CPU seconds each kind took, and the clips'
     statistics for the input checks (vapm.data.input_checks.clip_statistics: fitted on the training clips).
 
-    The worker task of the featurize stage: it opens its own memory map, so only paths cross processes,
-    and lives here rather than in `build` so that worker processes do not import pandas. The records
+    The worker task of the featurize stage: it reads its own rows of the file (vapm.core.npy_rows, as the stage
+    reads the rest), so only paths cross processes, and lives here rather than in `build` so that worker processes
+    do not import pandas. The records
     (vapm.data.features.records) compute the features, exactly as predict does for a new file.
     """
-    clips = np.asarray(np.load(clips_path, mmap_mode="r")[start:stop])
+    from vapm.core.npy_rows import NpyRows
+
+    source = NpyRows(clips_path)
+    clips = source[start:stop]
+    source.close()
     broken = ~np.isfinite(clips).all(axis=1)
     if broken.any():
         first = int(np.argmax(broken))
