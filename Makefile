@@ -81,7 +81,7 @@ mlflow-server: setup
 	$(VENV)/bin/python -m vapm.tracking.server --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
 
 # docs/benchmarks/scale.md: ingest, featurize and one epoch at N and 4N files, peak memory per stage, and
-# featurize on one and two Dask workers (about half an hour on 2 cores); SCALE_ARGS="--clips-per-class 40" etc.
+# featurize on one and two Dask workers (about 10 minutes on 2 cores); SCALE_ARGS="--clips-per-class 40" etc.
 bench-scale: setup
 	$(VENV)/bin/python -m vapm.bench.scale --out docs/benchmarks/scale $(SCALE_ARGS)
 

@@ -21,6 +21,7 @@ from vapm.data.features.records import clip_record, write_record
 from vapm.data.ingest.dataset import IngestError, audio_target, ingest_acoustic, ingest_settings, ingest_vision
 from vapm.data.ingest.labels import check_class_names
 from vapm.data.ingest.layout import Layout
+from vapm.config.compute import arrow_on_system_allocator
 from vapm.config.seeding import set_global_seed
 from vapm.config.settings import load_settings
 
@@ -107,6 +108,7 @@ def dataset_jobs(settings: Any) -> dict[str, Callable[[], dict[str, Any]]]:
 def ingest_all(reports: dict[str, Any]) -> list[str]:
     """Run both datasets, filling `reports`; the one-line errors of those that failed."""
     jobs = dataset_jobs(load_settings(models=()))
+    arrow_on_system_allocator()  # this process and its decoding processes (vapm.config.compute)
     errors: list[str] = []
     for name, job in jobs.items():
         started = time.perf_counter()

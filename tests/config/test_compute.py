@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,19 @@ def test_the_allocator_tuning_goes_to_worker_environments_and_keeps_a_value_the_
     exports = worker_exports().splitlines()
     assert {f"export {name}={os.environ.get(name, value)}" for name, value in ALLOCATOR_TUNING.items()} <= \
         set(exports)
+
+
+@pytest.mark.parametrize("asked, backend", [(None, "system"), ("mimalloc", "mimalloc")])
+def test_ingest_and_featurize_give_arrow_the_system_allocator_unless_the_user_chose_one(asked, backend):
+    """Arrow's mimalloc pool kept what parquet reads freed (docs/scaling.md, "Growth with the data"); the choice
+    goes to the processes the stage starts through the environment."""
+    probe = ("import os, pyarrow\nfrom vapm.config.compute import tune_allocator\ntune_allocator()\n"
+             "print(pyarrow.default_memory_pool().backend_name, os.environ['ARROW_DEFAULT_MEMORY_POOL'])")
+    environment = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if asked:
+        environment["ARROW_DEFAULT_MEMORY_POOL"] = asked
+    out = subprocess.run([sys.executable, "-c", probe], env=environment, check=True, capture_output=True, text=True)
+    assert out.stdout.split() == [backend, asked or "system"]
 
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "tls://scheduler.example.org:443", "tcp://[::1]:8786"])

@@ -19,7 +19,7 @@ from tests.models.test_models import TRANSFER, pattern_images
 from tests.serving.test_serving import RATE, build_acoustic_model, build_vision_model
 from tests.training.test_training import make_job, tiny_split
 from vapm.artefacts.errors import ArtefactError
-from vapm.artefacts.onnx import EXPORT_TOLERANCE, check_export, onnx_graph_of
+from vapm.artefacts.onnx import EXPORT_TOLERANCE, RUN_BATCH, check_export, onnx_graph_of, open_session
 from vapm.config.model_registry import load_registry
 from vapm.config.seeding import set_global_seed
 from vapm.core.native_logs import is_native_log_line, split_forwardable
@@ -84,6 +84,24 @@ def test_onnx_runtime_answers_as_keras_on_raw_files(networks, name):
         assert onnx_answer["class"] == keras_answer["class"]
         for cls, p in keras_answer["probabilities"].items():
             assert abs(onnx_answer["probabilities"][cls] - p) <= EXPORT_TOLERANCE
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_onnx_runtime_gives_the_same_bits_at_every_batch_size(networks, name):
+    """Why OnnxModel runs RUN_BATCH items at a time (memory in proportion to the batch): the outputs do not depend
+    on it. Keras's do (oneDNN blocks its sums by batch size), which is why the export check keeps CHECK_BATCH."""
+    session = open_session(networks / name / "model.onnx").session
+    shape = [67 if not isinstance(n, int) else n for n in session.get_inputs()[0].shape]
+    x = np.random.default_rng(5).uniform(0, 255, size=shape).astype(np.float32)
+
+    def outputs(batch: int) -> list[np.ndarray]:
+        runs = [session.run(None, {session.get_inputs()[0].name: x[i:i + batch]}) for i in range(0, len(x), batch)]
+        return [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
+
+    whole = outputs(len(x))
+    assert len(whole) == 2  # the scores and the features of the unfamiliar-input flag
+    for batch in (1, 7, RUN_BATCH):
+        assert all(np.array_equal(a, b) for a, b in zip(outputs(batch), whole, strict=True)), batch
 
 
 def test_two_exports_of_one_network_have_the_same_bytes(networks):

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 IMAGE_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 SOUND_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 TEXT_SUFFIX = ".dat"
-BATCH = 256
+BATCH = 64  # as vapm.artefacts.onnx.RUN_BATCH: the same bits at any batch size, memory in proportion to it
 
 
 class InputError(ValueError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ PARALLEL_WORTH_SECONDS = 10.0
 # Items resized or computed before they are written out together: the memory featurize holds whatever the
 # dataset's size. Results do not depend on it.
 WRITE_ROWS = 256
+# Rows of the wavelet table per parquet row group: written as the energies come (2 KB a clip), so featurize
+# never holds the table whole. Part of the file's layout (its bytes), not of the numbers read back.
+TABLE_ROW_GROUP = 1024
 
 
 @dataclass(frozen=True)
@@ -145,16 +149,57 @@ def _labels_splits_files(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
             "files": np.asarray(manifest["file"].astype(str).tolist(), dtype=str)}
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write next to `path`, then rename, so an interrupted run never leaves a half-written output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+class _WaveletTable:
+    """The wavelet features.parquet written TABLE_ROW_GROUP rows at a time as the energies come, in item order:
+    the feature columns, then class, label, split and file from the manifest; renamed into place when whole."""
+
+    def __init__(self, path: Path, feature_names: Sequence[str], manifest: pd.DataFrame):
+        self.path, self.feature_names = Path(path), list(feature_names)
+        self.item_columns = {"class": manifest["class"].astype(str).to_numpy(),
+                             "label": manifest["label"].to_numpy(dtype=np.int64),
+                             "split": manifest["split"].astype(str).to_numpy(),
+                             "file": manifest["file"].astype(str).to_numpy()}
+        self.temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._pending: list[np.ndarray] = []
+        self._written = 0
+        self._writer: Any = None
+
+    def append(self, energies: np.ndarray) -> None:
+        self._pending.append(np.asarray(energies, dtype=np.float64))
+        while sum(len(block) for block in self._pending) >= TABLE_ROW_GROUP:
+            self._write_group(TABLE_ROW_GROUP)
+
+    def _write_group(self, n_rows: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        block = np.concatenate(self._pending)
+        self._pending = [block[n_rows:]] if len(block) > n_rows else []
+        frame = pd.DataFrame(block[:n_rows], columns=self.feature_names)
+        stop = self._written + n_rows
+        for name, values in self.item_columns.items():
+            frame[name] = values[self._written:stop]
+        table = pa.Table.from_pandas(frame, preserve_index=False)  # what DataFrame.to_parquet(index=False) writes
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.temporary, table.schema)
+        self._writer.write_table(table)
+        self._written = stop
+
+    def close(self) -> None:
+        if self._pending:
+            self._write_group(sum(len(block) for block in self._pending))
+        if self._written != len(self.item_columns["file"]):
+            raise InterimDataError(f"{self.path}: {self._written} rows computed for "
+                                   f"{len(self.item_columns['file'])} clips")
+        self._writer.close()
+        os.replace(self.temporary, self.path)
+
+    def discard(self) -> None:
+        """Whatever is left of an unfinished table (nothing after `close`)."""
+        if self._writer is not None:
+            self._writer.close()  # again after close: a no-op
+        self.temporary.unlink(missing_ok=True)
 
 
 FEATURES_NPZ = "features.npz"
@@ -232,12 +277,11 @@ def _compute_on_cluster(clips_path: Path, files: list[str], bounds: list[tuple[i
 
 def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_record: AcousticImageRecord,
                       wavelet_record: WaveletRecord, n_jobs: int, chunk_clips: int,
-                      parallel_worth_seconds: float, images: RowStream,
-                      cluster: Executor | None = None) -> tuple[np.ndarray, np.ndarray, int, float, float]:
-    """(energies, clip statistics, processes used, image CPU seconds, wavelet CPU seconds) for every clip; the
-    feature images are written to `images` as they come, in order."""
+                      parallel_worth_seconds: float, images: RowStream, energies: _WaveletTable,
+                      cluster: Executor | None = None) -> tuple[np.ndarray, int, float, float]:
+    """(clip statistics, processes used, image CPU seconds, wavelet CPU seconds) for every clip; the feature
+    images and the energies are written to `images` and `energies` as they come, in order."""
     n_clips = len(files)
-    energies = np.empty((n_clips, len(wavelet_record.feature_names)), dtype=np.float64)
     statistics = np.empty((n_clips, 4), dtype=np.float64)
     cpu_seconds = np.zeros(2)
 
@@ -247,7 +291,8 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
             raise InterimDataError(f"clips {start}..{stop - 1} gave images of shape {chunk_images.shape[1:]}, "
                                    f"expected {images.shape[1:]} for {n_samples}-sample clips")
         images.write(chunk_images)
-        energies[start:stop], statistics[start:stop] = chunk_energies, chunk_statistics
+        energies.append(chunk_energies)
+        statistics[start:stop] = chunk_statistics
         cpu_seconds[:] += (image_seconds, wavelet_seconds)
 
     def task(start: int, stop: int):
@@ -256,7 +301,7 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
     bounds = [(start, min(start + chunk_clips, n_clips)) for start in range(0, n_clips, chunk_clips)]
     if cluster is not None:  # a cluster's workers are running already: all the work goes there
         workers = _compute_on_cluster(clips_path, files, bounds, image_record, wavelet_record, cluster, store)
-        return energies, statistics, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+        return statistics, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
     # The first chunk runs here and tells what a clip costs, which decides whether workers pay off.
     (first_start, first_stop), rest = bounds[0], bounds[1:]
     store(first_start, first_stop, clip_range_features(clips_path, first_start, first_stop, files[:first_stop],
@@ -268,7 +313,7 @@ def _compute_acoustic(clips_path: Path, files: list[str], n_samples: int, image_
                       total=len(rest), unit="chunk")
     for (start, stop), chunk in chunks:
         store(start, stop, chunk)
-    return energies, statistics, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
+    return statistics, workers, float(cpu_seconds[0]), float(cpu_seconds[1])
 
 
 def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, image_record: AcousticImageRecord,
@@ -294,24 +339,23 @@ def featurize_acoustic(interim_dir: Path, images_dir: Path, wavelet_dir: Path, i
     files = manifest["file"].astype(str).tolist()
     shape = (len(files), image_record.n_mfcc + image_record.n_mels, acoustic_frame_count(n_samples,
                                                                                          image_record.hop_length))
-    with _cluster(scheduler, cluster) as where, NpzWriter(Path(images_dir) / FEATURES_NPZ) as npz:
-        with npz.stream("images", np.float32, shape) as images:
-            energies, statistics, workers, image_seconds, wavelet_seconds = _compute_acoustic(
-                clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips,
-                parallel_worth_seconds, images, where)
-        for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
-            npz.add(name, array)
+    table = _WaveletTable(Path(wavelet_dir) / FEATURES_PARQUET, wavelet_record.feature_names, manifest)
+    try:
+        with _cluster(scheduler, cluster) as where, NpzWriter(Path(images_dir) / FEATURES_NPZ) as npz:
+            with npz.stream("images", np.float32, shape) as images:
+                statistics, workers, image_seconds, wavelet_seconds = _compute_acoustic(
+                    clips_path, files, n_samples, image_record, wavelet_record, n_jobs, chunk_clips,
+                    parallel_worth_seconds, images, table, where)
+            for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
+                npz.add(name, array)
+        table.close()
+    finally:
+        table.discard()
     # The clip limits of the training split travel in both records: a saved model checks new clips against them.
     train_rows = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "train")
     checks = {"checks": clip_limits(statistics[train_rows])}  # what fit_clip_limits finds, computed with the clips
     image_record, wavelet_record = image_record.model_copy(update=checks), wavelet_record.model_copy(update=checks)
     write_record(images_dir, image_record)
-    table = pd.DataFrame(energies, columns=wavelet_record.feature_names)
-    table["class"] = manifest["class"].astype(str).to_numpy()
-    table["label"] = manifest["label"].to_numpy(dtype=np.int64)
-    table["split"] = manifest["split"].astype(str).to_numpy()
-    table["file"] = files
-    _replace_atomically(Path(wavelet_dir) / FEATURES_PARQUET, lambda target: table.to_parquet(target, index=False))
     write_record(wavelet_dir, wavelet_record)
     return AcousticSummary(n_clips=len(files), seconds=time.perf_counter() - started, workers=workers,
                            image_cpu_ms_per_clip=1000 * image_seconds / len(files),
