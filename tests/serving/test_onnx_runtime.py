@@ -98,6 +98,9 @@ def test_onnx_runtime_gives_the_same_bits_at_every_batch_size(networks, name):
         runs = [session.run(None, {session.get_inputs()[0].name: x[i:i + batch]}) for i in range(0, len(x), batch)]
         return [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
 
+    from vapm.serving import bundle_program
+
+    assert bundle_program.BATCH == RUN_BATCH  # the stand-alone bundle keeps its own copy of the batch size
     whole = outputs(len(x))
     assert len(whole) == 2  # the scores and the features of the unfamiliar-input flag
     for batch in (1, 7, RUN_BATCH):

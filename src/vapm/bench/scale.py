@@ -150,7 +150,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"featurize at {factor}N on a local Dask cluster (`vapm cluster start`, one-thread workers):", "",
                   "| workers | wall, median (s) | each run (s) | stage's peak RSS (MB) |", "|---:|---:|---|---:|"]
         for workers in ("1", "2"):
-            runs = ", ".join(f"{wall:.1f}" for wall in dask[workers].get("runs_wall_s", [dask[workers]["wall_s"]]))
+            runs = ", ".join(f"{wall:.1f}" for wall in dask[workers]["runs_wall_s"])
             lines.append(f"| {workers} | {dask[workers]['wall_s']:.1f} | {runs} | {dask[workers]['peak_rss_mb']:.0f} |")
         lines.append(f"| speed-up | {dask['speedup']:.2f} x (target >= {WORKER_TARGET}: "
                      f"{'met' if dask['speedup_met'] else '**not met**'}) | | |")

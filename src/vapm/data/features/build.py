@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -161,12 +161,14 @@ class _WaveletTable:
                              "file": manifest["file"].astype(str).to_numpy()}
         self.temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
         self._written = 0
         self._writer: Any = None
 
     def append(self, energies: np.ndarray) -> None:
         self._pending.append(np.asarray(energies, dtype=np.float64))
-        while sum(len(block) for block in self._pending) >= TABLE_ROW_GROUP:
+        self._pending_rows += len(energies)
+        while self._pending_rows >= TABLE_ROW_GROUP:
             self._write_group(TABLE_ROW_GROUP)
 
     def _write_group(self, n_rows: int) -> None:
@@ -175,6 +177,7 @@ class _WaveletTable:
 
         block = np.concatenate(self._pending)
         self._pending = [block[n_rows:]] if len(block) > n_rows else []
+        self._pending_rows = len(block) - n_rows
         frame = pd.DataFrame(block[:n_rows], columns=self.feature_names)
         stop = self._written + n_rows
         for name, values in self.item_columns.items():
@@ -187,8 +190,8 @@ class _WaveletTable:
         self._written = stop
 
     def close(self) -> None:
-        if self._pending:
-            self._write_group(sum(len(block) for block in self._pending))
+        if self._pending_rows:
+            self._write_group(self._pending_rows)
         if self._written != len(self.item_columns["file"]):
             raise InterimDataError(f"{self.path}: {self._written} rows computed for "
                                    f"{len(self.item_columns['file'])} clips")
