@@ -1,7 +1,8 @@
 """Stage featurize: data/interim -> data/features/{image,acoustic_image,wavelet}/ (arrays + record.json).
 
-The formats are in docs/architecture.md; the knobs are params.yaml's `featurize`, `vision.image_size` and
-`audio`. Each folder's record.json is the preprocessing record predict uses for new files.
+The formats are in docs/architecture.md; the knobs are params.yaml's `featurize`, `vision.image_size`,
+`vision.resize`, `audio` and `ood.false_flag_rate` (the images' learnt input checks). Each folder's record.json
+is the preprocessing record predict uses for new files.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def main() -> None:
     # One connection to the cluster (and one check of its workers) for both passes.
     with Executor(scheduler=scheduler, what="featurize") if scheduler else nullcontext() as cluster:
         started = time.perf_counter()
-        n_images = featurize_vision(paths.VISION_INTERIM, paths.IMAGE_FEATURES, images, cluster=cluster)
+        n_images = featurize_vision(paths.VISION_INTERIM, paths.IMAGE_FEATURES, images, cluster=cluster,
+                                    false_flag_rate=settings.ood.false_flag_rate, n_jobs=settings.featurize.n_jobs)
         print(f"wrote {paths.IMAGE_FEATURES}: {n_images} images of {images.image_size}x{images.image_size} "
               f"in {time.perf_counter() - started:.1f} s")
         summary = featurize_acoustic(paths.ACOUSTIC_INTERIM, paths.ACOUSTIC_IMAGE_FEATURES, paths.WAVELET_FEATURES,

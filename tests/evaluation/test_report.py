@@ -36,7 +36,8 @@ def write_side(repo: Path, learning_rate: float, predicted: list[str], manifest:
     if balanced:  # scores from before balanced accuracy and the baseline were added have neither
         recalls = [sum(a == p == name for a, p in zip(actual, predicted)) / actual.count(name) for name in CLASSES]
         scores |= {"bal_acc": round(sum(recalls) / len(CLASSES), 4), "baseline": round(4 / 12, 4),
-                   "ece": 0.0412, "unfl_test": 0.0139, "unfl_min": 0.25}  # and the flag's shares (issue 26)
+                   "ece": 0.0412, "unfl_test": 0.0139, "unfl_val": 0.0058,
+                   "unfl_min": 0.25}  # and the flag's shares (issue 26)
     (_mkdir(metrics / "scores") / "toy.json").write_text(json.dumps(scores))
     (_mkdir(metrics / "details") / "toy.json").write_text(json.dumps({"data_manifest_sha256": manifest}))
     index = {name: i for i, name in enumerate(CLASSES)}
@@ -92,7 +93,7 @@ def test_report_pairs_predictions_and_computes_mcnemar_by_hand(branch_with_a_cha
     assert data["models"]["toy"]["after"]["bal_acc"] == 0.9167
     assert "`train.learning_rate` | 0.001 | 0.01" in markdown
     # The calibration error and the unfamiliar-input shares, which the base side's scores predate.
-    assert "| toy | — → 0.041 | — → 1.4 % | — → 25.0 % |" in markdown
+    assert "| toy | — → 0.041 | — → 1.4 % | — → 0.6 % | — → 25.0 % |" in markdown
     assert "![confusion before](pictures/toy-confusion-base.png)" in markdown
     assert (repo / "reports" / "pictures" / "toy-confusion-head.png").is_file()
     page = (repo / "reports" / "report.html").read_text()

@@ -79,3 +79,18 @@ def test_feature_groups_combine_by_their_familiar_medians_and_round_trip():
     assert Familiarity.from_arrays(single.arrays()).score(familiar[0]).tolist() == single.score(familiar[0]).tolist()
     with pytest.raises(ValueError, match="2 feature groups"):
         grouped.score(familiar[0])
+
+
+def test_a_fitted_familiarity_keeps_its_out_of_fold_scores_in_the_items_order():
+    from vapm.models.components.unfamiliar import Familiarity, combined_score, fit_familiarity, out_of_fold_scores
+
+    x, labels = clusters(200, 4)
+    second = np.abs(x[:, :3]) + 1.0
+    one = fit_familiarity(x, labels, "mahalanobis", 5, 0.01, 5, 7)
+    np.testing.assert_array_equal(one.held_out_scores, out_of_fold_scores("mahalanobis", x, labels, 5, 5, 7))
+    assert one.threshold == flag_threshold(one.held_out_scores, 0.01)
+    two = fit_familiarity([x, second], labels, "knn", 5, 0.01, 5, 7)
+    groups = [out_of_fold_scores("knn", group, labels, 5, 5, 7) for group in (x, second)]
+    np.testing.assert_array_equal(two.held_out_scores, combined_score(groups, np.asarray(two.medians)))
+    # Not saved: a model read back has its threshold, not the scores that set it.
+    assert Familiarity.from_arrays(one.arrays()).held_out_scores is None

@@ -73,12 +73,14 @@ def test_the_model_folder_carries_the_flag_and_the_temperature(trained):
     flag = svm["unfamiliar"]
     assert flag["method"] == "mahalanobis" and flag["features"] == 14 and flag["false_flag_rate"] == 0.01
     assert flag["held_out"] == 3 * PER_CLASS * 3 // 4 and flag["threshold"] > 0  # every training item, out of fold
+    assert flag["validation_flagged"] is None and 0 <= flag["test_flagged"] <= 1  # the SVM has no validation split
     assert (trained / "acoustic_svm" / "unfamiliar.npz").is_file() and "calibration" not in svm  # decision scores
     predictions = pd.read_parquet(trained / "acoustic_svm" / "predictions.parquet")
     assert predictions["unfamiliar"].dtype == bool and (predictions["unfamiliar_score"] > 0).all()
     cnn = json.loads((trained / "acoustic_cnn" / "record.json").read_text())
     calibration = json.loads((trained / "acoustic_cnn" / "calibration.json").read_text())
     assert cnn["calibration"]["temperature"] == calibration["temperature"] > 0
+    assert 0 <= cnn["unfamiliar"]["validation_flagged"] <= 1  # its validation items, scored out of fold
     assert set(calibration["test"]) >= {"ece_before", "ece_after", "log_loss_before", "bins_before", "bins_after"}
 
 

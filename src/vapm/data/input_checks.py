@@ -14,6 +14,10 @@ and flag none of its validation or test items:
 | share of pure black pixels | at most 7.5 % | above 10 %: a black border (rotated or shifted camera) |
 | mean absolute Laplacian (sharpness) | at least 2.78 | below 1.5: blurred or flat |
 
+Two more image checks are learnt from the training images rather than set (vapm.data.image_polarity): a polarity
+rule that tells them from their negatives (an inverted image) and a distance of the same statistics to theirs
+(an image of another kind), each with the out-of-fold threshold that `ood.false_flag_rate` of them exceed.
+
 Another dataset may sit elsewhere (the demo's synthetic clips carry a DC offset of about 0.05): `fit_clip_limits`
 and `fit_image_limits` widen each limit to leave the training items' own range well inside, never narrowing the
 shipped ones.
@@ -26,6 +30,15 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from vapm.data.image_polarity import (
+    MIN_SIDE,
+    LikenessRule,
+    PolarityRule,
+    fit_likeness,
+    fit_polarity,
+    polarity_features,
+)
 
 
 class ClipLimits(BaseModel):
@@ -44,6 +57,11 @@ class ImageLimits(BaseModel):
     min_std: float = 2.0
     black_share: float = 0.10
     min_sharpness: float = 1.5
+    # Learnt from the training images by featurize (vapm.data.image_polarity); None: they have no polarity a
+    # rule can tell, they are too few or too small, or the limits predate the rule.
+    polarity: PolarityRule | None = None
+    # Learnt by featurize too: None where the training images are too few or too small.
+    likeness: LikenessRule | None = None
 
 
 ONSET_FRAME, ONSET_HOP = 256, 64  # samples: 15 ms frames every 4 ms at 50000/3 Hz
@@ -123,6 +141,17 @@ def image_reasons(image: np.ndarray, limits: ImageLimits = ImageLimits()) -> lis
         sharp = sharpness(grey)
         if sharp < limits.min_sharpness:
             reasons.append(f"out of focus (sharpness {sharp:.2g} < {limits.min_sharpness:g})")
+    if reasons or min(grey.shape) < MIN_SIDE:
+        return reasons
+    if limits.polarity is not None:
+        score = limits.polarity.score(grey)
+        if score > limits.polarity.threshold:
+            reasons.append(f"grey levels inverted (polarity score {score:.3g} > {limits.polarity.threshold:.3g})")
+    if limits.likeness is not None:
+        distance = limits.likeness.distance(grey)
+        if distance > limits.likeness.threshold:
+            reasons.append(f"image statistics unlike the training images' (distance {distance:.3g} > "
+                           f"{limits.likeness.threshold:.3g})")
     return reasons
 
 
@@ -176,21 +205,34 @@ def fit_clip_limits(clips: np.ndarray, base: ClipLimits = ClipLimits(), rows: np
 
 
 def fit_image_limits(images: np.ndarray, base: ImageLimits = ImageLimits(), rows: np.ndarray | None = None,
-                     chunk: int = 256) -> ImageLimits:
+                     chunk: int = 256, false_flag_rate: float = 0.01, statistics: np.ndarray | None = None
+                     ) -> ImageLimits:
     """The shipped limits, widened so that the training images (N, H, W) sit well inside them: the spread and
-    sharpness floors at most half the lowest seen, the black share at least 1.5 times the largest. Only `rows`
-    count when given; `chunk` images are read at a time (`images` may be rows on disk, vapm.core.npy_rows)."""
+    sharpness floors at most half the lowest seen, the black share at least 1.5 times the largest; and the
+    polarity and likeness rules learnt from them, each flagging `false_flag_rate` of them out of fold
+    (vapm.data.image_polarity): on `statistics`, the rows' `polarity_features` when computed elsewhere (featurize's
+    workers), else computed here. Only
+    `rows` count when given; `chunk` images are read at a time (`images` may be rows on disk, vapm.core.npy_rows).
+    """
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     if np.ndim(images) != 3 or len(rows) == 0:
         raise ValueError(f"need training images (N, height, width), got shape {np.shape(images)} and {len(rows)} "
                          "rows")
-    spread, black, sharp = [], [], []
+    learn_polarity = min(np.shape(images)[1:]) >= MIN_SIDE
+    spread, black, sharp, polarity = [], [], [], []
     for start in range(0, len(rows), chunk):
         part = _checked_items(images[rows[start:start + chunk]], 3, "training images (N, height, width)")
         spread.append(part.reshape(len(part), -1).std(axis=1))
         black.append(np.mean(part.reshape(len(part), -1) == 0, axis=1))
         sharp += [sharpness(image) for image in part]
+        polarity += [polarity_features(image) for image in part] if learn_polarity and statistics is None else []
     spread, black, sharp = np.concatenate(spread), np.concatenate(black), np.array(sharp)
+    if learn_polarity and statistics is not None:
+        polarity = np.asarray(statistics, dtype=np.float64)
+        if len(polarity) != len(rows):
+            raise ValueError(f"need the statistics of the {len(rows)} rows, got {len(polarity)}")
     return ImageLimits(min_std=min(base.min_std, 0.5 * float(spread.min())),
                        black_share=max(base.black_share, 1.5 * float(black.max())),
-                       min_sharpness=min(base.min_sharpness, 0.5 * float(sharp.min())))
+                       min_sharpness=min(base.min_sharpness, 0.5 * float(sharp.min())),
+                       polarity=fit_polarity(np.array(polarity), false_flag_rate) if learn_polarity else None,
+                       likeness=fit_likeness(np.array(polarity), false_flag_rate) if learn_polarity else None)

@@ -156,10 +156,14 @@ def train_counts(record: dict[str, Any], class_names: Sequence[str]) -> list[int
     return [int(counts[name]) for name in class_names]
 
 
-def trust_scores(calibration: dict[str, Any] | None, shares: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+def trust_scores(calibration: dict[str, Any] | None, shares: dict[str, dict[str, Any]] | None,
+                 validation_flagged: float | None = None) -> dict[str, Any]:
     """The calibration error after and before the temperature (test split) and the unfamiliar-input flag's share
-    of familiar test items and its smallest share of any kind of shifted input, for metrics/scores/."""
+    of familiar test items and its smallest share of any kind of shifted input, for metrics/scores/; and the share
+    of validation items whose out-of-fold distance is over the threshold (`unfl_val`, from the model's record)."""
     scores: dict[str, Any] = {}
+    if validation_flagged is not None:
+        scores["unfl_val"] = round(validation_flagged, SCORE_DECIMALS)
     if calibration and "test" in calibration:
         scores["ece"] = round(calibration["test"]["ece_after"], SCORE_DECIMALS)
         scores["ece_raw"] = round(calibration["test"]["ece_before"], SCORE_DECIMALS)
@@ -208,7 +212,7 @@ def evaluate_classifier(name: str, model_dir: Path, class_names: Sequence[str], 
     y_true, y_pred = predictions["y_true"].to_numpy(), predictions["y_pred"].to_numpy()
     summary = classification_summary(y_true, y_pred, class_names, train_counts(record, class_names))
     calibration = read_json(model_dir / "calibration.json") if (model_dir / "calibration.json").is_file() else None
-    trust = trust_scores(calibration, shares)
+    trust = trust_scores(calibration, shares, (record.get("unfamiliar") or {}).get("validation_flagged"))
     summary.update(trust)
 
     write_metrics_json(metrics_dir / "scores" / f"{name}.json", {**headline(summary), **trust})

@@ -212,6 +212,7 @@ def _baseline(base: dict[str, Any] | None, head: dict[str, Any] | None) -> str:
 
 
 TRUST_COLUMNS = (("ece", "calibration error (ECE)"), ("unfl_test", "test items flagged unfamiliar"),
+                 ("unfl_val", "validation items over the distance threshold (out of fold)"),
                  ("unfl_min", "least share of a shift flagged"))
 
 

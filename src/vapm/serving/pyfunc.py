@@ -131,7 +131,7 @@ def requirements() -> list[str]:
 # What a served model imports of vapm (tests/project/test_layers.py checks it against the import graph): the
 # logged model carries these and nothing else (no training, tracking server, benchmarks or command line).
 SERVED_CODE = ("__init__.py", "core", "config", "data/__init__.py", "data/ingest", "data/features",
-               "data/input_checks.py", "data/shifts.py", "models", "artefacts", "serving")
+               "data/image_polarity.py", "data/input_checks.py", "data/shifts.py", "models", "artefacts", "serving")
 
 
 def copy_served_code(dest: Path) -> Path:

@@ -69,6 +69,7 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
                                             ood.k, ood.false_flag_rate, ood.folds, seed)
         trust.feature_size = int(sum(group.shape[1] for group in groups))
         trust.test_scores = trust.familiarity.score([group[n_train:] for group in groups])
+        validation = trust.familiarity.held_out_scores[len(split.fit):]
         trust.record["unfamiliar"] = {
             "file": "unfamiliar.npz", "method": trust.familiarity.method,
             **({"k": int(ood.k)} if trust.familiarity.method == "knn" else {}),
@@ -77,5 +78,9 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
             "features": trust.feature_size, "threshold": trust.familiarity.threshold,
             "false_flag_rate": trust.familiarity.false_flag_rate, "held_out": trust.familiarity.held_out,
             "test_flagged": float(np.mean(trust.test_scores > trust.familiarity.threshold))
-            if len(trust.test_scores) else None}
+            if len(trust.test_scores) else None,
+            # The validation items' out-of-fold scores: items neither the network nor the scorer learnt from, drawn
+            # from the training data itself; where the test split comes from elsewhere (NEU's test folder), the
+            # two shares tell a shifted test split from a threshold that flags too much.
+            "validation_flagged": float(np.mean(validation > trust.familiarity.threshold)) if len(validation) else None}
     return trust

@@ -29,7 +29,8 @@ from vapm.data.features.acoustic import (
 from vapm.data.features.errors import InterimDataError
 from vapm.data.input_checks import clip_limits, fit_image_limits
 from vapm.data.features.records import AcousticImageRecord, ImageRecord, WaveletRecord, write_record
-from vapm.data.features.vision import ImageRange, image_range_task
+from vapm.data.features.vision import ImageRange, TrainingImages, image_range_task, image_statistics_task
+from vapm.data.image_polarity import MIN_SIDE
 
 VISION_COLUMNS = ("item", "file", "class", "label", "split", "height", "width", "offset")
 ACOUSTIC_COLUMNS = ("item", "file", "class", "label", "split")
@@ -44,6 +45,8 @@ CHUNK_CLIPS = 32
 # so two workers only pay off when the work left after the first chunk is longer than this. It decides how
 # many processes run, never a result.
 PARALLEL_WORTH_SECONDS = 10.0
+
+STATISTICS_ROWS = 128
 
 # Items resized or computed before they are written out together: the memory featurize holds whatever the
 # dataset's size. Results do not depend on it.
@@ -210,9 +213,31 @@ FEATURES_PARQUET = "features.parquet"
 MASKS_NPY = "masks.npy"  # data/interim/vision, when ingest paired defect masks (vapm.data.ingest.masks)
 
 
+def _training_image_statistics(features: Path, train: np.ndarray, n_jobs: int,
+                               cluster: Executor | None) -> np.ndarray:
+    """The polarity statistics of the training images (vapm.data.image_polarity, ~10 ms an image), STATISTICS_ROWS
+    per task: on the cluster, or the first task here and the rest in up to n_jobs processes when they pay off."""
+    tasks = [TrainingImages(features.absolute(), train[start:start + STATISTICS_ROWS])
+             for start in range(0, len(train), STATISTICS_ROWS)]
+    if cluster is not None:
+        return np.concatenate(list(cluster.map(image_statistics_task, tasks)))
+    started = time.process_time()
+    first = image_statistics_task(tasks[0])
+    if len(tasks) == 1:
+        return first
+    workers = workers_worth_starting(n_jobs, (time.process_time() - started) / len(first), len(train) - len(first),
+                                     len(tasks) - 1)
+    with Executor(n_jobs=workers, what="image statistics") as local:
+        rest = progress(local.map(image_statistics_task, tasks[1:]), total=len(tasks) - 1, unit="task",
+                        desc=f"image statistics ({STATISTICS_ROWS}/task, {workers} process(es))")
+        return np.concatenate([first, *rest])
+
+
 def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord, scheduler: str | None = None,
-                     cluster: Executor | None = None) -> int:
+                     cluster: Executor | None = None, false_flag_rate: float = 0.01, n_jobs: int = 1) -> int:
     """Resize every image of data/interim/vision as `record` says; write out_dir/features.npz; return the count.
+    The record gets the input checks fitted on the training images (`false_flag_rate`: the learnt rules', whose
+    statistics are computed in up to `n_jobs` processes or on the cluster).
 
     WRITE_ROWS images per task: resized here, or by the workers of a Dask cluster (`cluster`, or the scheduler at
     `scheduler`), and written in order as they come back, so memory does not grow with their number and the
@@ -232,14 +257,18 @@ def featurize_vision(interim_dir: Path, out_dir: Path, record: ImageRecord, sche
             f"({len(pixels)} bytes), first {manifest['file'][first]} at offset {offsets[first]} "
             f"with size {heights[first]}x{widths[first]}")
     features = Path(out_dir) / FEATURES_NPZ
-    with _cluster(scheduler, cluster) as where, NpzWriter(features) as npz:
-        _write_resized(npz, "images", interim_dir / "pixels.npy", geometry, record, where)
-        for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
-            npz.add(name, array)
-        _write_resized_masks(npz, interim_dir, manifest, len(pixels), record, where)
     train = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "train")
-    write_record(out_dir, record.model_copy(update={"checks": fit_image_limits(NpyRows(features, "images"),
-                                                                               rows=train)}))
+    with _cluster(scheduler, cluster) as where:
+        with NpzWriter(features) as npz:
+            _write_resized(npz, "images", interim_dir / "pixels.npy", geometry, record, where)
+            for name, array in {**_labels_splits_files(manifest), **class_names(manifest)}.items():
+                npz.add(name, array)
+            _write_resized_masks(npz, interim_dir, manifest, len(pixels), record, where)
+        statistics = _training_image_statistics(features, train, n_jobs, where) \
+            if len(train) and record.image_size >= MIN_SIDE else None
+    checks = fit_image_limits(NpyRows(features, "images"), rows=train, false_flag_rate=false_flag_rate,
+                              statistics=statistics)
+    write_record(out_dir, record.model_copy(update={"checks": checks}))
     return len(manifest)
 
 

@@ -92,3 +92,23 @@ def image_range_task(task: ImageRange) -> np.ndarray:
     finally:
         source.close()
     return out
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """One task of featurize's image statistics: rows of a features.npz's images, read by the process that runs it."""
+    path: Path
+    rows: np.ndarray
+
+
+def image_statistics_task(task: TrainingImages) -> np.ndarray:
+    """float64 (K, N_FEATURES): vapm.data.image_polarity.polarity_features of the task's images."""
+    from vapm.core.npy_rows import NpyRows
+    from vapm.data.image_polarity import N_FEATURES, polarity_features
+
+    images = NpyRows(task.path, "images")
+    try:
+        return np.array([polarity_features(images[row]) for row in np.asarray(task.rows, dtype=np.int64)],
+                        dtype=np.float64).reshape(-1, N_FEATURES)
+    finally:
+        images.close()

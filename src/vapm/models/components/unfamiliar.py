@@ -13,7 +13,7 @@ validation split has 26 items. The scorer that answers is then fitted on all of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -131,6 +131,8 @@ class Familiarity:
     false_flag_rate: float
     held_out: int                 # training items whose out-of-fold scores set the threshold
     medians: tuple[float, ...] = ()  # per group, of the out-of-fold scores (several groups only)
+    # Those out-of-fold scores, in the training items' order, when just fitted (not saved: the threshold says it).
+    held_out_scores: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def method(self) -> str:
@@ -192,7 +194,9 @@ def fit_familiarity(features: np.ndarray | list[np.ndarray], labels: np.ndarray,
     held_out = [out_of_fold_scores(method, group, labels, k, folds, seed) for group in groups]
     scorers = tuple(fit_scorer(method, group, np.asarray(labels), k) for group in groups)
     if len(groups) == 1:
-        return Familiarity(scorers, flag_threshold(held_out[0], false_flag_rate), false_flag_rate, len(held_out[0]))
+        return Familiarity(scorers, flag_threshold(held_out[0], false_flag_rate), false_flag_rate, len(held_out[0]),
+                           held_out_scores=held_out[0])
     medians = tuple(float(np.median(scores)) for scores in held_out)
-    return Familiarity(scorers, flag_threshold(combined_score(held_out, np.asarray(medians)), false_flag_rate),
-                       false_flag_rate, len(held_out[0]), medians)
+    combined = combined_score(held_out, np.asarray(medians))
+    return Familiarity(scorers, flag_threshold(combined, false_flag_rate), false_flag_rate, len(held_out[0]), medians,
+                       combined)
