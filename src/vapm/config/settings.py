@@ -292,7 +292,7 @@ class OodSettings(Section):
     """How each classifier tells an unfamiliar input (vapm.models.components.unfamiliar): the distance of its
     features to the training data, flagged above the threshold that `false_flag_rate` of familiar items exceed."""
     false_flag_rate: float = Field(0.01, gt=0, lt=0.5)
-    method: Literal["mahalanobis", "knn"] = "mahalanobis"
+    method: Literal["mahalanobis", "knn"] = "knn"
     k: int = Field(5, ge=1, le=1000)        # neighbours, for method knn
     folds: int = Field(5, ge=2, le=20)      # out-of-fold scores of the training items set the threshold
     # per model: layers whose per-channel mean and std join the penultimate layer as further feature groups
