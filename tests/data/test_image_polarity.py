@@ -97,3 +97,24 @@ def test_on_the_real_neu_images_inverted_test_images_are_flagged_and_the_test_im
     assert limits.polarity is not None and limits.polarity.detected >= 0.95
     assert sum(bool(image_reasons(images[i], limits)) for i in test) <= 1  # of 72
     assert np.mean([bool(image_reasons(255 - images[i], limits)) for i in test]) >= 0.95
+
+
+def test_checking_an_image_imports_no_scipy_or_scikit_learn(tmp_path):
+    """`vapm predict` checks every image with the learnt rules: importing scipy.ndimage and scipy.stats would cost
+    a cold start about a second (docs/performance.md), so they are NumPy."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    limits = fit_image_limits(np.stack([pitted_strip(rng) for _ in range(80)]))
+    assert limits.polarity is not None and limits.likeness is not None
+    (tmp_path / "limits.json").write_text(limits.model_dump_json())
+    np.save(tmp_path / "image.npy", 255 - pitted_strip(rng))
+    probe = ("import sys, numpy as np\n"
+             "from vapm.data.input_checks import ImageLimits, image_reasons\n"
+             f"limits = ImageLimits.model_validate_json(open({str(tmp_path / 'limits.json')!r}).read())\n"
+             f"reasons = image_reasons(np.load({str(tmp_path / 'image.npy')!r}), limits)\n"
+             "print(reasons[0].split(' (')[0], sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn'}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    assert result.stdout.strip() == "grey levels inverted []"

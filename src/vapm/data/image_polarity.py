@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from scipy import ndimage, stats
 
 QUANTILE_PAIRS = ((0.01, 0.99), (0.05, 0.95), (0.10, 0.90), (0.25, 0.75))
 BAND_SIGMAS = (1.0, 2.0, 4.0, 8.0)
@@ -74,7 +73,47 @@ def _skew(values: np.ndarray) -> float:
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    return stats.rankdata(values)
+    """Ranks from 1, ties given their average rank (scipy.stats.rankdata's default), so that the ranks of -v are
+    exactly n + 1 minus those of v."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse] + 1.0
+
+
+# NumPy, not SciPy: `vapm predict` scores every image with these, and importing scipy.ndimage and scipy.stats
+# costs about a second of a cold start (docs/performance.md). Edges are mirrored as SciPy's default 'reflect'.
+def _along_rows(image: np.ndarray, pad: int, combine, count: int, weights=None) -> np.ndarray:
+    """Each pixel's `count` neighbours down its column (centred, edges mirrored) combined: a weighted sum, or
+    the running np.minimum / np.maximum."""
+    padded = np.pad(image, ((pad, pad), (0, 0)), mode="symmetric")
+    rows = image.shape[0]
+    result = padded[0:rows] * weights[0] if weights is not None else padded[0:rows]
+    for i in range(1, count):
+        term = padded[i:i + rows] * weights[i] if weights is not None else padded[i:i + rows]
+        result = combine(result, term)
+    return result
+
+
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur, truncated at 4 sigma (as scipy.ndimage.gaussian_filter), one axis after the other."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    down = _along_rows(image, radius, np.add, len(taps), taps)
+    return _along_rows(down.T, radius, np.add, len(taps), taps).T
+
+
+def _extreme_filter(image: np.ndarray, size: int, combine) -> np.ndarray:
+    """The minimum (combine=np.minimum) or maximum over each pixel's centred size x size square."""
+    down = _along_rows(image, size // 2, combine, size)
+    return _along_rows(down.T, size // 2, combine, size).T
+
+
+def _tophats(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(white, black) top-hats with a size x size square: what an opening removes, what a closing fills."""
+    opening = _extreme_filter(_extreme_filter(image, size, np.minimum), size, np.maximum)
+    closing = _extreme_filter(_extreme_filter(image, size, np.maximum), size, np.minimum)
+    return image - opening, closing - image
 
 
 def polarity_features(image: np.ndarray) -> np.ndarray:
@@ -90,12 +129,12 @@ def polarity_features(image: np.ndarray) -> np.ndarray:
     features = [_skew(z)]
     quantiles = np.quantile(z, [0.5, *np.ravel(QUANTILE_PAIRS)])
     features += [low + high - 2 * quantiles[0] for low, high in quantiles[1:].reshape(-1, 2)]
-    smoothed = {sigma: ndimage.gaussian_filter(z, sigma) for sigma in {*BAND_SIGMAS, *(s for s, _ in NOISE_SCALES)}}
+    smoothed = {sigma: _gaussian(z, sigma) for sigma in {*BAND_SIGMAS, *(s for s, _ in NOISE_SCALES)}}
     for sigma in BAND_SIGMAS:
         features += [_skew(z - smoothed[sigma]), _skew(smoothed[sigma])]
     for size in TOPHAT_SIZES:
-        bright = np.mean(ndimage.white_tophat(z, size=size) ** 2)
-        dark = np.mean(ndimage.black_tophat(z, size=size) ** 2)
+        white, black = _tophats(z, size)
+        bright, dark = np.mean(white ** 2), np.mean(black ** 2)
         features.append(float(np.log(bright + 1e-9) - np.log(dark + 1e-9)))
     for sigma, side in NOISE_SCALES:
         residual = z - smoothed[sigma]
