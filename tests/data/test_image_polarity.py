@@ -115,6 +115,7 @@ def test_checking_an_image_imports_no_scipy_or_scikit_learn(tmp_path):
              f"limits = ImageLimits.model_validate_json(open({str(tmp_path / 'limits.json')!r}).read())\n"
              f"reasons = image_reasons(np.load({str(tmp_path / 'image.npy')!r}), limits)\n"
              "print(reasons[0].split(' (')[0], sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn'}))")
+    source = str(Path(__file__).resolve().parents[2] / "src")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": source})
     assert result.stdout.strip() == "grey levels inverted []"

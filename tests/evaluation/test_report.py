@@ -94,6 +94,7 @@ def test_report_pairs_predictions_and_computes_mcnemar_by_hand(branch_with_a_cha
     assert "`train.learning_rate` | 0.001 | 0.01" in markdown
     # The calibration error and the unfamiliar-input shares, which the base side's scores predate.
     assert "| toy | — → 0.041 | — → 1.4 % | — → 0.6 % | — → 25.0 % |" in markdown
+    assert "\n|---|---:|---:|---:|---:|\n| toy | — → 0.041" in markdown  # a column mark per column
     assert "![confusion before](pictures/toy-confusion-base.png)" in markdown
     assert (repo / "reports" / "pictures" / "toy-confusion-head.png").is_file()
     page = (repo / "reports" / "report.html").read_text()

@@ -286,7 +286,8 @@ def render_markdown(report: dict[str, Any], picture_links: dict[tuple[str, str, 
     trust = _trust_rows(report)
     if trust:
         lines += ["", "## Calibration and unfamiliar inputs (before → after)", "",
-                  "| model | " + " | ".join(label for _, label in TRUST_COLUMNS) + " |", "|---|---:|---:|---:|"]
+                  "| model | " + " | ".join(label for _, label in TRUST_COLUMNS) + " |",
+                  "|---|" + "---:|" * len(TRUST_COLUMNS)]
         lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in trust]
     crossval = _crossval_rows(report)
     if crossval:
