@@ -19,7 +19,7 @@ import pytest
 from vapm.config.compute import ComputeError, Executor, connect, scheduler_address, worker_fingerprint
 from vapm.config.settings import ComputeSettings, check_address
 from vapm.data.features.build import WRITE_ROWS, InterimDataError, featurize_acoustic, featurize_vision
-from vapm.data.features.records import ImageRecord
+from vapm.data.features.records import ImageRecord, read_record
 from vapm.data.ingest.dataset import IngestSettings, ingest_vision
 from tests.data.test_features import noise_clips, small_records, write_acoustic_interim, write_vision_interim
 
@@ -89,12 +89,14 @@ def test_featurize_resizes_images_and_masks_to_the_same_bytes_on_the_cluster(com
     np.save(tmp_path / "vision" / "masks.npy", masks)
     manifest["mask_file"] = np.where(has_mask, "mask.png", "")
     manifest.iloc[::-1].to_parquet(tmp_path / "vision" / "manifest.parquet", index=False)
+    # 32 px and 133 training images: the learnt image checks' statistics are computed too, two tasks of them.
     for name, scheduler in (("local", None), ("cluster", compute_cluster)):
-        assert featurize_vision(tmp_path / "vision", tmp_path / name, ImageRecord(image_size=8, resize="pad"),
+        assert featurize_vision(tmp_path / "vision", tmp_path / name, ImageRecord(image_size=32, resize="pad"),
                                 scheduler=scheduler) == n
     assert digests(tmp_path / "local") == digests(tmp_path / "cluster")
+    assert read_record(tmp_path / "cluster").checks.likeness is not None
     with np.load(tmp_path / "cluster" / "features.npz") as saved:
-        assert saved["masks"].shape == (n, 8, 8) and list(saved["has_mask"]) == list(has_mask)
+        assert saved["masks"].shape == (n, 32, 32) and list(saved["has_mask"]) == list(has_mask)
         assert saved["masks"][has_mask].any() and not saved["masks"][~has_mask].any()
 
 

@@ -15,7 +15,13 @@ import yaml
 
 from vapm.data.features.acoustic import LOG_ENERGY_FLOOR, mfcc_logmel_image, wavelet_feature_names, wavelet_packet_energies
 from vapm.data.features.reproducible import log10_float32
-from vapm.data.features.build import InterimDataError, featurize_acoustic, featurize_vision, workers_worth_starting
+from vapm.data.features.build import (
+    STATISTICS_ROWS,
+    InterimDataError,
+    featurize_acoustic,
+    featurize_vision,
+    workers_worth_starting,
+)
 from vapm.data.input_checks import fit_clip_limits, fit_image_limits
 from vapm.data.features.records import (AcousticImageRecord, ImageRecord, WaveletRecord,
                                    acoustic_image_record, read_record, wavelet_record)
@@ -247,6 +253,23 @@ def test_featurize_vision_writes_items_in_order_with_their_labels(tmp_path):
             assert np.array_equal(saved["images"][i], resize_image(image, 8))
         assert saved["labels"].dtype == np.int64 and list(saved["labels"]) == list(manifest["label"])
         assert list(saved["splits"]) == list(manifest["split"]) and list(saved["files"]) == list(manifest["file"])
+
+
+def test_the_learnt_image_checks_are_the_same_from_worker_processes(tmp_path, monkeypatch):
+    import vapm.data.features.build as build
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (40 + i % 5, 36), dtype=np.uint8) for i in range(2 * (STATISTICS_ROWS + 30))]
+    manifest = write_vision_interim(tmp_path / "vision", images)
+    here = tmp_path / "here"
+    featurize_vision(tmp_path / "vision", here, ImageRecord(image_size=32), n_jobs=2)  # too little work: no workers
+    monkeypatch.setattr(build, "workers_worth_starting", lambda n_jobs, *rest: n_jobs)
+    featurize_vision(tmp_path / "vision", tmp_path / "workers", ImageRecord(image_size=32), n_jobs=2)
+    assert (here / "record.json").read_bytes() == (tmp_path / "workers" / "record.json").read_bytes()
+    train = np.flatnonzero(manifest["split"] == "train")
+    with np.load(here / "features.npz") as saved:  # and what fit_image_limits computes alone, in this process
+        assert read_record(here).checks == fit_image_limits(saved["images"], rows=train)
+    assert read_record(here).checks.likeness is not None
 
 
 def test_featurize_vision_refuses_images_beyond_the_pixel_array(tmp_path):
