@@ -247,7 +247,11 @@ def test_silence_and_a_blank_image_are_unfamiliar_and_the_test_items_are_not(pip
     for model in ("vision_scratch", "vision_transfer", "acoustic_svm", "acoustic_cnn"):
         details = json.loads((pipeline / "metrics" / "details" / f"{model}.json").read_text())
         shares = details["unfamiliar"]["shares"]
-        assert shares["test (familiar)"]["flagged"] <= 0.02, (model, shares)
+        # Each learnt rule's threshold is the largest of its ~96 (images) or ~77 (clips) training items' out-of-fold
+        # scores; for 36 (19) test items exchangeable with them, P(3 or more above it) = C(36, 3) / C(132, 3) =
+        # 1.9 % (0.7 %) per rule, two (one) of them on a tiny pipeline's synthetic data: at most two items.
+        familiar = shares["test (familiar)"]
+        assert round(familiar["flagged"] * familiar["n"]) <= 2, (model, shares)
         # Silence, blank and saturated inputs fail the input checks whatever the model learnt. Noise is left to
         # the feature distance, which two epochs on 12 clips per class do not make reliable (the SVM's 254
         # features from the tiny pipeline's few training clips flagged none of it in CI; the full demo's models
