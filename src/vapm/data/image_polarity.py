@@ -25,6 +25,8 @@ CNN's penultimate layer places spectrograms among the steel textures (docs/unfam
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -164,22 +166,39 @@ def _fitted(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scales, model.coef_[0].astype(np.float64)
 
 
-def fit_polarity(features: np.ndarray, false_flag_rate: float) -> PolarityRule | None:
-    """The rule for training images whose `polarity_features` are the rows of `features`, or None when there are
-    fewer than MIN_IMAGES of them or it tells fewer than MIN_DETECTED of their negatives out of fold."""
+def _checked(features: np.ndarray, false_flag_rate: float) -> np.ndarray | None:
+    """The training images' statistics as float64, or None when they are too few to learn a rule from."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[1] != N_FEATURES:
         raise ValueError(f"need polarity features (N, {N_FEATURES}), got shape {features.shape}")
     if not 0 < false_flag_rate < 0.5:
         raise ValueError(f"false_flag_rate must lie in (0, 0.5), got {false_flag_rate}")
-    if len(features) < MIN_IMAGES:
-        return None
-    fold = np.arange(len(features)) % FOLDS  # the rows' order is the dataset's, so every fold sees every class
-    familiar, negatives = np.empty(len(features)), np.empty(len(features))
+    return features if len(features) >= MIN_IMAGES else None
+
+
+def _out_of_fold(features: np.ndarray, score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Each row's score(fitted on the other folds' rows, its own fold's rows), in row order. The rows' order is
+    the dataset's, so every fold sees every class."""
+    fold = np.arange(len(features)) % FOLDS
+    scores = np.empty(len(features))
     for k in range(FOLDS):
-        scales, weights = _fitted(features[fold != k])
-        scores = features[fold == k] / scales @ weights
-        familiar[fold == k], negatives[fold == k] = scores, -scores
+        scores[fold == k] = score(features[fold != k], features[fold == k])
+    return scores
+
+
+def _polarity_scores(fit: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    scales, weights = _fitted(fit)
+    return scored / scales @ weights
+
+
+def fit_polarity(features: np.ndarray, false_flag_rate: float) -> PolarityRule | None:
+    """The rule for training images whose `polarity_features` are the rows of `features`, or None when there are
+    fewer than MIN_IMAGES of them or it tells fewer than MIN_DETECTED of their negatives out of fold."""
+    features = _checked(features, false_flag_rate)
+    if features is None:
+        return None
+    familiar = _out_of_fold(features, _polarity_scores)
+    negatives = -familiar  # the score is linear and every statistic odd: a negative scores minus its image
     threshold = float(np.quantile(familiar, 1 - false_flag_rate))
     detected = float(np.mean(negatives > threshold))
     if detected < MIN_DETECTED:
@@ -195,23 +214,20 @@ def _mean_and_precision(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), LedoitWolf().fit(features).precision_
 
 
+def _distances(fit: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    mean, precision = _mean_and_precision(fit)
+    offsets = scored - mean
+    return np.einsum("ij,jk,ik->i", offsets, precision, offsets)
+
+
 def fit_likeness(features: np.ndarray, false_flag_rate: float) -> LikenessRule | None:
     """The likeness rule of training images whose `polarity_features` are the rows of `features`; None when there
     are fewer than MIN_IMAGES of them. The threshold is the (1 - false_flag_rate) quantile of their out-of-fold
     distances (each fifth measured from the other four)."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[1] != N_FEATURES:
-        raise ValueError(f"need polarity features (N, {N_FEATURES}), got shape {features.shape}")
-    if not 0 < false_flag_rate < 0.5:
-        raise ValueError(f"false_flag_rate must lie in (0, 0.5), got {false_flag_rate}")
-    if len(features) < MIN_IMAGES:
+    features = _checked(features, false_flag_rate)
+    if features is None:
         return None
-    fold = np.arange(len(features)) % FOLDS
-    distances = np.empty(len(features))
-    for k in range(FOLDS):
-        mean, precision = _mean_and_precision(features[fold != k])
-        offsets = features[fold == k] - mean
-        distances[fold == k] = np.einsum("ij,jk,ik->i", offsets, precision, offsets)
+    distances = _out_of_fold(features, _distances)
     mean, precision = _mean_and_precision(features)
     return LikenessRule(mean=tuple(mean.tolist()), precision=tuple(map(tuple, precision.tolist())),
                         threshold=float(np.quantile(distances, 1 - false_flag_rate)))
