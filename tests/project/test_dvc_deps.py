@@ -8,6 +8,7 @@ do not use.
 from __future__ import annotations
 
 import ast
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -129,3 +130,25 @@ def test_every_stage_script_is_a_stage():
     listed = {stage.get("cmd", stage.get("do", {}).get("cmd", "")).split()[1]
               for stage in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"].values()}
     assert {f"stages/{p.name}" for p in (REPO_ROOT / "stages").glob("*.py")} == listed
+
+
+def modified_deps(status: dict) -> list[str]:
+    """`stage: dep` for every code file or param that `dvc status --json` finds changed since dvc.lock was written
+    (data that is absent in a fresh clone reads 'deleted', and is no concern here)."""
+    found = []
+    for stage, changes in status.items():
+        for change in changes:
+            for dep, state in change.get("changed deps", {}).items() if isinstance(change, dict) else ():
+                states = {f"{dep}:{key}": s for key, s in state.items()} if isinstance(state, dict) else {dep: state}
+                found += [f"{stage}: {name}" for name, s in states.items() if s != "deleted"]  # params: key -> state
+    return found
+
+
+def test_dvc_lock_records_the_code_and_params_of_this_commit():
+    """Code or params committed without the pipeline rerun leave dvc.lock stale: a fresh clone's `dvc repro` would
+    rerun those stages, and a worker cluster's featurize would not match dvc.lock."""
+    from tests.helpers import run
+
+    status = json.loads(run(["dvc", "status", "--json"], REPO_ROOT).stdout)
+    stale = modified_deps(status)
+    assert not stale, f"dvc.lock predates {stale}: run `dvc repro` (make repro) and commit dvc.lock"
