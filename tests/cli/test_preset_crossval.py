@@ -84,3 +84,18 @@ def test_summarize_reports_each_fold_mean_sample_spread_and_minimum():
     assert result["accuracy_sd"] == pytest.approx(0.05)  # sample standard deviation (ddof=1), not 0.0408
     assert result["accuracy_min"] == 0.9
     assert result["balanced_accuracy_mean"] == pytest.approx(0.85) and result["macro_f1_sd"] == pytest.approx(0.025)
+    assert not any(key.startswith(("unfamiliar", "ece")) for key in result)  # no fold had them
+
+
+def test_summarize_gives_the_worst_fold_of_a_rate_as_its_highest_and_only_when_every_fold_has_it():
+    scores = [{"accuracy": a, "balanced_accuracy": a, "macro_f1": a} for a in (0.9, 1.0, 0.95)]
+    rates = [{"unfamiliar_share": u, "ece_calibrated": e} for u, e in ((0.0, 0.02), (0.05, 0.01), (0.025, 0.03))]
+    result = summarize([{**s, **r} for s, r in zip(scores, rates)], n_items=30)
+    assert result["unfamiliar_share_per_fold"] == [0.0, 0.05, 0.025]
+    assert result["unfamiliar_share_mean"] == pytest.approx(0.025) and result["unfamiliar_share_max"] == 0.05
+    assert result["unfamiliar_share_sd"] == pytest.approx(0.025)
+    assert result["ece_calibrated_max"] == 0.03 and "ece_calibrated_min" not in result
+    one_fold_without = [{**s, **r} for s, r in zip(scores, rates)]
+    del one_fold_without[1]["ece_calibrated"]
+    partial = summarize(one_fold_without, n_items=30)
+    assert "unfamiliar_share_mean" in partial and not any(key.startswith("ece") for key in partial)

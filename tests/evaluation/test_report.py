@@ -125,20 +125,22 @@ def test_crossval_table_shows_mean_and_spread_of_each_score(branch_with_a_change
     proc = run_report(repo, "--base", "main")
     assert proc.returncode == 0, proc.stderr
     assert "Cross-validation" not in (repo / "reports" / "report.md").read_text()  # neither side has any
-    per_fold = [{"accuracy": a, "balanced_accuracy": b, "macro_f1": f}
-                for a, b, f in ((0.9, 0.88, 0.87), (1.0, 1.0, 1.0), (0.95, 0.94, 0.93))]
+    per_fold = [{"accuracy": a, "balanced_accuracy": b, "macro_f1": f, "unfamiliar_share": u, "ece_calibrated": e}
+                for a, b, f, u, e in ((0.9, 0.88, 0.87, 0.0, 0.02), (1.0, 1.0, 1.0, 0.05, 0.01),
+                                      (0.95, 0.94, 0.93, 0.025, 0.03))]
     (_mkdir(repo / "metrics" / "crossval") / "toy.json").write_text(
         json.dumps(metrics_document("toy", summarize(per_fold, n_items=60))))
     assert run_report(repo, "--base", "main").returncode == 0
     markdown = (repo / "reports" / "report.md").read_text()
     # mean ± sample sd: accuracy 0.95 ± 0.05, balanced (0.88, 1, 0.94) 0.94 ± 0.06, macro-F1 (0.87, 1, 0.93) 0.933 ± 0.065
-    assert ("| toy | — → 3 (60) | — → 95.0 % ± 5.0 | — → 90.0 % | — → 0.940 ± 0.060 | — → 0.933 ± 0.065 |"
-            in markdown), markdown
+    # flagged share: mean 2.5 %, worst fold 5 %; ECE after T: mean 0.02, worst 0.03
+    assert ("| toy | — → 3 (60) | — → 95.0 % ± 5.0 | — → 90.0 % | — → 0.940 ± 0.060 | — → 0.933 ± 0.065 "
+            "| — → 2.5 % (5.0 %) | — → 0.020 (0.030) |" in markdown), markdown
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "crossval")
     assert run_report(repo, "--base", "HEAD").returncode == 0  # the same on both sides: no arrows
-    assert "| toy | 3 (60) | 95.0 % ± 5.0 | 90.0 % | 0.940 ± 0.060 | 0.933 ± 0.065 |" in (
-        repo / "reports" / "report.md").read_text()
+    assert "| toy | 3 (60) | 95.0 % ± 5.0 | 90.0 % | 0.940 ± 0.060 | 0.933 ± 0.065 | 2.5 % (5.0 %) | 0.020 (0.030) |" \
+        in (repo / "reports" / "report.md").read_text()
     assert "<td>95.0 % ± 5.0</td>" in (repo / "reports" / "report.html").read_text()
     data = json.loads((repo / "reports" / "report.json").read_text())
     assert data["models"]["toy"]["crossval"]["after"]["accuracy_per_fold"] == [0.9, 1.0, 0.95]

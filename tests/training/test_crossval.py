@@ -66,10 +66,18 @@ def test_parallel_folds_write_the_serial_bytes_and_sklearns_scores(crossval_repo
         assert summary[f"{metric}_mean"] == pytest.approx(np.mean(values), abs=1e-6), metric
         assert summary[f"{metric}_sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-6), metric
         assert summary[f"{metric}_min"] == pytest.approx(min(values), abs=1e-6), metric
+    # Each fold's flag and temperature were fitted on its other folds; the shares are of the fold's test items.
+    for fold in folds:
+        assert fold.unfamiliar.dtype == bool and len(fold.unfamiliar) == len(fold.y_true)
+        assert (fold.ece is not None) == (name != "acoustic_svm")  # the SVM gives decision scores
+    assert summary["unfamiliar_share_per_fold"] == pytest.approx([np.mean(f.unfamiliar) for f in folds], abs=1e-6)
+    assert summary["unfamiliar_share_max"] == pytest.approx(max(np.mean(f.unfamiliar) for f in folds), abs=1e-6)
+    assert ("ece_calibrated_mean" in summary) == (name != "acoustic_svm")
     # Two folds in two processes wrote, byte for byte, what the same folds trained one after the other give.
-    from vapm.evaluation.crossval import fold_scores
+    from vapm.evaluation.crossval import fold_scores, trust_scores
 
-    serial = summarize([fold_scores(f.y_true, f.y_pred) for f in folds], len(labels_seen))
+    serial = summarize([{**fold_scores(f.y_true, f.y_pred), **trust_scores(f.unfamiliar, f.ece)} for f in folds],
+                       len(labels_seen))
     assert parallel_run[name] == (json.dumps(metrics_document(name, serial), indent=2, sort_keys=True) + "\n").encode()
 
 

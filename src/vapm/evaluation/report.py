@@ -232,7 +232,7 @@ def _trust_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 
 CROSSVAL_COLUMNS = ("folds (items)", "accuracy, mean ± sd", "lowest fold's accuracy", "balanced acc., mean ± sd",
-                    "macro-F1, mean ± sd")
+                    "macro-F1, mean ± sd", "flagged unfamiliar, mean (worst fold)", "ECE after T, mean (worst fold)")
 
 
 def _crossval_cells(summary: dict[str, Any] | None) -> list[str]:
@@ -242,7 +242,11 @@ def _crossval_cells(summary: dict[str, Any] | None) -> list[str]:
             f"{100 * summary['accuracy_mean']:.1f} % ± {100 * summary['accuracy_sd']:.1f}",
             f"{100 * summary['accuracy_min']:.1f} %",
             f"{summary['balanced_accuracy_mean']:.3f} ± {summary['balanced_accuracy_sd']:.3f}",
-            f"{summary['macro_f1_mean']:.3f} ± {summary['macro_f1_sd']:.3f}"]
+            f"{summary['macro_f1_mean']:.3f} ± {summary['macro_f1_sd']:.3f}",
+            f"{100 * summary['unfamiliar_share_mean']:.1f} % ({100 * summary['unfamiliar_share_max']:.1f} %)"
+            if "unfamiliar_share_mean" in summary else "—",
+            f"{summary['ece_calibrated_mean']:.3f} ({summary['ece_calibrated_max']:.3f})"
+            if "ece_calibrated_mean" in summary else "—"]
 
 
 def _crossval_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:

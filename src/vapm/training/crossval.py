@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vapm.core.errors import VapmError
-from vapm.evaluation.crossval import fold_scores, summarize
+from vapm.evaluation.crossval import fold_scores, summarize, trust_scores
 
 
 class CrossvalError(VapmError, ValueError):
@@ -43,11 +43,16 @@ class CrossvalError(VapmError, ValueError):
 
 @dataclass(frozen=True)
 class FoldResult:
-    """One fold's test items: actual and predicted classes, and the training time (console and timing file only)."""
+    """One fold's test items: actual and predicted classes, and the training time (console and timing file only);
+    for a classifier with features, which test items its unfamiliar-input flag (fitted on the fold's training items
+    as the train stage fits it) flags, and, for one with probabilities, the test ECE after its temperature (fitted
+    on the fold's validation items)."""
     number: int
     y_true: np.ndarray
     y_pred: np.ndarray
     seconds: float
+    unfamiliar: np.ndarray | None = None
+    ece: float | None = None
 
 
 def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -70,18 +75,27 @@ def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def train_fold(entry, trainer, job, splits: np.ndarray, number: int, threads: int) -> FoldResult:
-    """Train on the fold's 'train' items, predict its 'test' items; seeded first, as a fresh stage is."""
+    """Train on the fold's 'train' items, predict its 'test' items; seeded first, as a fresh stage is. Then fit
+    the temperature and the unfamiliar-input flag on the fold's training items as the train stage does, and apply
+    them to its test items: i.i.d. held-out items, where the pipeline's test split may come from elsewhere."""
     from vapm.config.seeding import set_global_seed
+    from vapm.training.run import trust_of
 
     set_global_seed(job.seed, tensorflow=entry.artefact == "keras", threads=threads)
     features = replace(job.features, splits=splits)
+    fold_job = replace(job, features=features)
     started = time.perf_counter()
-    trained = trainer.train(replace(job, features=features))
+    trained = trainer.train(fold_job)
     seconds = time.perf_counter() - started
     if trained.features is not None and trained.features is not features:
         raise CrossvalError(f"{entry.name} trained on other data than its features folder (an external table?): "
                             "its folds cannot be chosen here; unset that option to cross-validate it")
-    return FoldResult(number, job.features.labels[trained.split.test], trained.test_predictions, seconds)
+    trust = trust_of(entry, fold_job, trained)
+    unfamiliar = trust.test_scores > trust.familiarity.threshold \
+        if trust is not None and trust.familiarity is not None else None
+    test_calibration = (trust.calibration or {}).get("test") if trust is not None else None
+    return FoldResult(number, job.features.labels[trained.split.test], trained.test_predictions, seconds,
+                      unfamiliar, test_calibration["ece_after"] if test_calibration else None)
 
 
 def model_job(name: str, settings):
@@ -185,13 +199,20 @@ def crossval_model(name: str, settings, folds: int, jobs: int = 1,
 
     def report(fold: FoldResult) -> None:
         scores = fold_scores(fold.y_true, fold.y_pred)
+        trust = ""
+        if fold.unfamiliar is not None:
+            trust += (f", unfamiliar {np.mean(fold.unfamiliar):.1%} ({int(np.sum(fold.unfamiliar))}/"
+                      f"{len(fold.unfamiliar)})")
+        if fold.ece is not None:
+            trust += f", calibrated ECE {fold.ece:.3f}"
         print(f"  {name} fold {fold.number}/{folds}: accuracy {scores['accuracy']:.4f}, balanced accuracy "
-              f"{scores['balanced_accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f} "
+              f"{scores['balanced_accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}{trust} "
               f"(trained in {fold.seconds:.1f} s)", flush=True)
 
     results = run_folds(name, settings, folds, jobs, done=report, scheduler=scheduler)
     n_items = int(sum(len(fold.y_true) for fold in results))
-    metrics = summarize([fold_scores(fold.y_true, fold.y_pred) for fold in results], n_items)
+    metrics = summarize([{**fold_scores(fold.y_true, fold.y_pred), **trust_scores(fold.unfamiliar, fold.ece)}
+                         for fold in results], n_items)
     timing = {"model": name, "folds": folds, "jobs": jobs, "threads_per_fold": settings.compute.threads,
               "fold_training_seconds": [round(fold.seconds, 2) for fold in results],
               "wall_seconds": round(time.perf_counter() - started, 2)}
