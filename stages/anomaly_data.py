@@ -90,7 +90,7 @@ def build() -> dict[str, Any]:
 
     started = time.perf_counter()
     record = ImageRecord(image_size=section.image_size, resize=section.resize)
-    n_images = featurize_vision(interim, features, record, false_flag_rate=settings.ood.false_flag_rate)
+    n_images = featurize_vision(interim, features, record, false_flag_rate=settings.ood.rule_rate("vision"))
     report["features"] = {"folder": str(OUTPUTS[1]), "images": n_images, "image_size": section.image_size,
                           "resize": section.resize, "with_mask": masks}
     print(f"wrote {OUTPUTS[1]}: {n_images} images of {section.image_size}x{section.image_size} ({section.resize}), "

@@ -30,7 +30,7 @@ def main() -> None:
     with Executor(scheduler=scheduler, what="featurize") if scheduler else nullcontext() as cluster:
         started = time.perf_counter()
         n_images = featurize_vision(paths.VISION_INTERIM, paths.IMAGE_FEATURES, images, cluster=cluster,
-                                    false_flag_rate=settings.ood.false_flag_rate, n_jobs=settings.featurize.n_jobs)
+                                    false_flag_rate=settings.ood.rule_rate("vision"), n_jobs=settings.featurize.n_jobs)
         print(f"wrote {paths.IMAGE_FEATURES}: {n_images} images of {images.image_size}x{images.image_size} "
               f"in {time.perf_counter() - started:.1f} s")
         summary = featurize_acoustic(paths.ACOUSTIC_INTERIM, paths.ACOUSTIC_IMAGE_FEATURES, paths.WAVELET_FEATURES,

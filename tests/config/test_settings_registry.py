@@ -143,3 +143,13 @@ def test_a_stage_reports_bad_params_in_one_line_before_any_work(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "featurize: params.yaml: featurize.n_mels: input should be a valid integer (got 'many')"
     assert not (tmp_path / "data").exists()
+
+
+def test_an_answers_flag_rate_is_shared_equally_among_the_learnt_rules_it_passes():
+    from vapm.config.settings import LEARNT_RULES, OodSettings
+
+    ood = OodSettings(false_flag_rate=0.03)
+    assert ood.rule_rate("vision") == pytest.approx(0.01)  # polarity, likeness, distance
+    assert ood.rule_rate("audio") == 0.03  # the distance alone
+    modalities = {entry.modality for entry in load_registry(REPO_ROOT / "models.yaml").values()}
+    assert modalities <= set(LEARNT_RULES)

@@ -82,6 +82,11 @@ def test_the_model_folder_carries_the_flag_and_the_temperature(trained):
     assert cnn["calibration"]["temperature"] == calibration["temperature"] > 0
     assert 0 <= cnn["unfamiliar"]["validation_flagged"] <= 1  # its validation items, scored out of fold
     assert set(calibration["test"]) >= {"ece_before", "ece_after", "log_loss_before", "bins_before", "bins_after"}
+    # A clip's answer passes one learnt rule (the distance): it flags the whole 1 %. An image's passes three (the
+    # polarity and likeness checks, then the distance): each flags a third, so that together they flag 1 %.
+    assert cnn["unfamiliar"]["false_flag_rate"] == 0.01
+    vision = json.loads((trained / "vision_scratch" / "record.json").read_text())
+    assert vision["unfamiliar"]["false_flag_rate"] == pytest.approx(0.01 / 3, rel=1e-12)
 
 
 def test_the_flag_fires_on_silence_and_noise_and_not_on_familiar_clips(trained):

@@ -288,15 +288,29 @@ class TrainOverrides(Section):
     label_smoothing: float | None = Field(None, ge=0, lt=1)
 
 
+# The learnt rules an answer passes, per modality: an image meets featurize's polarity and likeness checks
+# (vapm.data.image_polarity) and its classifier's feature distance; a clip meets the distance alone (the clip
+# checks have fixed limits, which familiar clips pass).
+LEARNT_RULES = {"vision": 3, "audio": 1}
+
+
 class OodSettings(Section):
     """How each classifier tells an unfamiliar input (vapm.models.components.unfamiliar): the distance of its
-    features to the training data, flagged above the threshold that `false_flag_rate` of familiar items exceed."""
+    features to the training data, flagged above a threshold that familiar items exceed at a set rate.
+
+    `false_flag_rate` is the share of familiar inputs an answer may be flagged for in all: each learnt rule the
+    answer passes flags its equal part of it (`rule_rate`), so that together, whichever flags, they flag at most
+    that share (their union flags at most the sum of their shares)."""
     false_flag_rate: float = Field(0.01, gt=0, lt=0.5)
     method: Literal["mahalanobis", "knn"] = "knn"
     k: int = Field(5, ge=1, le=1000)        # neighbours, for method knn
     folds: int = Field(5, ge=2, le=20)      # out-of-fold scores of the training items set the threshold
     # per model: layers whose per-channel mean and std join the penultimate layer as further feature groups
     layers: dict[str, list[str]] = Field(default_factory=dict)
+
+    def rule_rate(self, modality: str) -> float:
+        """The false-flag rate of each learnt rule an answer of `modality` (vision, audio) passes."""
+        return self.false_flag_rate / LEARNT_RULES.get(modality, 1)
 
 
 class CrossvalSettings(Section):

@@ -287,8 +287,11 @@ def trust_of(entry: ModelEntry, job: TrainingJob, trained: Trained) -> Trust | N
     if trained.score_kind == "anomaly":
         return None
     features = used_features(job, trained)
+    ood = ood_settings(job)
+    # the feature distance is one of the learnt rules an answer passes: it flags its part of ood.false_flag_rate
+    ood = ood.model_copy(update={"false_flag_rate": ood.rule_rate(entry.modality)})
     return fit_trust(artefact(entry.artefact), trained.model, features.x, features.labels, trained.split,
-                     trained.score_kind, ood_settings(job), job.seed, feature_layers(entry, job))
+                     trained.score_kind, ood, job.seed, feature_layers(entry, job))
 
 
 def ood_settings(job: TrainingJob) -> OodSettings:
