@@ -143,3 +143,22 @@ def test_transfer_computes_its_frozen_features_once_per_fold_not_per_epoch(cross
     base_passes = [n for name, n in calls if name.endswith("_features")]
     # per fold: the fit images once and the validation images once, whatever the number of epochs
     assert len(base_passes) == 2 * len(folds) and len(folds) == FOLDS, calls
+
+
+def test_a_folds_image_checks_are_fitted_on_its_training_images_and_flag_inverted_test_images():
+    """Crossval refits featurize's input checks per fold (the featurized record's saw the fold's test items)."""
+    from tests.data.test_image_polarity import pitted_strip
+    from tests.training.test_training import make_job
+    from vapm.training.crossval import failed_image_checks
+
+    rng = np.random.default_rng(3)
+    images = np.stack([pitted_strip(rng) for _ in range(140)])
+    test = np.arange(120, 140)
+    images[test[10:]] = 255 - images[test[10:]]  # half the fold's test items inverted
+    splits = np.where(np.isin(np.arange(140), test), "test", "train")
+    job = make_job(images, np.zeros(140, dtype=np.int64), np.full(140, "train"), params=None)
+    flagged = failed_image_checks(job, splits, test)
+    assert flagged[10:].all() and flagged[:10].sum() <= 1
+    acoustic = make_job(np.zeros((140, 4, 4), np.float32), np.zeros(140, dtype=np.int64), np.full(140, "train"),
+                        params=None)
+    assert failed_image_checks(acoustic, splits, test) is None  # feature images are not checked as images

@@ -10,6 +10,10 @@ from scratch on the other k-1 folds by its own trainer with exactly the pipeline
 trainer computes its frozen base's features once per training (`cache_frozen_features`), so once per fold,
 not once per epoch (its fine-tuning epochs, if any, run the base as they must).
 
+Each fold also fits what the pipeline fits around a classifier -- its temperature, its feature distance and, for
+images, featurize's input checks -- on its own training folds, and scores its test fold with them: the share of
+i.i.d. held-out items the answer flags as unfamiliar, and the ECE after calibration.
+
 The CLI writes metrics/crossval/<model>.json (in git, a DVC metric: deterministic, no times or host facts) and
 metrics/crossval_timing/<model>.json (not in git: each fold's training seconds); vapm.evaluation.crossval
 scores the folds and describes the files. An evaluation mode for benchmarks, not a DVC stage: it costs k
@@ -44,9 +48,10 @@ class CrossvalError(VapmError, ValueError):
 @dataclass(frozen=True)
 class FoldResult:
     """One fold's test items: actual and predicted classes, and the training time (console and timing file only);
-    for a classifier with features, which test items its unfamiliar-input flag (fitted on the fold's training items
-    as the train stage fits it) flags, and, for one with probabilities, the test ECE after its temperature (fitted
-    on the fold's validation items)."""
+    for a classifier with features, which test items its answer flags as unfamiliar (the feature distance fitted on
+    the fold's training items as the train stage fits it, and for images the input checks fitted on them as
+    featurize fits them), and, for one with probabilities, the test ECE after its temperature (fitted on the fold's
+    validation items)."""
     number: int
     y_true: np.ndarray
     y_pred: np.ndarray
@@ -93,9 +98,27 @@ def train_fold(entry, trainer, job, splits: np.ndarray, number: int, threads: in
     trust = trust_of(entry, fold_job, trained)
     unfamiliar = trust.test_scores > trust.familiarity.threshold \
         if trust is not None and trust.familiarity is not None else None
+    checked = failed_image_checks(job, splits, trained.split.test)
+    if unfamiliar is not None and checked is not None:
+        unfamiliar = unfamiliar | checked
     test_calibration = (trust.calibration or {}).get("test") if trust is not None else None
     return FoldResult(number, job.features.labels[trained.split.test], trained.test_predictions, seconds,
                       unfamiliar, test_calibration["ece_after"] if test_calibration else None)
+
+
+def failed_image_checks(job, splits: np.ndarray, test: np.ndarray) -> np.ndarray | None:
+    """For a classifier of images: which `test` items fail the input checks fitted, as featurize fits them, on the
+    fold's training images alone (the featurized record's were fitted on the pipeline's train split, which the
+    fold's test items may belong to); None for other inputs."""
+    from vapm.data.input_checks import fit_image_limits, image_reasons
+    from vapm.training.run import ood_settings
+
+    images = job.features.x
+    if np.ndim(images) != 3 or np.asarray(images[:1]).dtype != np.uint8:
+        return None
+    limits = fit_image_limits(images, rows=np.flatnonzero(splits == "train"),
+                              false_flag_rate=ood_settings(job).rule_rate("vision"))
+    return np.array([bool(image_reasons(np.asarray(images[row]), limits)) for row in test], dtype=bool)
 
 
 def model_job(name: str, settings):
