@@ -167,7 +167,8 @@ def test_featurize_on_slurm_job_workers_writes_the_bytes_dvc_lock_records(slurm,
         jobs = slurm.command("squeue", "-h", "-o", "%j %T").split("\n")
         assert sum(line == "vapm-dask RUNNING" for line in jobs) == 2, jobs
         # The same bytes as the committed pipeline's: dvc.lock unchanged.
-        assert run(["git", "status", "--porcelain", "dvc.lock"], repo).stdout == ""
+        assert run(["git", "status", "--porcelain", "dvc.lock"], repo).stdout == "", \
+            run(["git", "diff", "--", "dvc.lock"], repo).stdout[-4000:]
         scripts = list((tmp_path / "jobs").glob("*.err"))
         assert scripts, "the jobs wrote no logs where --log-directory says"
     finally:
