@@ -133,19 +133,23 @@ def test_every_stage_script_is_a_stage():
 
 
 def modified_deps(status: dict) -> list[str]:
-    """`stage: dep` for every code file or param that `dvc status --json` finds changed since dvc.lock was written
-    (data that is absent in a fresh clone reads 'deleted', and is no concern here)."""
+    """`stage: path` for every code file, param or output kept in git (metrics, plots) that `dvc status --json`
+    finds changed since dvc.lock was written (data that is absent in a fresh clone reads 'deleted' or 'not in
+    cache', and is no concern here)."""
     found = []
     for stage, changes in status.items():
         for change in changes:
-            for dep, state in change.get("changed deps", {}).items() if isinstance(change, dict) else ():
+            if not isinstance(change, dict):
+                continue
+            for dep, state in {**change.get("changed deps", {}), **change.get("changed outs", {})}.items():
                 states = {f"{dep}:{key}": s for key, s in state.items()} if isinstance(state, dict) else {dep: state}
-                found += [f"{stage}: {name}" for name, s in states.items() if s != "deleted"]  # params: key -> state
+                found += [f"{stage}: {name}" for name, s in states.items()  # params: key -> state
+                          if s not in ("deleted", "not in cache")]
     return found
 
 
 def test_dvc_lock_records_the_code_and_params_of_this_commit():
-    """Code or params committed without the pipeline rerun leave dvc.lock stale: a fresh clone's `dvc repro` would
+    """Code, params or metrics committed without the pipeline rerun leave dvc.lock stale: a fresh clone's `dvc repro` would
     rerun those stages, and a worker cluster's featurize would not match dvc.lock."""
     from tests.helpers import run
 
