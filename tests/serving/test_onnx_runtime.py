@@ -20,6 +20,7 @@ from tests.serving.test_serving import RATE, build_acoustic_model, build_vision_
 from tests.training.test_training import make_job, tiny_split
 from vapm.artefacts.errors import ArtefactError
 from vapm.artefacts.onnx import EXPORT_TOLERANCE, RUN_BATCH, check_export, onnx_graph_of, open_session
+from vapm.artefacts.onnx_graph import noop_reshapes
 from vapm.config.model_registry import load_registry
 from vapm.config.seeding import set_global_seed
 from vapm.core.native_logs import is_native_log_line, split_forwardable
@@ -116,6 +117,54 @@ def test_two_exports_of_one_network_have_the_same_bytes(networks):
     first = onnx_graph_of(model).SerializeToString(deterministic=True)
     second = onnx_graph_of(model).SerializeToString(deterministic=True)  # tf2onnx's name counters have moved on
     assert first == second == (networks / "acoustic_cnn" / "model.onnx").read_bytes()
+
+
+def test_no_export_keeps_a_reshape_that_changes_no_shape(networks):
+    # tf2onnx folds such a Reshape in one process and keeps it in another (vision_transfer's 1x1 squeeze maps):
+    # the canonical form keeps none, so both give one file.
+    import onnx
+
+    for name in ("vision_scratch", "vision_transfer", "acoustic_cnn"):
+        assert noop_reshapes(onnx.load(networks / name / "model.onnx")) == {}, name
+
+
+def _reshape_graph(noop_steps: int, allowzero: int = 0):
+    """x (batch, 4, 1, 1) -> Relu -> `noop_steps` Reshapes that change no shape -> Reshape to (batch, 4) -> y,
+    and a second output from a no-op Reshape straight after the Relu."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"])]
+    source = "r"
+    for k in range(noop_steps):
+        target = "same_first" if k % 2 else "same_minus"
+        nodes.append(helper.make_node("Reshape", [source, target], [f"s{k}"], allowzero=allowzero))
+        source = f"s{k}"
+    nodes += [helper.make_node("Reshape", [source, "flat"], ["y"]),
+              helper.make_node("Reshape", ["r", "same_minus"], ["kept"])]
+    constants = [numpy_helper.from_array(np.array(shape, dtype=np.int64), name) for name, shape in
+                 (("same_minus", [-1, 4, 1, 1]), ("same_first", [0, 4, 1, 1]), ("flat", [-1, 4]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4]),
+                               helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["n", 4, 1, 1])],
+                              constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_canonical_form_drops_every_reshape_that_changes_no_shape_and_computes_the_same():
+    import onnxruntime as ort
+
+    from vapm.artefacts.onnx_graph import canonical, serialised
+
+    x = np.random.default_rng(0).normal(size=(3, 4, 1, 1)).astype(np.float32)
+    forms = [serialised(_reshape_graph(steps)) for steps in (0, 1, 2, 3)]
+    assert len(set(forms)) == 1
+    ops = [node.op_type for node in canonical(_reshape_graph(3)).graph.node]
+    assert ops.count("Reshape") == 2  # the one that flattens, and the one that gives a graph output
+    for form in (forms[0], _reshape_graph(3).SerializeToString()):
+        y, kept = ort.InferenceSession(form, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        assert np.array_equal(y, np.maximum(x, 0).reshape(3, 4)) and np.array_equal(kept, np.maximum(x, 0))
+    # With allowzero a 0 means a dimension of size 0, not "as the input": that Reshape is not a no-op.
+    assert noop_reshapes(_reshape_graph(2, allowzero=1)) == {"s0": "r"}
 
 
 def test_an_export_that_answers_otherwise_fails_in_one_line(tmp_path):

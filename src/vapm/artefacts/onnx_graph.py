@@ -5,6 +5,10 @@ so two exports of one Keras model differ in bytes, within a process and across p
 folder, so `canonical` rewrites a graph into one form that depends on its structure and weights only: nodes in a
 topological order whose ties are broken by what the nodes compute, every internal name replaced by its place in
 that order, the batch dimension called `batch`, no doc strings, value_info or producer version.
+
+tf2onnx's optimizers also differ in what they leave behind: they walk sets of node objects, ordered by memory
+address, so one process keeps a Reshape that changes no shape where another folds it (MobileNetV2's 1x1 squeeze
+maps: 150 or 151 nodes). `canonical` drops every such no-op Reshape first, so both give one file.
 """
 from __future__ import annotations
 
@@ -50,11 +54,71 @@ def _signatures(graph: Any) -> dict[str, str]:
     return digest
 
 
+def _static_shapes(model: Any) -> dict[str, list[int | None]]:
+    """Each value's shape as ONNX's shape inference finds it; None for a dimension it cannot name a size for."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {}
+    for value in [*inferred.input, *inferred.value_info, *inferred.output]:
+        if value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
+                                  for d in value.type.tensor_type.shape.dim]
+    return shapes
+
+
+def _is_noop_reshape(node: Any, shapes: dict[str, list[int | None]], constants: dict[str, Any]) -> bool:
+    """A Reshape to a constant shape that its input already has: every dimension but the first is the same known
+    size, and the first is kept (-1, or 0 meaning "as the input")."""
+    if node.op_type != "Reshape" or node.input[1] not in constants or node.input[0] not in shapes:
+        return False
+    from onnx import numpy_helper
+
+    target = numpy_helper.to_array(constants[node.input[1]]).tolist()
+    have = shapes[node.input[0]]
+    if len(target) != len(have) or not target or any(size is None for size in have[1:]):
+        return False
+    zero_copies = not any(a.name == "allowzero" and a.i for a in node.attribute)
+    first_kept = target[0] == -1 or (target[0] == 0 and zero_copies) or (have[0] is not None and target[0] == have[0])
+    return first_kept and target[1:] == have[1:]
+
+
+def noop_reshapes(model: Any) -> dict[str, str]:
+    """Output -> input of each Reshape that changes no shape (except those giving a graph output, whose name
+    callers use)."""
+    graph = model.graph
+    shapes = _static_shapes(model)
+    constants = {t.name: t for t in graph.initializer}
+    outputs = {value.name for value in graph.output}
+    return {node.output[0]: node.input[0] for node in graph.node
+            if _is_noop_reshape(node, shapes, constants) and node.output[0] not in outputs}
+
+
+def without_noop_reshapes(model: Any) -> Any:
+    """The model with every Reshape that changes no shape taken out (its consumers read its input)."""
+    graph = model.graph
+    bypass = noop_reshapes(model)
+    if not bypass:
+        return model
+    kept = [node for node in graph.node if not (node.op_type == "Reshape" and node.output[0] in bypass)]
+    for node in kept:
+        node.input[:] = [_source(name, bypass) for name in node.input]
+    graph.ClearField("node")
+    graph.node.extend(kept)
+    return model
+
+
+def _source(name: str, bypass: dict[str, str]) -> str:
+    while name in bypass:
+        name = bypass[name]
+    return name
+
+
 def canonical(model: Any) -> Any:
     """A copy of an ONNX ModelProto in canonical form (see the module's docstring); it computes the same thing."""
     import onnx
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = without_noop_reshapes(onnx.ModelProto.FromString(model.SerializeToString()))
     graph = model.graph
     digest = _signatures(graph)
     kept = {value.name for value in graph.input} | {value.name for value in graph.output}
