@@ -4,7 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vapm.models.components.calibration import expected_calibration_error, fit_temperature, log_loss, scaled
+from vapm.models.components.calibration import (
+    LOG_T_BOUNDS,
+    error_free_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    log_loss,
+    mean_confidence,
+    scaled,
+    smoothed_accuracy,
+)
+from vapm.training.trust import fit_calibration
 
 
 def calibrated_toy(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +67,29 @@ def test_bad_inputs_are_refused():
         fit_temperature(np.full((2, 2), 0.5), np.array([0]))
 
 
-def test_a_validation_split_without_errors_keeps_the_temperature_at_one():
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    assert fit_temperature(probabilities, np.array([0, 1, 0])) == 1.0
-    assert fit_temperature(probabilities, np.array([0, 1, 1])) != 1.0  # one error: now there is something to fit
+def test_a_validation_split_without_errors_never_softens_and_sharpens_an_under_confident_model():
+    sure = np.array([[0.99, 0.01], [0.02, 0.98], [0.97, 0.03]])
+    assert fit_temperature(sure, np.array([0, 1, 0])) == 1.0  # right 3 in 3 says nothing of over-confidence
+    unsure = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])  # mean confidence 0.767 < (3 + 1) / (3 + 2)
+    temperature = fit_temperature(unsure, np.array([0, 1, 0]))
+    assert temperature < 1.0 and mean_confidence(unsure, temperature) == pytest.approx(smoothed_accuracy(3), abs=1e-6)
+    assert fit_temperature(unsure, np.array([0, 1, 1])) != temperature  # one error: the log-loss fit instead
+    ties = np.full((4, 2), 0.5)  # no temperature makes it surer: the bound, not an endless search
+    assert error_free_temperature(ties) == pytest.approx(np.exp(LOG_T_BOUNDS[0]))
+
+
+def test_an_under_confident_model_right_on_its_whole_validation_split_is_calibrated_on_new_items():
+    # Label smoothing's kind of model: always right, about 83 % sure. T = 1 would leave its test ECE at 0.17.
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 6, 444)
+    logits = 2.0 * np.eye(6)[labels] + rng.normal(0.0, 0.3, (444, 6)) + 1.3 * np.eye(6)[labels]
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.all(probabilities.argmax(axis=1) == labels)
+    validation, test = slice(0, 144), slice(144, None)
+    temperature, document = fit_calibration(probabilities[validation], labels[validation], probabilities[test],
+                                            labels[test])
+    assert temperature < 1.0 and document["fitted"] and "less sure than (n + 1) / (n + 2) = 0.9932" in document["why"]
+    assert document["test"]["ece_before"] > 0.08 and document["test"]["ece_after"] < 0.02
+    sure_temperature, sure = fit_calibration(scaled(probabilities, 0.2)[validation], labels[validation],
+                                             probabilities[test], labels[test])
+    assert sure_temperature == 1.0 and not sure["fitted"] and "T stays 1" in sure["why"]

@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from vapm.core.npy_rows import Selection
-from vapm.models.components.calibration import calibration_summary, fit_temperature
+from vapm.models.components.calibration import (
+    calibration_summary,
+    error_free_temperature,
+    fit_temperature,
+    smoothed_accuracy,
+)
 from vapm.models.components.unfamiliar import MIN_ITEMS, Familiarity, fit_familiarity
 
 
@@ -33,14 +38,25 @@ class Trust:
 
 def fit_calibration(val_probabilities: np.ndarray, val_labels: np.ndarray, test_probabilities: np.ndarray,
                     test_labels: np.ndarray) -> tuple[float, dict[str, Any]]:
-    """T from the validation split (1 with none, or when the model is right on all of it) and its summary."""
+    """T from the validation split (1 with none; `error_free_temperature` when the model is right on all of it)
+    and its summary."""
+    fitted = False
     if len(val_labels) == 0:
         temperature, why = 1.0, "no validation split: T stays 1"
     elif np.all(np.argmax(val_probabilities, axis=1) == val_labels):
-        temperature, why = 1.0, "the model is right on every validation item: nothing to fit, T stays 1"
+        temperature = error_free_temperature(val_probabilities)
+        n, target = len(val_labels), smoothed_accuracy(len(val_labels))
+        if temperature < 1.0:
+            fitted = True
+            why = (f"the model is right on every validation item but less sure than (n + 1) / (n + 2) = {target:.4f} "
+                   f"(n = {n}): T raises its mean confidence to that")
+        else:
+            why = (f"the model is right on every validation item and at least (n + 1) / (n + 2) = {target:.4f} sure "
+                   f"(n = {n}): nothing says it is over-confident, T stays 1")
     else:
         temperature, why = fit_temperature(val_probabilities, val_labels), "fitted on the validation split"
-    document: dict[str, Any] = {"temperature": temperature, "fitted": why.startswith("fitted"), "why": why}
+        fitted = True
+    document: dict[str, Any] = {"temperature": temperature, "fitted": fitted, "why": why}
     if len(val_labels):
         document["validation"] = calibration_summary(val_probabilities, val_labels, temperature)
     if len(test_labels):
