@@ -94,3 +94,36 @@ def test_a_fitted_familiarity_keeps_its_out_of_fold_scores_in_the_items_order():
     np.testing.assert_array_equal(two.held_out_scores, combined_score(groups, np.asarray(two.medians)))
     # Not saved: a model read back has its threshold, not the scores that set it.
     assert Familiarity.from_arrays(one.arrays()).held_out_scores is None
+
+
+def test_standardised_features_weigh_every_feature_alike_and_round_trip():
+    from vapm.models.components.unfamiliar import SPREAD_FLOOR, Familiarity, fit_familiarity
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 100)
+
+    def items(n: int, labels: np.ndarray) -> np.ndarray:
+        wide = rng.normal(0, 1000, (n, 1))          # one feature with a wide range
+        narrow = rng.normal(0, 1, (n, 3)) + labels[:, None]
+        barely = rng.normal(0, 1e-6, (n, 1))        # one that barely varies
+        return np.hstack([wide, narrow, barely])
+
+    x = items(300, labels)
+    familiar = items(90, np.repeat(np.arange(3), 30))
+    shifted = familiar + [0, 8, 0, 0, 0]            # 8 spreads off in a narrow feature
+    raw = fit_familiarity(x, labels, "knn", 5, 0.01, 5, seed=0, scale="raw")
+    scaled = fit_familiarity(x, labels, "knn", 5, 0.01, 5, seed=0, scale="standardised")
+    assert (raw.scale, scaled.scale, scaled.method) == ("raw", "standardised", "knn")
+    assert np.mean(raw.score(shifted) > raw.threshold) < 0.2  # the wide feature hides the shift
+    assert np.mean(scaled.score(shifted) > scaled.threshold) > 0.95
+    assert np.mean(scaled.score(familiar) > scaled.threshold) < 0.05
+    # The barely varying feature gets the floor: a familiar item 100 of its own spreads off there is not flagged.
+    assert scaled.scorers[0].spread[4] == pytest.approx(SPREAD_FLOOR * np.median(scaled.scorers[0].spread[:4]),
+                                                        rel=0.2)
+    assert np.mean(scaled.score(familiar + [0, 0, 0, 0, 1e-4]) > scaled.threshold) < 0.05
+    again = Familiarity.from_arrays(scaled.arrays())
+    assert again.scale == "standardised"
+    np.testing.assert_array_equal(again.score(shifted), scaled.score(shifted))
+    assert Familiarity.from_arrays(raw.arrays()).scale == "raw"  # a model saved before `ood.scale`: as it was
+    with pytest.raises(ValueError, match="unknown feature scale 'l2'"):
+        fit_familiarity(x, labels, "knn", 5, 0.01, 5, seed=0, scale="l2")

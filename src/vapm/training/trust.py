@@ -82,13 +82,13 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
     if features is not None and n_train >= MIN_ITEMS:
         groups = [np.asarray(group, dtype=np.float64).reshape(len(rows), -1) for group in features]
         trust.familiarity = fit_familiarity([group[:n_train] for group in groups], labels[train_rows], ood.method,
-                                            ood.k, ood.false_flag_rate, ood.folds, seed)
+                                            ood.k, ood.false_flag_rate, ood.folds, seed, ood.scale)
         trust.feature_size = int(sum(group.shape[1] for group in groups))
         trust.test_scores = trust.familiarity.score([group[n_train:] for group in groups])
         validation = trust.familiarity.held_out_scores[len(split.fit):]
         trust.record["unfamiliar"] = {
             "file": "unfamiliar.npz", "method": trust.familiarity.method,
-            **({"k": int(ood.k)} if trust.familiarity.method == "knn" else {}),
+            **({"k": int(ood.k)} if trust.familiarity.method == "knn" else {}), "scale": trust.familiarity.scale,
             **({"layers": ["penultimate", *feature_layers], "group_features": [g.shape[1] for g in groups],
                 "medians": list(trust.familiarity.medians)} if len(groups) > 1 else {}),
             "features": trust.feature_size, "threshold": trust.familiarity.threshold,
