@@ -153,3 +153,12 @@ def test_an_answers_flag_rate_is_shared_equally_among_the_learnt_rules_it_passes
     assert ood.rule_rate("audio") == 0.03  # the distance alone
     modalities = {entry.modality for entry in load_registry(REPO_ROOT / "models.yaml").values()}
     assert modalities <= set(LEARNT_RULES)
+
+
+def test_only_the_models_ood_standardise_names_have_their_features_standardised():
+    from vapm.config.settings import OodSettings, load_settings
+
+    assert OodSettings().scale("vision_transfer") == "raw"
+    shipped = load_settings(REPO_ROOT / "params.yaml").ood
+    assert [model for model in load_registry(REPO_ROOT / "models.yaml") if shipped.scale(model) == "standardised"] \
+        == ["vision_transfer"]

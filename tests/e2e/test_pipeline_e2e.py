@@ -51,6 +51,10 @@ def test_repro_builds_every_output_and_beats_chance(pipeline: Path):
         headline = "auc" if REGISTRY[model].task == "detector" else "acc"
         assert scores["n"] > 0
         assert 0.0 <= scores[f"{headline}_lo"] <= scores[headline] <= scores[f"{headline}_hi"] <= 1.0, model
+    for model in MODELS:  # params.yaml's ood.standardise names vision_transfer alone
+        record = json.loads((pipeline / "models" / model / "record.json").read_text())
+        if REGISTRY[model].task != "detector":
+            assert record["unfamiliar"]["scale"] == ("standardised" if model == "vision_transfer" else "raw"), model
     # Two epochs on tiny data: only the SVM is asked to be clearly better than chance (1/8) here;
     # the full-size demo's accuracies are the committed metrics.
     assert json.loads((pipeline / "metrics" / "scores" / "acoustic_svm.json").read_text())["acc"] > 0.25

@@ -72,6 +72,7 @@ def test_the_model_folder_carries_the_flag_and_the_temperature(trained):
     svm = json.loads((trained / "acoustic_svm" / "record.json").read_text())
     flag = svm["unfamiliar"]
     assert flag["method"] == "knn" and flag["k"] == 5 and flag["features"] == 14 and flag["false_flag_rate"] == 0.01
+    assert flag["scale"] == "raw"  # no job settings: ood.standardise names no model
     assert flag["held_out"] == 3 * PER_CLASS * 3 // 4 and flag["threshold"] > 0  # every training item, out of fold
     assert flag["validation_flagged"] is None and 0 <= flag["test_flagged"] <= 1  # the SVM has no validation split
     assert (trained / "acoustic_svm" / "unfamiliar.npz").is_file() and "calibration" not in svm  # decision scores

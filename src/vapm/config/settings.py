@@ -304,11 +304,16 @@ class OodSettings(Section):
     false_flag_rate: float = Field(0.01, gt=0, lt=0.5)
     method: Literal["mahalanobis", "knn"] = "knn"
     k: int = Field(5, ge=1, le=1000)        # neighbours, for method knn
-    # features as the network gives them, or each centred and divided by its training spread before the distance
-    scale: Literal["raw", "standardised"] = "standardised"
     folds: int = Field(5, ge=2, le=20)      # out-of-fold scores of the training items set the threshold
     # per model: layers whose per-channel mean and std join the penultimate layer as further feature groups
     layers: dict[str, list[str]] = Field(default_factory=dict)
+    # models whose features are each centred and divided by their training spread before the distance (the rest
+    # are scored as the model gives them)
+    standardise: list[str] = Field(default_factory=list)
+
+    def scale(self, model: str) -> str:
+        """How `model`'s features are scaled before the distance (vapm.models.components.unfamiliar.SCALES)."""
+        return "standardised" if model in self.standardise else "raw"
 
     def rule_rate(self, modality: str) -> float:
         """The false-flag rate of each learnt rule an answer of `modality` (vision, audio) passes."""

@@ -291,7 +291,7 @@ def trust_of(entry: ModelEntry, job: TrainingJob, trained: Trained) -> Trust | N
     # the feature distance is one of the learnt rules an answer passes: it flags its part of ood.false_flag_rate
     ood = ood.model_copy(update={"false_flag_rate": ood.rule_rate(entry.modality)})
     return fit_trust(artefact(entry.artefact), trained.model, features.x, features.labels, trained.split,
-                     trained.score_kind, ood, job.seed, feature_layers(entry, job))
+                     trained.score_kind, ood, job.seed, feature_layers(entry, job), ood.scale(entry.name))
 
 
 def ood_settings(job: TrainingJob) -> OodSettings:

@@ -65,9 +65,10 @@ def fit_calibration(val_probabilities: np.ndarray, val_labels: np.ndarray, test_
 
 
 def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split: Any, score_kind: str,
-              ood: Any, seed: int, feature_layers: tuple[str, ...] = ()) -> Trust:
+              ood: Any, seed: int, feature_layers: tuple[str, ...] = (), scale: str = "raw") -> Trust:
     """Calibration and familiarity of a trained classifier from its items `x` (all splits) and labels; the
-    familiarity scores the penultimate layer and the pooled statistics of `feature_layers` (ood.layers)."""
+    familiarity scores the penultimate layer and the pooled statistics of `feature_layers` (ood.layers), each
+    feature scaled as `scale` says (ood.standardise)."""
     trust = Trust()
     train_rows = np.concatenate([split.fit, split.val]).astype(np.int64)
     rows = np.concatenate([train_rows, split.test]).astype(np.int64)
@@ -82,7 +83,7 @@ def fit_trust(adapter: Any, model: Any, x: np.ndarray, labels: np.ndarray, split
     if features is not None and n_train >= MIN_ITEMS:
         groups = [np.asarray(group, dtype=np.float64).reshape(len(rows), -1) for group in features]
         trust.familiarity = fit_familiarity([group[:n_train] for group in groups], labels[train_rows], ood.method,
-                                            ood.k, ood.false_flag_rate, ood.folds, seed, ood.scale)
+                                            ood.k, ood.false_flag_rate, ood.folds, seed, scale)
         trust.feature_size = int(sum(group.shape[1] for group in groups))
         trust.test_scores = trust.familiarity.score([group[n_train:] for group in groups])
         validation = trust.familiarity.held_out_scores[len(split.fit):]

@@ -11,11 +11,12 @@ The held-out scores are out-of-fold: the scorer is refitted on 4/5 of the traini
 fifth, five times, so every training item gets an honest score and a 1 % quantile is resolvable even where the
 validation split has 26 items. The scorer that answers is then fitted on all of them (`fit_familiarity`).
 
-With `scale="standardised"` (`ood.scale`, the default) each feature is first centred on its training mean and
-divided by its training spread, so that the distance weighs every feature alike instead of following the few with
-the widest range: on the real data it kept vision_transfer's distance from flagging 5 of NEU's 72 test images
-(docs/unfamiliar.md). A feature that barely varies in training gets the spread floor (SPREAD_FLOOR of the median
-spread), so that it cannot decide the distance alone.
+With `scale="standardised"` (the models `ood.standardise` names) each feature is first centred on its training
+mean and divided by its training spread, so that the distance weighs every feature alike instead of following the
+few with the widest range: on the real data it kept vision_transfer's distance from flagging 5 of NEU's 72 test
+images (docs/unfamiliar.md); the demo's acoustic CNN, whose noise clips its widest features tell, flagged 6 %
+of them so instead of all. A feature that barely varies in training gets the spread floor (SPREAD_FLOOR of the
+median spread), so that it cannot decide the distance alone.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def _scorer_from(arrays: dict[str, np.ndarray], prefix: str = "") -> Scorer:
     scorer = _unscaled_scorer_from(arrays, prefix)
     if f"{prefix}spread" in arrays:
         return Standardised(np.asarray(arrays[f"{prefix}centre"]), np.asarray(arrays[f"{prefix}spread"]), scorer)
-    return scorer  # raw features (and every model saved before `ood.scale` existed)
+    return scorer  # raw features (and every model saved before `ood.standardise` existed)
 
 
 def _unscaled_scorer_from(arrays: dict[str, np.ndarray], prefix: str) -> MahalanobisScorer | NeighbourScorer:
