@@ -7,8 +7,9 @@ topological order whose ties are broken by what the nodes compute, every interna
 that order, the batch dimension called `batch`, no doc strings, value_info or producer version.
 
 tf2onnx's optimizers also differ in what they leave behind: they walk sets of node objects, ordered by memory
-address, so one process keeps a Reshape that changes no shape where another folds it (MobileNetV2's 1x1 squeeze
-maps: 150 or 151 nodes). `canonical` drops every such no-op Reshape first, so both give one file.
+address, so one process keeps a Reshape that changes no shape where another folds it (EfficientNet-Lite0 at 32
+pixels, whose last blocks' maps are 1x1: 150 or 151 nodes). `canonical` drops every such no-op Reshape first, so
+both give one file.
 """
 from __future__ import annotations
 
