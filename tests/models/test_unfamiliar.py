@@ -124,6 +124,6 @@ def test_standardised_features_weigh_every_feature_alike_and_round_trip():
     again = Familiarity.from_arrays(scaled.arrays())
     assert again.scale == "standardised"
     np.testing.assert_array_equal(again.score(shifted), scaled.score(shifted))
-    assert Familiarity.from_arrays(raw.arrays()).scale == "raw"  # a model saved before `ood.scale`: as it was
+    assert Familiarity.from_arrays(raw.arrays()).scale == "raw"  # so is a model saved before `ood.standardise`
     with pytest.raises(ValueError, match="unknown feature scale 'l2'"):
         fit_familiarity(x, labels, "knn", 5, 0.01, 5, seed=0, scale="l2")

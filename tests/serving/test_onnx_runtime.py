@@ -120,7 +120,7 @@ def test_two_exports_of_one_network_have_the_same_bytes(networks):
 
 
 def test_no_export_keeps_a_reshape_that_changes_no_shape(networks):
-    # tf2onnx folds such a Reshape in one process and keeps it in another (vision_transfer's 1x1 squeeze maps):
+    # tf2onnx folds such a Reshape in one process and keeps it in another (EfficientNet-Lite0's 1x1 maps at 32 px):
     # the canonical form keeps none, so both give one file.
     import onnx
 
