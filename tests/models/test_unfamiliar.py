@@ -125,5 +125,10 @@ def test_standardised_features_weigh_every_feature_alike_and_round_trip():
     assert again.scale == "standardised"
     np.testing.assert_array_equal(again.score(shifted), scaled.score(shifted))
     assert Familiarity.from_arrays(raw.arrays()).scale == "raw"  # so is a model saved before `ood.standardise`
+    mahalanobis = fit_familiarity(x, labels, "mahalanobis", 5, 0.01, 5, seed=0, scale="standardised")
+    assert (mahalanobis.method, mahalanobis.scale) == ("mahalanobis", "standardised")
+    assert np.mean(mahalanobis.score(familiar) > mahalanobis.threshold) < 0.05
+    np.testing.assert_array_equal(Familiarity.from_arrays(mahalanobis.arrays()).score(shifted),
+                                  mahalanobis.score(shifted))
     with pytest.raises(ValueError, match="unknown feature scale 'l2'"):
         fit_familiarity(x, labels, "knn", 5, 0.01, 5, seed=0, scale="l2")
